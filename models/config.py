@@ -1,0 +1,69 @@
+"""The training configuration: plain JSON in, validated with the field named in every error."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.networks import levels_for
+from models.presets import DEFAULT_PRESET, PRESETS
+
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class TrainConfig(BaseModel):
+    """A training job. Defaults reproduce the report's recipe for the chosen preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="A folder of colour images under <data_dir>/datasets/.")
+    preset: str = Field(DEFAULT_PRESET, description=f"One of: {', '.join(PRESETS)}.")
+    image_size: int = Field(256, description="Training crop side; a power of two in [16, 1024].")
+    steps: int | None = Field(None, ge=1, le=10_000_000, description="Training steps (batches).")
+    epochs: int | None = Field(None, ge=1, le=100_000, description="Passes over the dataset.")
+    batch_size: int = Field(1, ge=1, le=256)
+    width: int = Field(64, ge=1, le=256, description="Base filter count; 64 is the report's.")
+    g_learning_rate: float = Field(2e-4, gt=0, le=1)
+    d_learning_rate: float = Field(2e-4, gt=0, le=1)
+    beta_1: float = Field(0.5, ge=0, lt=1)
+    l1_weight: float = Field(100.0, ge=0, le=10_000)
+    sample_every: int = Field(500, ge=1, description="Steps between sample plots.")
+    publish_every: int = Field(500, ge=1, description="Steps between published generators.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
+    init_from: int | Literal["default"] | None = Field(
+        None, description="Start the generator from this published version."
+    )
+    seed: int | None = Field(None, ge=0, description="Random seed for a repeatable run.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, value: str) -> str:
+        if not _DATASET_NAME.match(value) or ".." in value:
+            raise ValueError(
+                "dataset must be a folder name under the datasets directory: letters, digits, "
+                "'.', '_' or '-', no path separators"
+            )
+        return value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known presets: {', '.join(PRESETS)}")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        levels_for(value)  # raises ValueError with the reason
+        return value
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainConfig:
+        if self.steps is None and self.epochs is None:
+            raise ValueError("give either steps or epochs")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        return self

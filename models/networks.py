@@ -1,0 +1,109 @@
+"""The report's networks: a U-Net generator and a 70x70 PatchGAN discriminator.
+
+Blocks are pure functions (TF pix2pix tutorial style). Depth follows the image size: a square image
+of side ``s`` gets ``log2(s)`` stride-2 levels (256 -> 8, the report's U-Net), and ``width`` scales
+every filter count (64 is the report), so tests can build tiny models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+MIN_IMAGE_SIZE = 16
+MAX_IMAGE_SIZE = 1024
+
+
+def init() -> keras.initializers.Initializer:
+    """Weights N(0, 0.02), as pix2pix and the report."""
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+
+
+def levels_for(image_size: int) -> int:
+    """Number of stride-2 levels for a square image; raises ValueError unless a power of two."""
+    if image_size < MIN_IMAGE_SIZE or image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
+    depth = int(round(math.log2(image_size)))
+    if 2**depth != image_size:
+        raise ValueError(f"image_size must be a power of two, got {image_size}")
+    return depth
+
+
+def encoder_filters(depth: int, width: int) -> list[int]:
+    """Filters per down level: 64,128,256,512,512,... for width 64 (the last is the bottleneck)."""
+    return [min(width * 2**i, width * 8) for i in range(depth)]
+
+
+def downsample(x, filters: int, batchnorm: bool = True, name: str | None = None):
+    """Encoder block: Conv 4x4 stride 2 -> BatchNorm (optional) -> LeakyReLU 0.2."""
+    x = layers.Conv2D(filters, 4, strides=2, padding="same", kernel_initializer=init(),
+                      name=f"{name}_conv")(x)
+    if batchnorm:
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(x)
+
+
+def upsample(x, skip, filters: int, dropout: bool, name: str | None = None):
+    """Decoder block: ConvTranspose 4x4 stride 2 -> BatchNorm -> Dropout 0.5 -> concat skip -> ReLU."""
+    x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", kernel_initializer=init(),
+                               name=f"{name}_deconv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    if dropout:
+        x = layers.Dropout(0.5, name=f"{name}_dropout")(x)
+    x = layers.Concatenate(name=f"{name}_skip")([x, skip])
+    return layers.Activation("relu", name=f"{name}_act")(x)
+
+
+def build_generator(
+    image_size: int = 256, in_channels: int = 3, out_channels: int = 3, width: int = 64
+) -> keras.Model:
+    """U-Net generator. At 256, width 64, 3->3 channels it is the report's (54,429,315 params).
+
+    Raises ValueError for an image size that is not a power of two in range.
+    """
+    depth = levels_for(image_size)
+    filters = encoder_filters(depth, width)
+    inputs = keras.Input((image_size, image_size, in_channels), name="gray")
+    skips = []
+    x = inputs
+    # Encoder: (bs, 128, 128, 64) -> (bs, 64, 64, 128) -> ... -> (bs, 2, 2, 512) at 256.
+    for i, f in enumerate(filters[:-1]):
+        x = downsample(x, f, batchnorm=i > 0, name=f"enc{i + 1}")
+        skips.append(x)
+    # Bottleneck: (bs, 1, 1, 512) at 256; Conv + ReLU, no BatchNorm (as the report).
+    x = layers.Conv2D(filters[-1], 4, strides=2, padding="same", kernel_initializer=init(),
+                      name="bottleneck_conv")(x)
+    x = layers.Activation("relu", name="bottleneck_act")(x)
+    # Decoder mirrors the encoder: (bs, 2, 2, 1024) -> ... -> (bs, 128, 128, 128) at 256.
+    for i, (f, skip) in enumerate(zip(reversed(filters[:-1]), reversed(skips), strict=True)):
+        x = upsample(x, skip, f, dropout=i < 3, name=f"dec{i + 1}")
+    x = layers.Conv2DTranspose(out_channels, 4, strides=2, padding="same",
+                               kernel_initializer=init(), name="out_deconv")(x)
+    outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="generator")
+
+
+def build_discriminator(
+    image_size: int = 256, in_channels: int = 3, out_channels: int = 3, width: int = 64
+) -> keras.Model:
+    """70x70 PatchGAN on the concatenated (input, output) pair; returns one logit per patch.
+
+    The report ends in a sigmoid and BCE; we return logits and use BCE(from_logits=True), the
+    same loss computed stably. Output (bs, 16, 16, 1) at 256.
+    """
+    levels_for(image_size)
+    source = keras.Input((image_size, image_size, in_channels), name="input_image")
+    target = keras.Input((image_size, image_size, out_channels), name="target_image")
+    x = layers.Concatenate(name="pair")([source, target])
+    x = downsample(x, width, batchnorm=False, name="d1")  # (bs, 128, 128, 64)
+    x = downsample(x, width * 2, name="d2")  # (bs, 64, 64, 128)
+    x = downsample(x, width * 4, name="d3")  # (bs, 32, 32, 256)
+    x = downsample(x, width * 8, name="d4")  # (bs, 16, 16, 512)
+    x = layers.Conv2D(width * 8, 4, padding="same", kernel_initializer=init(), name="d5_conv")(x)
+    x = layers.BatchNormalization(name="d5_bn")(x)
+    x = layers.LeakyReLU(negative_slope=0.2, name="d5_act")(x)  # (bs, 16, 16, 512)
+    logits = layers.Conv2D(1, 4, padding="same", kernel_initializer=init(), name="patch_logits",
+                           dtype="float32")(x)  # (bs, 16, 16, 1)
+    return keras.Model([source, target], logits, name="discriminator")

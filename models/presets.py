@@ -1,0 +1,54 @@
+"""Model presets, one registry by name (junyanz `find_model_using_name` style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a generator takes and gives.
+
+    ``space`` is ``"rgb"`` (grayscale RGB in, RGB out, as the report) or ``"lab"`` (L in, ab out).
+    """
+
+    name: str
+    space: Literal["rgb", "lab"]
+    in_channels: int
+    out_channels: int
+    image_size: int
+    width: int
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    "seed": Preset(
+        name="seed",
+        space="rgb",
+        in_channels=3,
+        out_channels=3,
+        image_size=256,
+        width=64,
+        description="The project report exactly: grayscale RGB in, RGB out, 256x256, width 64.",
+    ),
+    "lab": Preset(
+        name="lab",
+        space="lab",
+        in_channels=1,
+        out_channels=2,
+        image_size=256,
+        width=64,
+        description="Lab colorization: L channel in, ab chroma out (pix2pix 'colorization' mode).",
+    ),
+}
+
+DEFAULT_PRESET = "lab"
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; raises KeyError naming the known presets."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None

@@ -1,0 +1,190 @@
+"""The model store: a TensorFlow-Serving-style repository of generator versions on a shared volume.
+
+Layout::
+
+    <root>/<version>/generator.keras    the generator, loaded with safe_mode
+    <root>/<version>/metadata.json      preset, image size, training config, job id, step, ...
+
+Versions are positive integers. Publishing writes a hidden temporary directory on the same volume
+and renames it into place, so a reader sees a whole version or none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+GENERATOR_FILE = "generator.keras"
+METADATA_FILE = "metadata.json"
+
+
+class UnknownVersion(LookupError):
+    """No such version in the store."""
+
+
+class BrokenVersion(RuntimeError):
+    """A version directory exists but cannot be loaded (truncated file, bad JSON, wrong shapes)."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int | str
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready to run, with what serving needs to know about it."""
+
+    version: int | str
+    generator: Any  # keras.Model
+    preset: str
+    image_size: int
+    metadata: dict[str, Any]
+
+    @property
+    def levels(self) -> int:
+        from models.networks import levels_for
+
+        return levels_for(self.image_size)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """metadata.json of a version directory; raises BrokenVersion if missing or not a JSON object."""
+    try:
+        data = json.loads((path / METADATA_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise BrokenVersion(f"{path}: unreadable {METADATA_FILE}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BrokenVersion(f"{path}: {METADATA_FILE} is not a JSON object")
+    return data
+
+
+def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
+    """Load and check a version directory; raises BrokenVersion with the reason."""
+    import keras
+
+    from models.presets import get_preset
+
+    metadata = read_metadata(path)
+    try:
+        preset = get_preset(str(metadata["preset"]))
+        image_size = int(metadata["image_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BrokenVersion(f"{path}: metadata lacks a valid preset/image_size: {exc}") from exc
+    try:
+        generator = keras.saving.load_model(path / GENERATOR_FILE, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise BrokenVersion(f"{path}: cannot load {GENERATOR_FILE}: {exc}") from exc
+    in_ch = generator.input_shape[-1]
+    out_ch = generator.output_shape[-1]
+    if (in_ch, out_ch) != (preset.in_channels, preset.out_channels):
+        raise BrokenVersion(
+            f"{path}: generator maps {in_ch}->{out_ch} channels, preset {preset.name!r} needs "
+            f"{preset.in_channels}->{preset.out_channels}"
+        )
+    return LoadedModel(version, generator, preset.name, image_size, metadata)
+
+
+class ModelStore:
+    """Integer-versioned generators under ``root``; safe for concurrent readers and publishers."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def _version_dirs(self) -> list[tuple[int, Path]]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in self.root.iterdir():
+            if child.name.isdigit() and child.is_dir() and int(child.name) > 0:
+                found.append((int(child.name), child))
+        return sorted(found)
+
+    def versions(self) -> list[int]:
+        """Version numbers present, ascending (without reading metadata)."""
+        return [v for v, _ in self._version_dirs()]
+
+    def list(self) -> list[VersionInfo]:
+        """Every version with its metadata, ascending; unreadable metadata shows as an error field."""
+        infos = []
+        for version, path in self._version_dirs():
+            try:
+                metadata = read_metadata(path)
+            except BrokenVersion as exc:
+                metadata = {"error": str(exc)}
+            infos.append(VersionInfo(version, path, metadata))
+        return infos
+
+    def latest(self) -> VersionInfo | None:
+        """The highest version, or None when the store is empty."""
+        dirs = self._version_dirs()
+        if not dirs:
+            return None
+        version, path = dirs[-1]
+        try:
+            metadata = read_metadata(path)
+        except BrokenVersion as exc:
+            metadata = {"error": str(exc)}
+        return VersionInfo(version, path, metadata)
+
+    def get(self, version: int) -> VersionInfo:
+        """One version's info; raises UnknownVersion."""
+        path = self.root / str(int(version))
+        if not path.is_dir():
+            raise UnknownVersion(f"model version {version} does not exist")
+        return VersionInfo(int(version), path, read_metadata(path))
+
+    def load(self, version: int) -> LoadedModel:
+        """Load a version's generator; raises UnknownVersion or BrokenVersion."""
+        path = self.root / str(int(version))
+        if not path.is_dir():
+            raise UnknownVersion(f"model version {version} does not exist")
+        return load_generator_dir(path, int(version))
+
+    def publish(self, generator: Any, metadata: dict[str, Any]) -> int:
+        """Save ``generator`` with ``metadata`` as the next version and return its number.
+
+        The version appears atomically (rename of a finished temporary directory). Raises OSError
+        if the store is not writable or the disk is full; no partial version is left behind.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", dir=self.root))
+        try:
+            generator.save(tmp / GENERATOR_FILE)
+            for attempt in range(100):
+                version = (self.versions() or [0])[-1] + 1
+                meta = {**metadata, "version": version,
+                        "created_at": metadata.get("created_at") or time.time()}
+                _write_json(tmp / METADATA_FILE, meta)
+                try:
+                    # rename() of a directory onto an existing non-empty one fails: no overwrite.
+                    os.rename(tmp, self.root / str(version))
+                except OSError:
+                    if (self.root / str(version)).exists() and attempt < 99:
+                        continue  # another publisher took this number; take the next
+                    raise
+                log.info("published model version %s to %s", version, self.root)
+                return version
+            raise OSError("could not allocate a model version")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,1 @@
+"""The FastAPI application, its settings, the inference engine and the `colorizer` CLI."""

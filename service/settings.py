@@ -1,0 +1,114 @@
+"""One settings object for the API, the worker and the CLI (env prefix ``COLORIZER_``).
+
+This module must stay importable without FastAPI, Celery or TensorFlow: the worker and the CLI
+read it too.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_BROKER_SCHEMES = ("redis://", "rediss://", "sqla+", "amqp://", "pyamqp://", "memory://")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Invalid values stop the process at start-up with the field name."""
+
+    model_config = SettingsConfigDict(env_prefix="COLORIZER_", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="Holds models/, datasets/ and jobs/.")
+    broker_url: str | None = Field(
+        None, description="Celery broker. Unset: an embedded SQLite broker in the data directory."
+    )
+    result_backend: str | None = Field(
+        None, description="Celery result backend. Unset: Redis if the broker is Redis, else SQLite."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, /jobs and every state-changing endpoint require X-API-Key."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest upload body.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest decoded image (width x height) accepted."
+    )
+    max_render_size: int = Field(1024, ge=16, description="Largest render_size a request may ask.")
+    reload_interval: float = Field(
+        2.0, gt=0, description="Seconds between looks at the model store for a new version."
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Where the API runs the model: auto picks the GPU when one is visible."
+    )
+    visibility_timeout: int = Field(
+        86_400,
+        ge=60,
+        description="Seconds before Redis redelivers an unacknowledged job; longer than any job.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(_BROKER_SCHEMES):
+            raise ValueError(
+                f"unsupported broker URL {value!r}: use redis://host:port/db, or leave it unset "
+                "for the embedded SQLite broker"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _data_dir_usable(self) -> Settings:
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ValueError(f"COLORIZER_DATA_DIR={self.data_dir} exists and is not a directory")
+        return self
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def effective_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def effective_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.effective_broker_url.startswith(("redis://", "rediss://")):
+            return self.effective_broker_url
+        return f"db+sqlite:///{(self.data_dir / 'results.sqlite').resolve()}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    def ensure_dirs(self) -> None:
+        """Create the data directory layout (idempotent)."""
+        for path in (self.models_dir, self.datasets_dir, self.jobs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
