@@ -48,9 +48,7 @@ def lab_to_rgb(lab: tf.Tensor) -> tf.Tensor:
     xyz = tf.where(f > 0.2068966, tf.pow(f, 3.0), (f - 16.0 / 116.0) / 7.787) * _WHITE
     linear = tf.linalg.matvec(_XYZ_TO_RGB, xyz)
     linear = tf.maximum(linear, 0.0)
-    rgb = tf.where(
-        linear > 0.0031308, 1.055 * tf.pow(linear, 1.0 / 2.4) - 0.055, 12.92 * linear
-    )
+    rgb = tf.where(linear > 0.0031308, 1.055 * tf.pow(linear, 1.0 / 2.4) - 0.055, 12.92 * linear)
     return tf.clip_by_value(rgb, 0.0, 1.0)
 
 

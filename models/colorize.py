@@ -51,9 +51,7 @@ def predict(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
     return fn(batch)
 
 
-def colorize_array(
-    model: LoadedModel, image: np.ndarray, render_size: int | None = None
-) -> np.ndarray:
+def colorize_array(model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
     """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array; returns RGB uint8 of the same size.
 
     Raises ValueError for a bad render_size or array shape.
@@ -67,8 +65,7 @@ def colorize_array(
     rgb = tf.convert_to_tensor(image, tf.float32) / 255.0
     lum = color.rgb_to_lab(rgb)[..., :1]  # (H, W, 1), the photograph's own luminance
     lum_small = tf.image.resize(lum, (size, size), method="area")
-    chroma = output_chroma(predict(model, model_input(lum_small, model.preset)[None]),
-                           model.preset)[0]
+    chroma = output_chroma(predict(model, model_input(lum_small, model.preset)[None]), model.preset)[0]
     chroma_full = tf.image.resize(chroma, (height, width), method="bilinear")
     out = color.lab_to_rgb(tf.concat([lum, chroma_full], axis=-1))
     return tf.cast(tf.round(out * 255.0), tf.uint8).numpy()

@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.networks import levels_for
-from models.presets import DEFAULT_PRESET, PRESETS
+from models.presets import DEFAULT_PRESET, PRESETS, levels_for
 
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -7,28 +7,15 @@ every filter count (64 is the report), so tests can build tiny models.
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import layers
 
-MIN_IMAGE_SIZE = 16
-MAX_IMAGE_SIZE = 1024
+from models.presets import levels_for
 
 
 def init() -> keras.initializers.Initializer:
     """Weights N(0, 0.02), as pix2pix and the report."""
     return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
-
-
-def levels_for(image_size: int) -> int:
-    """Number of stride-2 levels for a square image; raises ValueError unless a power of two."""
-    if image_size < MIN_IMAGE_SIZE or image_size > MAX_IMAGE_SIZE:
-        raise ValueError(f"image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
-    depth = int(round(math.log2(image_size)))
-    if 2**depth != image_size:
-        raise ValueError(f"image_size must be a power of two, got {image_size}")
-    return depth
 
 
 def encoder_filters(depth: int, width: int) -> list[int]:
@@ -38,8 +25,9 @@ def encoder_filters(depth: int, width: int) -> list[int]:
 
 def downsample(x, filters: int, batchnorm: bool = True, name: str | None = None):
     """Encoder block: Conv 4x4 stride 2 -> BatchNorm (optional) -> LeakyReLU 0.2."""
-    x = layers.Conv2D(filters, 4, strides=2, padding="same", kernel_initializer=init(),
-                      name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, 4, strides=2, padding="same", kernel_initializer=init(), name=f"{name}_conv")(
+        x
+    )
     if batchnorm:
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(x)
@@ -47,8 +35,9 @@ def downsample(x, filters: int, batchnorm: bool = True, name: str | None = None)
 
 def upsample(x, skip, filters: int, dropout: bool, name: str | None = None):
     """Decoder block: ConvTranspose 4x4 stride 2 -> BatchNorm -> Dropout 0.5 -> concat skip -> ReLU."""
-    x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", kernel_initializer=init(),
-                               name=f"{name}_deconv")(x)
+    x = layers.Conv2DTranspose(
+        filters, 4, strides=2, padding="same", kernel_initializer=init(), name=f"{name}_deconv"
+    )(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     if dropout:
         x = layers.Dropout(0.5, name=f"{name}_dropout")(x)
@@ -73,14 +62,16 @@ def build_generator(
         x = downsample(x, f, batchnorm=i > 0, name=f"enc{i + 1}")
         skips.append(x)
     # Bottleneck: (bs, 1, 1, 512) at 256; Conv + ReLU, no BatchNorm (as the report).
-    x = layers.Conv2D(filters[-1], 4, strides=2, padding="same", kernel_initializer=init(),
-                      name="bottleneck_conv")(x)
+    x = layers.Conv2D(
+        filters[-1], 4, strides=2, padding="same", kernel_initializer=init(), name="bottleneck_conv"
+    )(x)
     x = layers.Activation("relu", name="bottleneck_act")(x)
     # Decoder mirrors the encoder: (bs, 2, 2, 1024) -> ... -> (bs, 128, 128, 128) at 256.
     for i, (f, skip) in enumerate(zip(reversed(filters[:-1]), reversed(skips), strict=True)):
         x = upsample(x, skip, f, dropout=i < 3, name=f"dec{i + 1}")
-    x = layers.Conv2DTranspose(out_channels, 4, strides=2, padding="same",
-                               kernel_initializer=init(), name="out_deconv")(x)
+    x = layers.Conv2DTranspose(
+        out_channels, 4, strides=2, padding="same", kernel_initializer=init(), name="out_deconv"
+    )(x)
     outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="generator")
 
@@ -104,6 +95,7 @@ def build_discriminator(
     x = layers.Conv2D(width * 8, 4, padding="same", kernel_initializer=init(), name="d5_conv")(x)
     x = layers.BatchNormalization(name="d5_bn")(x)
     x = layers.LeakyReLU(negative_slope=0.2, name="d5_act")(x)  # (bs, 16, 16, 512)
-    logits = layers.Conv2D(1, 4, padding="same", kernel_initializer=init(), name="patch_logits",
-                           dtype="float32")(x)  # (bs, 16, 16, 1)
+    logits = layers.Conv2D(
+        1, 4, padding="same", kernel_initializer=init(), name="patch_logits", dtype="float32"
+    )(x)  # (bs, 16, 16, 1)
     return keras.Model([source, target], logits, name="discriminator")

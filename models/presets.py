@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
+
+MIN_IMAGE_SIZE = 16
+MAX_IMAGE_SIZE = 1024
+
+
+def levels_for(image_size: int) -> int:
+    """Number of stride-2 levels for a square image; raises ValueError unless a power of two."""
+    if image_size < MIN_IMAGE_SIZE or image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
+    depth = int(round(math.log2(image_size)))
+    if 2**depth != image_size:
+        raise ValueError(f"image_size must be a power of two, got {image_size}")
+    return depth
 
 
 @dataclass(frozen=True)

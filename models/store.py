@@ -55,7 +55,7 @@ class LoadedModel:
 
     @property
     def levels(self) -> int:
-        from models.networks import levels_for
+        from models.presets import levels_for
 
         return levels_for(self.image_size)
 
@@ -165,8 +165,11 @@ class ModelStore:
             generator.save(tmp / GENERATOR_FILE)
             for attempt in range(100):
                 version = (self.versions() or [0])[-1] + 1
-                meta = {**metadata, "version": version,
-                        "created_at": metadata.get("created_at") or time.time()}
+                meta = {
+                    **metadata,
+                    "version": version,
+                    "created_at": metadata.get("created_at") or time.time(),
+                }
                 _write_json(tmp / METADATA_FILE, meta)
                 try:
                     # rename() of a directory onto an existing non-empty one fails: no overwrite.
