@@ -54,7 +54,8 @@ def build_generator(
     """
     depth = levels_for(image_size)
     filters = encoder_filters(depth, width)
-    inputs = keras.Input((image_size, image_size, in_channels), name="gray")
+    # Spatial dims stay open so serving can render at any multiple of 2**depth.
+    inputs = keras.Input((None, None, in_channels), name="gray")
     skips = []
     x = inputs
     # Encoder: (bs, 128, 128, 64) -> (bs, 64, 64, 128) -> ... -> (bs, 2, 2, 512) at 256.
@@ -85,8 +86,8 @@ def build_discriminator(
     same loss computed stably. Output (bs, 16, 16, 1) at 256.
     """
     levels_for(image_size)
-    source = keras.Input((image_size, image_size, in_channels), name="input_image")
-    target = keras.Input((image_size, image_size, out_channels), name="target_image")
+    source = keras.Input((None, None, in_channels), name="input_image")
+    target = keras.Input((None, None, out_channels), name="target_image")
     x = layers.Concatenate(name="pair")([source, target])
     x = downsample(x, width, batchnorm=False, name="d1")  # (bs, 128, 128, 64)
     x = downsample(x, width * 2, name="d2")  # (bs, 64, 64, 128)

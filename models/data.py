@@ -1,0 +1,190 @@
+"""Training data: a folder of colour photographs -> an endless tf.data stream of (input, target).
+
+Files are checked once with Pillow (so unreadable ones are skipped and counted before training
+starts), decoded once at a reduced size and cached in memory; each step then takes a random crop
+at a random scale, flips it, and derives the grayscale input from the crop itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+# Cap what a single training photograph may decode to (a 2560x1600 wallpaper is 4.1 MP).
+MAX_SOURCE_PIXELS = 100_000_000
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used; the message says why in words a person can act on."""
+
+
+@dataclass
+class DatasetScan:
+    """Usable files of a dataset folder and why the others were skipped."""
+
+    folder: Path
+    files: list[Path]
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> dict:
+        return {"images": len(self.files), "skipped": self.skipped_count, "reasons": dict(self.skipped)}
+
+
+def resolve_dataset(datasets_dir: Path, name: str) -> Path:
+    """The folder of dataset ``name`` inside ``datasets_dir``; raises DatasetError if it is missing
+    or resolves outside ``datasets_dir`` (``..``, absolute paths, symlinks out)."""
+    root = Path(datasets_dir).resolve()
+    if not name or Path(name).is_absolute() or "/" in name or "\\" in name or name in (".", ".."):
+        raise DatasetError(f"dataset {name!r} is not a plain folder name")
+    folder = (root / name).resolve()
+    if folder.parent != root:
+        raise DatasetError(f"dataset {name!r} points outside the datasets directory")
+    if not folder.is_dir():
+        raise DatasetError(f"dataset {name!r} does not exist: put colour images in {root / name}/")
+    return folder
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def scan_images(folder: Path, min_side: int) -> DatasetScan:
+    """Find usable images (jpg, png, webp; recursive) at least ``min_side`` pixels on the short side.
+
+    Raises DatasetError naming the counts when no file is usable.
+    """
+    folder = Path(folder)
+    root = folder.resolve()
+    scan = DatasetScan(folder, [])
+    for dirpath, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = Path(dirpath) / name
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                scan.skipped["not an image file type"] += 1
+                continue
+            if not _inside(path, root):
+                scan.skipped["links outside the dataset"] += 1
+                continue
+            try:
+                with Image.open(path) as img:
+                    width, height = img.size
+                    if width * height > MAX_SOURCE_PIXELS:
+                        scan.skipped["too many pixels"] += 1
+                        continue
+                    # A full decode (at reduced scale for JPEG) catches truncated files too.
+                    img.draft("RGB", (min_side, min_side))
+                    img.load()
+            except Exception:  # Pillow raises many types for damaged files
+                scan.skipped["unreadable"] += 1
+                continue
+            if min(width, height) < min_side:
+                scan.skipped[f"smaller than {min_side} px"] += 1
+                continue
+            scan.files.append(path)
+    scan.files.sort()
+    if not scan.files:
+        reasons = ", ".join(f"{n} {why}" for why, n in scan.skipped.items()) or "no files"
+        raise DatasetError(f"no usable image in dataset folder {folder.name!r} ({reasons})")
+    return scan
+
+
+def load_photo(path: Path, short_side: int) -> np.ndarray | None:
+    """Decode to RGB uint8, upright (EXIF), shrunk so its short side is at most ``short_side``.
+
+    Returns None for a file that fails to decode (truncated data only shows up here).
+    """
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (short_side, short_side))  # JPEG: decode at a reduced scale, fast
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            scale = short_side / min(img.size)
+            if scale < 1:
+                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                img = img.resize(size, Image.Resampling.LANCZOS)
+            return np.asarray(img, dtype=np.uint8)
+    except Exception as exc:
+        log.warning("skipping %s: %s", path, exc)
+        return None
+
+
+def random_view(image, image_size: int):
+    """A random square crop of side in [image_size, short side], resized, randomly flipped."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    short = tf.minimum(shape[0], shape[1])
+    side = tf.random.uniform((), image_size, short + 1, dtype=tf.int32)
+    crop = tf.image.random_crop(image, tf.stack([side, side, 3]))
+    crop = tf.image.resize(tf.cast(crop, tf.float32) / 255.0, (image_size, image_size), method="area")
+    return tf.image.random_flip_left_right(tf.clip_by_value(crop, 0.0, 1.0))
+
+
+def center_view(image: np.ndarray, image_size: int) -> np.ndarray:
+    """The centred largest square, resized to image_size, as float RGB in [0, 1]."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(image[top : top + side, left : left + side])
+    square = square.resize((image_size, image_size), Image.Resampling.BOX)
+    return np.asarray(square, dtype=np.float32) / 255.0
+
+
+def to_pair(rgb, preset_name: str):
+    """(model input, target) in [-1, 1] from RGB in [0, 1], per the preset's colour space."""
+    import tensorflow as tf
+
+    from models import color
+    from models.presets import get_preset
+
+    lab = color.rgb_to_lab(rgb)
+    lum = lab[..., :1]
+    if get_preset(preset_name).space == "lab":
+        return color.normalize_l(lum), color.normalize_ab(lab[..., 1:])
+    gray = color.rgb_to_gray(rgb)
+    return tf.concat([gray, gray, gray], axis=-1) * 2.0 - 1.0, rgb * 2.0 - 1.0
+
+
+def make_dataset(
+    files: list[Path],
+    image_size: int,
+    batch_size: int,
+    preset_name: str,
+    cache_scale: float = 2.0,
+):
+    """An endless, shuffled, batched, prefetched tf.data.Dataset of (input, target) batches.
+
+    Photographs are decoded once with their short side at ``cache_scale * image_size`` and cached
+    in memory; crops are then taken at scales between that and the crop size.
+    """
+    import tensorflow as tf
+
+    short_side = max(image_size, int(round(image_size * cache_scale)))
+
+    def photos():
+        for path in files:
+            image = load_photo(path, short_side)
+            if image is not None and min(image.shape[:2]) >= image_size:
+                yield image
+
+    ds = tf.data.Dataset.from_generator(photos, output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
+    ds = ds.cache().shuffle(max(1, len(files)), reshuffle_each_iteration=True).repeat()
+    ds = ds.map(lambda img: random_view(img, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda rgb: to_pair(rgb, preset_name), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

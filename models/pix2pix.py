@@ -1,0 +1,89 @@
+"""The Pix2Pix conditional GAN as a keras.Model with its own train_step (two tapes, one step).
+
+Losses follow the report and Isola et al.: D minimises 0.5 x BCE over real and fake patches; G
+minimises BCE(fake patches judged real) + l1_weight x L1(target, fake). Training is `fit()`, so
+progress, checkpoints, cancellation and publishing are Keras callbacks.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+_bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+
+def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Tensor:
+    """0.5 x (BCE(real, 1) + BCE(fake, 0)): the report's loss_weights=[0.5] on both D updates."""
+    real = _bce(tf.ones_like(real_logits), real_logits)
+    fake = _bce(tf.zeros_like(fake_logits), fake_logits)
+    return 0.5 * (real + fake)
+
+
+def generator_loss(
+    fake_logits: tf.Tensor, target: tf.Tensor, fake: tf.Tensor, l1_weight: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(total, adversarial BCE, L1): the report's loss_weights=[1, 100] on [BCE, MAE]."""
+    gan = _bce(tf.ones_like(fake_logits), fake_logits)
+    l1 = tf.reduce_mean(tf.abs(tf.cast(target, tf.float32) - tf.cast(fake, tf.float32)))
+    return gan + l1_weight * l1, gan, l1
+
+
+def adam(learning_rate: float = 2e-4, beta_1: float = 0.5) -> keras.optimizers.Optimizer:
+    """The report's optimiser: Adam(2e-4, beta_1=0.5, beta_2=0.999)."""
+    return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1, beta_2=0.999)
+
+
+class Pix2Pix(keras.Model):
+    """Generator and discriminator trained together; ``fit((source, target))`` trains both."""
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
+        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
+        self.l1_tracker = keras.metrics.Mean(name="l1")
+        self.gan_tracker = keras.metrics.Mean(name="g_gan")
+        self.l1_weight = 100.0
+        self.built = True  # both parts are built functional models
+
+    def compile(
+        self,
+        g_optimizer: keras.optimizers.Optimizer | None = None,
+        d_optimizer: keras.optimizers.Optimizer | None = None,
+        l1_weight: float = 100.0,
+        **kwargs,
+    ) -> None:
+        super().compile(jit_compile=False, **kwargs)
+        self.g_optimizer = g_optimizer or adam()
+        self.d_optimizer = d_optimizer or adam()
+        # Built up front so a BackupAndRestore checkpoint can restore their slots before step 1.
+        self.g_optimizer.build(self.generator.trainable_variables)
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.l1_weight = float(l1_weight)
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return [self.g_loss_tracker, self.d_loss_tracker, self.l1_tracker, self.gan_tracker]
+
+    def call(self, inputs, training: bool = False):
+        return self.generator(inputs, training=training)
+
+    def train_step(self, data):
+        source, target = data
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            fake = self.generator(source, training=True)
+            real_logits = self.discriminator([source, target], training=True)
+            fake_logits = self.discriminator([source, fake], training=True)
+            g_loss, g_gan, l1 = generator_loss(fake_logits, target, fake, self.l1_weight)
+            d_loss = discriminator_loss(real_logits, fake_logits)
+        g_vars = self.generator.trainable_variables
+        d_vars = self.discriminator.trainable_variables
+        self.g_optimizer.apply_gradients(zip(g_tape.gradient(g_loss, g_vars), g_vars, strict=True))
+        self.d_optimizer.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars, strict=True))
+        self.g_loss_tracker.update_state(g_loss)
+        self.d_loss_tracker.update_state(d_loss)
+        self.l1_tracker.update_state(l1)
+        self.gan_tracker.update_state(g_gan)
+        return {m.name: m.result() for m in self.metrics}
