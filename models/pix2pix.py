@@ -55,7 +55,9 @@ class Pix2Pix(keras.Model):
         l1_weight: float = 100.0,
         **kwargs,
     ) -> None:
-        super().compile(jit_compile=False, **kwargs)
+        # No optimizer of its own: each network has its own, and a default RMSprop would only
+        # bloat checkpoints.
+        super().compile(optimizer=None, jit_compile=False, **kwargs)
         self.g_optimizer = g_optimizer or adam()
         self.d_optimizer = d_optimizer or adam()
         # Built up front so a BackupAndRestore checkpoint can restore their slots before step 1.
@@ -71,7 +73,7 @@ class Pix2Pix(keras.Model):
         return self.generator(inputs, training=training)
 
     def train_step(self, data):
-        source, target = data
+        source, target, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = self.generator(source, training=True)
             real_logits = self.discriminator([source, target], training=True)
