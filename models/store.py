@@ -75,12 +75,13 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
     """Load and check a version directory; raises BrokenVersion with the reason."""
     import keras
 
-    from models.presets import get_preset
+    from models.presets import get_preset, levels_for
 
     metadata = read_metadata(path)
     try:
         preset = get_preset(str(metadata["preset"]))
         image_size = int(metadata["image_size"])
+        levels_for(image_size)
     except (KeyError, TypeError, ValueError) as exc:
         raise BrokenVersion(f"{path}: metadata lacks a valid preset/image_size: {exc}") from exc
     try:

@@ -10,10 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "sqla+", "amqp://", "pyamqp://", "memory://")
+_BACKEND_SCHEMES = ("redis://", "rediss://", "db+", "rpc://", "cache+")
 
 
 class Settings(BaseSettings):
@@ -56,6 +57,15 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        # docker-compose passes ${COLORIZER_API_KEY:-} as an empty string when the key is unset;
+        # an empty key must mean "no key", not "every request fails authentication".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _known_broker(cls, value: str | None) -> str | None:
@@ -66,11 +76,23 @@ class Settings(BaseSettings):
             )
         return value
 
-    @model_validator(mode="after")
-    def _data_dir_usable(self) -> Settings:
-        if self.data_dir.exists() and not self.data_dir.is_dir():
-            raise ValueError(f"COLORIZER_DATA_DIR={self.data_dir} exists and is not a directory")
-        return self
+    @field_validator("result_backend")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(_BACKEND_SCHEMES):
+            raise ValueError(
+                f"unsupported result backend URL {value!r}: use redis://host:port/db or "
+                "db+<sqlalchemy URL>, or leave it unset"
+            )
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_usable(cls, value: Path) -> Path:
+        # A field validator, so the error is reported against data_dir (COLORIZER_DATA_DIR).
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
 
     @property
     def models_dir(self) -> Path:

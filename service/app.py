@@ -1,0 +1,78 @@
+"""The FastAPI application factory.
+
+Run it with ``uvicorn --factory service.app:create_app``. Importing this module does not import
+TensorFlow: the engine does, in its own thread, when the app starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI
+from PIL import Image
+
+from models.jobs import JobStore
+from models.store import ModelStore
+from service.engine import Engine
+from service.errors import install_error_handlers
+from service.routers import colorize, health, jobs, models
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# Concurrent inferences: TensorFlow already spreads one over the cores, and more would only
+# multiply peak memory (each holds a decoded photograph and its Lab copies).
+MAX_CONCURRENT_INFERENCES = max(1, min(4, os.cpu_count() or 1))
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine: Engine = app.state.engine
+    settings.ensure_dirs()
+    app.state.inference_limiter = anyio.CapacityLimiter(MAX_CONCURRENT_INFERENCES)
+    # Pillow's own bomb guard (process-wide), behind the explicit size check in /colorize.
+    previous_pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    engine.start()
+    log.info("colorizer API up: models in %s, device preference %s", settings.models_dir, settings.device)
+    try:
+        yield
+    finally:
+        await anyio.to_thread.run_sync(engine.stop)
+        Image.MAX_IMAGE_PIXELS = previous_pillow_limit
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new API instance for ``settings`` (default: from the environment, ``COLORIZER_*``).
+
+    The engine starts with the app's lifespan: it loads the newest model version in the
+    background (``/readyz`` answers 503 until then) and watches the store for newer ones.
+    """
+    settings = settings or get_settings()
+    store = ModelStore(settings.models_dir)
+    app = FastAPI(
+        title="Colorizer",
+        summary="Colorize grayscale photographs with a pix2pix generator; train new ones.",
+        version="0.1.0",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.model_store = store
+    app.state.job_store = JobStore(settings.jobs_dir)
+    app.state.engine = Engine(
+        store,
+        device_preference=settings.device,
+        reload_interval=settings.reload_interval,
+        max_render_size=settings.max_render_size,
+    )
+    app.state.celery = None  # created on first use by service.deps.get_celery
+    install_error_handlers(app)
+    for module in (health, colorize, models, jobs):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,96 @@
+"""Request dependencies as ``Annotated`` aliases, so routes read like sentences.
+
+Everything hangs off ``app.state`` (set by ``create_app``); unit tests swap a dependency with
+``app.dependency_overrides[get_celery] = ...``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Header, Request
+
+from models.jobs import JobStore
+from models.store import ModelStore
+from service.engine import Engine
+from service.errors import ApiError
+from service.settings import Settings
+
+_celery_lock = threading.Lock()
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> Engine:
+    """The inference engine."""
+    return request.app.state.engine
+
+
+def get_model_store(request: Request) -> ModelStore:
+    """The model store under ``settings.models_dir``."""
+    return request.app.state.model_store
+
+
+def get_job_store(request: Request) -> JobStore:
+    """The job records under ``settings.jobs_dir``."""
+    return request.app.state.job_store
+
+
+def get_celery(request: Request) -> Celery:
+    """The Celery app used to queue training jobs, created on first use from the app's settings.
+
+    Raises ApiError 503 when the worker package cannot be imported.
+    """
+    state = request.app.state
+    with _celery_lock:
+        if state.celery is None:
+            try:
+                from worker.celery_app import create_celery
+            except ImportError as exc:
+                raise ApiError(503, f"the job queue is not available on this server: {exc}") from exc
+            state.celery = create_celery(state.settings)
+    return state.celery
+
+
+def require_api_key(
+    request: Request,
+    x_api_key: Annotated[str | None, Header(description="The API key, when the server has one.")] = None,
+    authorization: Annotated[str | None, Header(description="Alternatively: Bearer <key>.")] = None,
+) -> None:
+    """Check ``X-API-Key`` or ``Authorization: Bearer`` against ``settings.api_key`` (when set).
+
+    Raises ApiError 401 when the key is missing or wrong.
+    """
+    expected = request.app.state.settings.api_key
+    if expected is None:
+        return
+    given = x_api_key
+    if given is None and authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            given = token.strip()
+    headers = {"WWW-Authenticate": "Bearer"}
+    if not given:
+        raise ApiError(
+            401,
+            "this endpoint needs the API key: send it as header X-API-Key (or Authorization: Bearer <key>)",
+            headers=headers,
+        )
+    if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise ApiError(
+            401, "the API key is wrong: check X-API-Key against COLORIZER_API_KEY", headers=headers
+        )
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+StoreDep = Annotated[ModelStore, Depends(get_model_store)]
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+ApiKeyDep = Annotated[None, Depends(require_api_key)]

@@ -1,0 +1,316 @@
+"""The inference engine: which generator is served, hot reload from the model store, and inference.
+
+This is the only service module that uses TensorFlow, and it imports it (with ``models.colorize``
+and ``models.device``) lazily, when the engine first needs it, so ``import service.app`` stays cheap.
+
+Serving model: ``engine.current`` is swapped atomically (one reference assignment) after the new
+version has loaded and colorized a dummy image; a request grabs the reference once and keeps that
+``LoadedModel`` to the end, whatever the watcher does meanwhile. Older or explicitly requested
+versions live in a small LRU cache. A version that fails to load is remembered (with its files'
+modification times) and not tried again until its files change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, LoadedModel, ModelStore, UnknownVersion
+from service.errors import NoModelLoaded
+
+log = logging.getLogger(__name__)
+
+WARMUP_SIDE = 16  # the dummy photograph colorized before a version is swapped in
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MAX_REASON = 400
+
+
+def _one_line(text: str) -> str:
+    """An error message fit for a log line and a JSON answer: one line, no colours, bounded."""
+    text = " ".join(_ANSI.sub("", text).split())
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+@dataclass(frozen=True)
+class _Failure:
+    signature: tuple[int | None, int | None]
+    reason: str
+
+
+class Engine:
+    """Serves generators from a ModelStore; thread-safe.
+
+    ``start()`` runs a daemon thread that configures TensorFlow, loads the newest loadable version
+    and then looks at the store every ``reload_interval`` seconds for a newer one.
+    """
+
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        device_preference: str = "auto",
+        reload_interval: float = 2.0,
+        max_render_size: int = 1024,
+        cache_size: int = 2,
+    ):
+        self.store = store
+        self.device_preference = device_preference
+        self.reload_interval = reload_interval
+        self.max_render_size = max_render_size
+        self.cache_size = cache_size
+        self._current: LoadedModel | None = None
+        self._device: str | None = None
+        self._cache: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._failed: dict[int, _Failure] = {}
+        self._state_lock = threading.Lock()  # guards _current, _cache and _failed
+        self._load_lock = threading.Lock()  # one load at a time: no duplicate loads, bounded memory
+        self._setup_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.setup_error: str | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model served by default, or None before the first one has loaded."""
+        return self._current
+
+    @property
+    def device(self) -> str | None:
+        """The device name ("GPU:0" or "CPU:0") once TensorFlow is configured, else None."""
+        return self._device
+
+    @property
+    def ready(self) -> bool:
+        """True when a model is loaded and requests can be served."""
+        return self._current is not None
+
+    def cached_versions(self) -> list[int]:
+        """Versions held in memory besides the served one, least recently used first."""
+        with self._state_lock:
+            return list(self._cache)
+
+    def failed_versions(self) -> dict[int, str]:
+        """Versions that failed to load, with the reason."""
+        with self._state_lock:
+            return {v: f.reason for v, f in self._failed.items()}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def setup(self) -> str:
+        """Import TensorFlow and pick the device (idempotent); returns the device name."""
+        with self._setup_lock:
+            if self._device is None:
+                from models.device import configure_tensorflow
+
+                self._device = configure_tensorflow(self.device_preference)
+            return self._device
+
+    def start(self) -> None:
+        """Start the watcher thread (it sets up TensorFlow and loads the newest version first)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the watcher thread and wait for it (a load in progress finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the model watcher did not stop within %.0f s", timeout)
+            self._thread = None
+
+    def _watch(self) -> None:
+        try:
+            self.setup()
+        except Exception as exc:
+            self.setup_error = f"TensorFlow could not be set up: {exc}"
+            log.exception("TensorFlow could not be set up; no model will be served")
+            return
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # the watcher must outlive any surprise in one look at the store
+                log.exception("looking for a new model version failed; trying again later")
+            self._stop.wait(self.reload_interval)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _signature(self, version: int) -> tuple[int | None, int | None]:
+        folder = self.store.root / str(version)
+        stamps = []
+        for name in (GENERATOR_FILE, METADATA_FILE):
+            try:
+                stamps.append(os.stat(folder / name).st_mtime_ns)
+            except OSError:
+                stamps.append(None)
+        return (stamps[0], stamps[1])
+
+    def _known_failure(self, version: int) -> str | None:
+        with self._state_lock:
+            failure = self._failed.get(version)
+        if failure is not None and failure.signature == self._signature(version):
+            return failure.reason
+        return None
+
+    def _load_and_warm(self, version: int) -> LoadedModel:
+        """Load ``version`` and colorize a dummy image with it; raises UnknownVersion or BrokenVersion.
+
+        A failure other than a missing version is remembered, so it is not retried until the
+        version's files change.
+        """
+        reason = self._known_failure(version)
+        if reason is not None:
+            raise BrokenVersion(reason)
+        signature = self._signature(version)
+        try:
+            model = self.store.load(version)
+            dummy = np.full((WARMUP_SIDE, WARMUP_SIDE), 128, np.uint8)
+            self.colorize(model, dummy)
+        except UnknownVersion:
+            raise
+        except Exception as exc:  # BrokenVersion, or anything a bad generator does on first use
+            if isinstance(exc, BrokenVersion):
+                # the store names the folder; clients need the version, not the server's paths
+                reason = _one_line(str(exc).replace(f"{self.store.root}{os.sep}", "version "))
+            else:
+                reason = (
+                    f"version {version} fails on a test image: {type(exc).__name__}: {_one_line(str(exc))}"
+                )
+            log.debug("model version %s failed to load or warm up", version, exc_info=exc)
+            with self._state_lock:
+                self._failed[version] = _Failure(signature, reason)
+            log.warning("model version %s cannot be served and is skipped: %s", version, reason)
+            raise BrokenVersion(reason) from exc
+        with self._state_lock:
+            self._failed.pop(version, None)
+        return model
+
+    def refresh(self) -> int | None:
+        """One look at the store: swap in the newest loadable version above the served one.
+
+        Returns the version swapped in, or None when nothing changed. Broken versions are skipped
+        (a lower, newer-than-served version may then be chosen) and the served model stays.
+        """
+        self.setup()
+        current = self._current
+        floor = int(current.version) if current is not None else 0
+        for version in sorted((v for v in self.store.versions() if v > floor), reverse=True):
+            if self._known_failure(version) is not None:
+                continue
+            with self._load_lock:
+                if self._current is not current:  # another caller of refresh() swapped meanwhile
+                    return None
+                with self._state_lock:
+                    model = self._cache.get(version)  # already loaded on demand by a request
+                if model is None:
+                    try:
+                        model = self._load_and_warm(version)
+                    except (UnknownVersion, BrokenVersion):
+                        continue
+                self._swap_in(model)
+            return version
+        return None
+
+    def _swap_in(self, model: LoadedModel) -> None:
+        with self._state_lock:
+            old = self._current
+            self._current = model  # the atomic swap: requests in flight keep their reference
+            self._cache.pop(int(model.version), None)
+            if old is not None:
+                self._remember(old)
+        log.info(
+            "now serving model version %s (preset %s, %d px) on %s",
+            model.version,
+            model.preset,
+            model.image_size,
+            self._device,
+        )
+
+    def _remember(self, model: LoadedModel) -> None:
+        # caller holds _state_lock
+        self._cache[int(model.version)] = model
+        self._cache.move_to_end(int(model.version))
+        while len(self._cache) > self.cache_size:
+            evicted, _ = self._cache.popitem(last=False)
+            log.info("model version %s dropped from the cache", evicted)
+
+    def model(self, version: int | None = None) -> LoadedModel:
+        """The served model (``version`` None) or that version, loaded on demand and cached.
+
+        Raises NoModelLoaded, UnknownVersion or BrokenVersion.
+        """
+        current = self._current
+        if version is None:
+            if current is None:
+                raise NoModelLoaded(self.setup_error)
+            return current
+        if current is not None and int(current.version) == version:
+            return current
+        with self._state_lock:
+            cached = self._cache.get(version)
+            if cached is not None:
+                self._cache.move_to_end(version)
+                return cached
+        self.setup()
+        with self._load_lock:
+            with self._state_lock:  # another request, or the watcher, may have loaded it meanwhile
+                cached = self._cache.get(version)
+                current = self._current
+            if cached is not None:
+                return cached
+            if current is not None and int(current.version) == version:
+                return current
+            model = self._load_and_warm(version)
+            with self._state_lock:
+                self._remember(model)
+        return model
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def check_render_size(self, model: LoadedModel, render_size: int | None) -> int:
+        """The side ``model`` will run at; raises ValueError naming render_size when it is not usable."""
+        from models.colorize import check_render_size
+
+        if render_size is not None and render_size > self.max_render_size:
+            raise ValueError(
+                f"render_size must be at most {self.max_render_size} (COLORIZER_MAX_RENDER_SIZE)"
+            )
+        return check_render_size(model, render_size)
+
+    def colorize(self, model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
+        """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array on the engine's device.
+
+        Blocking: call it from a worker thread. Raises ValueError for a bad render_size.
+        """
+        import tensorflow as tf
+
+        from models.colorize import colorize_array
+
+        self.check_render_size(model, render_size)
+        with tf.device(self._device or self.setup()):
+            return colorize_array(model, image, render_size)
+
+    def describe(self) -> dict[str, Any]:
+        """What the engine serves, for health and listing endpoints."""
+        current = self._current
+        return {
+            "ready": current is not None,
+            "model_version": int(current.version) if current is not None else None,
+            "device": self._device,
+            "cached_versions": self.cached_versions(),
+            "failed_versions": self.failed_versions(),
+        }

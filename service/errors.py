@@ -1,0 +1,153 @@
+"""Errors the API raises and the handlers that turn every error into ``{"detail": "<sentence>", ...}``.
+
+Validation errors (422) keep FastAPI's list of field errors under ``errors`` (with their ``loc``)
+and put a readable summary in ``detail``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.jobs import UnknownJob
+from models.store import BrokenVersion, UnknownVersion
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, a sentence for the client and optional extra JSON fields."""
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+class NoModelLoaded(ApiError):
+    """The engine has no model to serve yet (empty store, or still loading)."""
+
+    def __init__(self, detail: str | None = None):
+        super().__init__(
+            503,
+            detail
+            or "no model is loaded yet: publish a model version (train one with POST /jobs) "
+            "and retry; GET /readyz says when one is served",
+            headers={"Retry-After": "5"},
+        )
+
+
+def field_error(location: str, field: str, message: str, value: Any = None) -> RequestValidationError:
+    """A 422 for one request field (``location`` is "body", "query" or "path"), shaped like FastAPI's."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": (location, field), "msg": message, "input": value}]
+    )
+
+
+def _describe_location(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] == "body":
+        return f"body field {'.'.join(parts[1:])}"
+    if len(parts) > 1 and parts[0] in ("query", "path", "header", "cookie"):
+        return f"{parts[0]} parameter {'.'.join(parts[1:])}"
+    return ".".join(parts) or "request"
+
+
+def _readable_message(msg: str) -> str:
+    # pydantic prefixes errors from validators with "Value error, "; the person does not need it.
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
+
+
+def summarize_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence listing each bad field and what is wrong with it."""
+    parts = [
+        f"{_describe_location(e.get('loc', ()))}: {_readable_message(str(e.get('msg', '')))}" for e in errors
+    ]
+    return "invalid request: " + "; ".join(parts) if parts else "invalid request"
+
+
+def _error_body(detail: str, **extra: Any) -> dict[str, Any]:
+    return {"detail": detail, **jsonable_encoder(extra)}
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = jsonable_encoder(exc.errors())
+    return JSONResponse(
+        status_code=422, content=_error_body(summarize_validation_errors(errors), errors=errors)
+    )
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(
+        status_code=exc.status_code, content=_error_body(exc.detail, **exc.extra), headers=exc.headers
+    )
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no endpoint {request.method} {request.url.path}; the API is described at /docs"
+    elif exc.status_code == 405 and detail == "Method Not Allowed":
+        detail = f"{request.url.path} does not accept {request.method}; the API is described at /docs"
+    content = detail if isinstance(detail, dict) and "detail" in detail else {"detail": str(detail)}
+    return JSONResponse(
+        status_code=exc.status_code, content=jsonable_encoder(content), headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unknown_version(request: Request, exc: UnknownVersion) -> JSONResponse:
+    return JSONResponse(
+        status_code=404, content=_error_body(f"{exc}; GET /models lists the versions there are")
+    )
+
+
+async def _broken_version(request: Request, exc: BrokenVersion) -> JSONResponse:
+    log.warning("request for a broken model version: %s", exc)
+    return JSONResponse(
+        status_code=409,
+        content=_error_body(
+            f"that model version cannot be loaded ({exc}); use another one (GET /models) or publish it again"
+        ),
+    )
+
+
+async def _unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:
+    return JSONResponse(status_code=404, content=_error_body(f"{exc}; GET /jobs lists the jobs there are"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        status_code=500,
+        content=_error_body("internal server error; the server log has the details, please report it"),
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the JSON error handlers on ``app``."""
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(UnknownVersion, _unknown_version)
+    app.add_exception_handler(BrokenVersion, _broken_version)
+    app.add_exception_handler(UnknownJob, _unknown_job)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,170 @@
+"""Training jobs: submit (queued on Celery), list, inspect, cancel, and the latest sample plot.
+
+Every route here needs the API key when one is configured. Routes are plain ``def``: they touch the
+disk and the broker, so FastAPI runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
+
+from models.config import TrainConfig
+from models.store import BrokenVersion, UnknownVersion
+from service.deps import CeleryDep, JobStoreDep, SettingsDep, StoreDep, require_api_key
+from service.errors import ApiError, field_error
+from service.schemas import ErrorResponse, JobQueueError, JobStatus, ValidationErrorResponse
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(require_api_key)],
+    responses={401: {"model": ErrorResponse, "description": "Missing or wrong API key."}},
+)
+
+_UNKNOWN_JOB = {404: {"model": ErrorResponse, "description": "No such job."}}
+
+
+def dataset_folder(datasets_dir: Path, name: str) -> Path:
+    """The dataset's folder, resolved; raises a 422 naming ``dataset`` if missing or outside datasets_dir."""
+    root = datasets_dir.resolve()
+    folder = (root / name).resolve()
+    if not folder.is_relative_to(root) or folder == root:
+        raise field_error("body", "dataset", f"dataset {name!r} points outside the datasets directory", name)
+    if not folder.is_dir():
+        raise field_error(
+            "body",
+            "dataset",
+            f"dataset {name!r} does not exist: put a folder of colour images at datasets/{name} "
+            "in the data directory first",
+            name,
+        )
+    return folder
+
+
+def _check_init_from(store: Any, init_from: int | str | None) -> None:
+    if not isinstance(init_from, int):
+        return
+    try:
+        store.get(init_from)
+    except UnknownVersion:
+        raise field_error(
+            "body",
+            "init_from",
+            f"model version {init_from} does not exist (GET /models lists them)",
+            init_from,
+        ) from None
+    except BrokenVersion as exc:
+        raise field_error(
+            "body", "init_from", f"model version {init_from} cannot be read: {exc}", init_from
+        ) from None
+
+
+def _status(record: dict[str, Any]) -> JobStatus:
+    return JobStatus.model_validate(record)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobStatus,
+    responses={
+        422: {"model": ValidationErrorResponse, "description": "Bad config, missing dataset or init_from."},
+        503: {"model": JobQueueError, "description": "The broker is unreachable; the job is marked failed."},
+    },
+)
+def submit_job(
+    request: Request,
+    config: TrainConfig,
+    settings: SettingsDep,
+    store: StoreDep,
+    jobs: JobStoreDep,
+    celery_app: CeleryDep,
+) -> JobStatus | JSONResponse:
+    """Queue a training job; answers 202 with its record (state ``queued``)."""
+    dataset_folder(settings.datasets_dir, config.dataset)
+    _check_init_from(store, config.init_from)
+    config_dict = config.model_dump(mode="json")
+    record = jobs.create(config_dict)
+    try:
+        from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK
+
+        celery_app.send_task(TRAIN_TASK, args=[record["id"], config_dict], queue=TRAIN_QUEUE)
+    except Exception as exc:  # kombu OperationalError, ConnectionError, a missing worker package, ...
+        log.warning("job %s could not be queued: %r", record["id"], exc)
+        # Celery's Redis result backend gives up for good after its reconnect retries ("must be
+        # restarted"): build a fresh Celery app for the next submission.
+        request.app.state.celery = None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        record = jobs.update(
+            record["id"],
+            state="failed",
+            error=f"could not queue the job, the broker is unreachable: {reason}",
+            finished_at=time.time(),
+        )
+        body = JobQueueError(
+            detail="the job queue (broker) is unreachable, so the job was not queued and is marked "
+            f"failed ({reason}). Check COLORIZER_BROKER_URL and that the broker runs, then submit again",
+            job=_status(record),
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=503, headers={"Retry-After": "30"})
+    log.info("queued training job %s on dataset %s", record["id"], config.dataset)
+    return _status(record)
+
+
+@router.get("", response_model=list[JobStatus])
+def list_jobs(jobs: JobStoreDep) -> list[JobStatus]:
+    """Every job, newest first (a record that does not parse is logged and left out)."""
+    statuses = []
+    for record in jobs.list():
+        try:
+            statuses.append(_status(record))
+        except ValidationError as exc:
+            log.warning("job record %s is damaged and not listed: %s", record.get("id"), exc)
+    return statuses
+
+
+@router.get("/{job_id}", response_model=JobStatus, responses=_UNKNOWN_JOB)
+def get_job(job_id: str, jobs: JobStoreDep) -> JobStatus:
+    """One job's record: state, progress, losses, ETA, published versions, error."""
+    return _status(jobs.get(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobStatus,
+    responses={
+        **_UNKNOWN_JOB,
+        202: {"model": JobStatus, "description": "Running: it stops at its next step."},
+    },
+)
+def cancel_job(job_id: str, jobs: JobStoreDep, response: Response) -> JobStatus:
+    """Cancel a job: a queued one at once (200), a running one at its next step (202)."""
+    record = jobs.request_cancel(job_id)
+    if record["state"] not in ("succeeded", "failed", "cancelled"):
+        response.status_code = status.HTTP_202_ACCEPTED
+    return _status(record)
+
+
+@router.get(
+    "/{job_id}/samples/latest",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}, "description": "The newest sample plot."}, **_UNKNOWN_JOB},
+)
+def latest_sample(job_id: str, jobs: JobStoreDep) -> FileResponse:
+    """The newest sample plot of the job (PNG); 404 until the first one is written."""
+    record = jobs.get(job_id)
+    path = jobs.latest_sample(job_id)
+    if path is None:
+        every = record.get("config", {}).get("sample_every")
+        when = f" after {every} steps" if every else ""
+        raise ApiError(404, f"job {job_id} has no sample yet: the first one appears{when}; try again later")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,104 @@
+"""Response bodies of the API. The request body of POST /jobs is ``models.config.TrainConfig``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a diverged loss, say) replaced by None: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a sentence saying what went wrong and what to do about it."""
+
+    detail: str
+
+
+class ValidationErrorResponse(ErrorResponse):
+    """A 422: the summary sentence plus FastAPI's per-field errors (``loc``, ``msg``, ``type``)."""
+
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    """Whether a model is loaded, which one, and the TensorFlow device it runs on."""
+
+    ready: bool
+    model_version: int | None = None
+    device: str | None = None
+    detail: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """One version in the model store."""
+
+    version: int
+    preset: str | None = None
+    image_size: int | None = None
+    created_at: float | None = None
+    served: bool = Field(False, description="The version /colorize uses when no ?model= is given.")
+    loaded: bool = Field(False, description="Held in memory (served or cached).")
+    error: str | None = Field(None, description="Why this version cannot be served, if it cannot.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return finite_or_none(value)
+
+
+class ModelsResponse(BaseModel):
+    served: int | None = Field(None, description="The version /colorize uses when no ?model= is given.")
+    device: str | None = None
+    versions: list[ModelInfo]
+
+
+class JobProgress(BaseModel):
+    step: int = 0
+    total: int | None = None
+    epoch: int = 0
+
+
+class JobStatus(BaseModel):
+    """A training job's record, as the worker last wrote it."""
+
+    id: str
+    state: JobState
+    config: dict[str, Any]
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: JobProgress = Field(default_factory=JobProgress)
+    losses: dict[str, float | None] = Field(default_factory=dict)
+    eta_seconds: float | None = None
+    published_versions: list[int] = Field(default_factory=list)
+    error: str | None = None
+
+    @field_validator("losses", "eta_seconds", "config", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return finite_or_none(value)
+
+
+class JobQueueError(ErrorResponse):
+    """A 503 from POST /jobs: the job was recorded but could not be queued, and is marked failed."""
+
+    job: JobStatus

@@ -1,0 +1,596 @@
+"""The HTTP API in-process (TestClient), with real tiny generators published into a temporary store.
+
+Only the Celery app is replaced (by a fake that records ``send_task``), through
+``app.dependency_overrides``; everything else is the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from kombu.exceptions import OperationalError
+from PIL import Image
+
+from models.networks import build_generator
+from models.store import GENERATOR_FILE, METADATA_FILE, ModelStore
+from service.app import create_app
+from service.deps import get_celery
+from service.routers.colorize import to_array
+from service.settings import Settings
+from tests.conftest import make_photo
+
+TINY_JOB = {"dataset": "tiny", "preset": "lab", "image_size": 32, "width": 4, "steps": 4}
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def publish_tiny(settings: Settings, preset: str = "lab") -> int:
+    """Publish a tiny untrained generator (32 px, width 4) and return its version."""
+    channels = {"lab": (1, 2), "seed": (3, 3)}[preset]
+    generator = build_generator(32, *channels, width=4)
+    return ModelStore(settings.models_dir).publish(generator, {"preset": preset, "image_size": 32})
+
+
+def changed(settings: Settings, **changes: Any) -> Settings:
+    """The same settings with some fields changed, validated again."""
+    return Settings(**{**dict(settings), **changes})
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def photo(width: int = 50, height: int = 40, mode: str = "RGB") -> Image.Image:
+    return Image.fromarray(make_photo(width, height, seed=1)).convert(mode)
+
+
+def decoded(response) -> Image.Image:
+    return Image.open(io.BytesIO(response.content))
+
+
+def assert_json_error(response, status: int, *words: str) -> dict:
+    """The response is a JSON error with ``status`` whose detail sentence mentions ``words``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    for word in words:
+        assert word in body["detail"], body
+    return body
+
+
+class FakeCelery:
+    """Records send_task calls; raises ``error`` when given, like an unreachable broker."""
+
+    def __init__(self, error: Exception | None = None):
+        self.calls: list[dict[str, Any]] = []
+        self.error = error
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> None:
+        self.calls.append({"name": name, "args": args, "kwargs": kwargs, **options})
+        if self.error is not None:
+            raise self.error
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(dataset_dir: Path) -> Settings:
+    """A fresh data directory with the ``tiny`` dataset, looked at every 0.2 s."""
+    return Settings(data_dir=dataset_dir, reload_interval=0.2)
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[[Settings], TestClient]]:
+    """Start an app (lifespan included) for some settings; every one is stopped at the end."""
+    with ExitStack() as stack:
+
+        def _start(settings: Settings) -> TestClient:
+            return stack.enter_context(TestClient(create_app(settings)))
+
+        yield _start
+
+
+@pytest.fixture
+def client(settings: Settings, start) -> TestClient:
+    """An app serving version 1 (a tiny lab generator), ready."""
+    publish_tiny(settings)
+    client = start(settings)
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="version 1 served")
+    return client
+
+
+@pytest.fixture
+def fake_celery(client: TestClient) -> FakeCelery:
+    fake = FakeCelery()
+    client.app.dependency_overrides[get_celery] = lambda: fake
+    return fake
+
+
+# -- import hygiene ------------------------------------------------------------------------------
+
+
+def test_importing_and_creating_the_app_does_not_import_tensorflow(tmp_path):
+    code = (
+        "import sys\n"
+        "import service.app\n"
+        "from service.settings import Settings\n"
+        f"service.app.create_app(Settings(data_dir={str(tmp_path)!r}))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# -- health and readiness ------------------------------------------------------------------------
+
+
+def test_readyz_is_503_on_an_empty_store_then_200_once_a_version_is_published(settings, start):
+    client = start(settings)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["ready"] is False and not_ready.json()["detail"]
+    assert_json_error(
+        client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"}), 503
+    )
+
+    publish_tiny(settings)
+    ready = wait_for(lambda: (r := client.get("/readyz")).status_code == 200 and r.json(), what="hot reload")
+    assert ready == {"ready": True, "model_version": 1, "device": "CPU:0", "detail": None}
+    assert client.get("/healthz").status_code == 200
+
+
+def test_a_newer_version_is_served_without_restart(client, settings):
+    assert client.get("/readyz").json()["model_version"] == 1
+    assert publish_tiny(settings, preset="seed") == 2
+    wait_for(lambda: client.get("/readyz").json()["model_version"] == 2, what="version 2 served")
+    response = client.post("/colorize", files={"image": ("old.png", encode(photo()), "image/png")})
+    assert response.status_code == 200
+    assert response.headers["x-model-version"] == "2"
+
+
+def test_broken_version_is_skipped_once_and_the_old_one_keeps_serving(client, settings, caplog):
+    caplog.set_level(logging.WARNING, logger="service.engine")
+    broken = settings.models_dir / "2"
+    broken.mkdir()
+    (broken / METADATA_FILE).write_text('{"preset": "lab", "image_size": 32, "version": 2}')
+    (broken / GENERATOR_FILE).write_bytes(b"PK\x03\x04 this is not a keras archive")
+
+    listing = wait_for(
+        lambda: (v := client.get("/models").json()["versions"]) and len(v) == 2 and v[1]["error"] and v,
+        what="version 2 marked broken",
+    )
+    assert listing[1]["version"] == 2 and "generator.keras" in listing[1]["error"]
+    assert listing[1]["served"] is False and listing[0]["served"] is True
+    response = client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"})
+    assert response.status_code == 200 and response.headers["x-model-version"] == "1"
+    assert client.get("/readyz").json()["model_version"] == 1
+
+    # a later good version is still picked up, and the broken one was not retried on every tick
+    assert publish_tiny(settings) == 3
+    wait_for(lambda: client.get("/readyz").json()["model_version"] == 3, what="version 3 served")
+    warnings = [r for r in caplog.records if r.getMessage().startswith("model version 2 cannot be served")]
+    assert len(warnings) == 1
+
+
+def test_models_lists_versions_with_metadata_and_the_served_one(client, settings):
+    publish_tiny(settings, preset="seed")
+    wait_for(lambda: client.get("/models").json()["served"] == 2, what="version 2 served")
+    body = client.get("/models").json()
+    assert body["device"] == "CPU:0"
+    assert [(v["version"], v["preset"], v["served"]) for v in body["versions"]] == [
+        (1, "lab", False),
+        (2, "seed", True),
+    ]
+    assert body["versions"][1]["metadata"]["image_size"] == 32
+    assert body["versions"][0]["loaded"] is True  # the previous one stays cached
+
+
+# -- /colorize -----------------------------------------------------------------------------------
+
+
+def test_colorize_multipart_returns_a_png_of_the_input_size(client):
+    gray = photo(90, 60, mode="L")
+    response = client.post("/colorize", files={"image": ("old.jpg", encode(gray, "JPEG"), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-model-version"] == "1"
+    out = decoded(response)
+    assert out.format == "PNG" and out.mode == "RGB" and out.size == (90, 60)
+
+
+def test_colorize_raw_image_body_returns_the_image_with_its_model_version(client):
+    response = client.post("/colorize", content=encode(photo(33, 47)), headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-model-version"] == "1"
+    assert decoded(response).size == (33, 47)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "pil_format", "media_type"), [("jpeg", "JPEG", "image/jpeg"), ("webp", "WEBP", "image/webp")]
+)
+def test_colorize_answers_in_the_requested_format(client, fmt, pil_format, media_type):
+    response = client.post(
+        f"/colorize?format={fmt}", content=encode(photo()), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == media_type
+    out = decoded(response)
+    assert out.format == pil_format and out.size == (50, 40)
+
+
+def test_colorize_rejects_an_unsupported_format(client):
+    response = client.post(
+        "/colorize?format=gif", content=encode(photo()), headers={"content-type": "image/png"}
+    )
+    body = assert_json_error(response, 422, "format")
+    assert body["errors"][0]["loc"] == ["query", "format"]
+
+
+def test_colorize_runs_at_a_valid_render_size(client):
+    response = client.post(
+        "/colorize?render_size=64", content=encode(photo()), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 200, response.text
+    assert decoded(response).size == (50, 40)
+
+
+@pytest.mark.parametrize("render_size", [33, 2048])
+def test_colorize_rejects_a_render_size_the_model_cannot_use(client, render_size):
+    response = client.post(
+        f"/colorize?render_size={render_size}", content=encode(photo()), headers={"content-type": "image/png"}
+    )
+    body = assert_json_error(response, 422, "render_size")
+    assert body["errors"][0]["loc"] == ["query", "render_size"]
+
+
+@pytest.mark.parametrize("model", ["99", "unknown"])
+def test_colorize_with_an_unknown_model_version_is_404(client, model):
+    response = client.post(
+        f"/colorize?model={model}", content=encode(photo()), headers={"content-type": "image/png"}
+    )
+    assert_json_error(response, 404, "does not exist")
+
+
+def test_colorize_loads_an_older_version_on_demand(client, settings):
+    publish_tiny(settings)
+    wait_for(lambda: client.get("/readyz").json()["model_version"] == 2, what="version 2 served")
+    for version in ("1", "2", "1"):
+        response = client.post(
+            f"/colorize?model={version}", content=encode(photo()), headers={"content-type": "image/png"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-model-version"] == version
+
+
+def test_colorize_with_a_broken_version_is_409(client, settings):
+    broken = settings.models_dir / "7"
+    broken.mkdir()
+    (broken / METADATA_FILE).write_text('{"preset": "lab", "image_size": 32}')
+    (broken / GENERATOR_FILE).write_bytes(b"garbage")
+    response = client.post(
+        "/colorize?model=7", content=encode(photo()), headers={"content-type": "image/png"}
+    )
+    body = assert_json_error(response, 409, "cannot be loaded")
+    assert str(settings.models_dir) not in body["detail"]  # no server paths in answers
+
+
+def test_colorize_rejects_a_non_image_with_json(client):
+    response = client.post("/colorize", files={"image": ("notes.txt", b"just some text", "text/plain")})
+    assert_json_error(response, 415, "not an image")
+
+
+def test_colorize_rejects_truncated_png(client):
+    whole = encode(photo(120, 90))
+    response = client.post(
+        "/colorize", content=whole[: len(whole) // 2], headers={"content-type": "image/png"}
+    )
+    assert_json_error(response, 400, "truncated")
+
+
+def test_colorize_rejects_a_body_that_is_not_an_image_type(client):
+    response = client.post(
+        "/colorize", content=b"a=1", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert_json_error(response, 415, "image/*")
+
+
+def test_colorize_multipart_without_the_image_field_is_422_naming_image(client):
+    response = client.post("/colorize", files={"photo": ("old.png", encode(photo()), "image/png")})
+    body = assert_json_error(response, 422, "image")
+    assert body["errors"][0]["loc"] == ["body", "image"]
+
+
+def test_colorize_rejects_an_upload_over_max_upload_bytes(settings, start):
+    publish_tiny(settings)
+    client = start(changed(settings, max_upload_bytes=2048))
+    big = bytes(5000)
+    response = client.post("/colorize", content=big, headers={"content-type": "image/png"})
+    assert_json_error(response, 413, "2048 bytes")
+    multipart = client.post("/colorize", files={"image": ("big.png", big, "image/png")})
+    assert_json_error(multipart, 413)
+
+
+def test_colorize_rejects_an_oversized_chunked_upload_without_content_length(settings, start):
+    publish_tiny(settings)
+    client = start(changed(settings, max_upload_bytes=2048))
+    chunks_sent = []
+
+    def body() -> Iterator[bytes]:
+        for i in range(100):
+            chunks_sent.append(i)
+            yield bytes(1000)
+
+    response = client.post("/colorize", content=body(), headers={"content-type": "image/png"})
+    assert "content-length" not in response.request.headers
+    assert_json_error(response, 413, "2048 bytes")
+
+
+@pytest.mark.parametrize("side", [40, 100], ids=["over-the-limit", "over-pillow-bomb-guard"])
+def test_colorize_rejects_an_image_with_too_many_pixels(settings, start, side):
+    publish_tiny(settings)
+    client = start(changed(settings, max_image_pixels=1000))
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="ready")
+    small_file_many_pixels = encode(Image.new("L", (side, side), 128))
+    response = client.post("/colorize", content=small_file_many_pixels, headers={"content-type": "image/png"})
+    assert_json_error(response, 413, "COLORIZER_MAX_IMAGE_PIXELS")
+
+
+def test_the_pillow_pixel_limit_is_restored_when_the_app_stops(settings, start):
+    before = Image.MAX_IMAGE_PIXELS
+    with TestClient(create_app(changed(settings, max_image_pixels=1000))):
+        assert Image.MAX_IMAGE_PIXELS == 1000
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def _rgba() -> Image.Image:
+    image = photo(mode="RGBA")
+    image.putalpha(Image.linear_gradient("L").resize(image.size))
+    return image
+
+
+def _palette_with_transparency() -> Image.Image:
+    image = photo().convert("P")
+    image.info["transparency"] = 0
+    return image
+
+
+def _sixteen_bit() -> Image.Image:
+    values = (np.asarray(photo(mode="L")).astype(np.uint16) * 257).astype(np.uint16)
+    return Image.fromarray(values)
+
+
+@pytest.mark.parametrize(
+    ("make", "fmt"),
+    [
+        (lambda: photo(mode="L"), "PNG"),
+        (lambda: photo(mode="1"), "PNG"),
+        (lambda: photo(mode="LA"), "PNG"),
+        (_rgba, "PNG"),
+        (lambda: photo(mode="P"), "GIF"),
+        (_palette_with_transparency, "PNG"),
+        (lambda: photo(mode="CMYK"), "JPEG"),
+        (lambda: photo(mode="CMYK"), "TIFF"),
+        (_sixteen_bit, "PNG"),
+    ],
+    ids=["L", "1", "LA", "RGBA", "P", "P-transparent", "CMYK-jpeg", "CMYK-tiff", "I;16"],
+)
+def test_colorize_accepts_every_common_pixel_mode(client, make, fmt):
+    response = client.post(
+        "/colorize", files={"image": ("in", encode(make(), fmt), "application/octet-stream")}
+    )
+    assert response.status_code == 200, response.text
+    assert decoded(response).size == (50, 40)
+
+
+def test_sixteen_bit_gray_is_scaled_to_eight_bits_not_clipped():
+    values = np.array([[0, 257 * 64, 32768, 65535]], dtype=np.uint16)
+    assert to_array(Image.fromarray(values)).tolist() == [[0, 64, 128, 255]]
+
+
+def test_colorize_applies_exif_orientation(client):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated a quarter turn: portrait
+    upload = encode(photo(60, 20), "JPEG", exif=exif)
+    response = client.post("/colorize", content=upload, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    assert decoded(response).size == (20, 60)
+
+
+def test_colorize_runs_the_model_off_the_event_loop(client, monkeypatch):
+    engine = client.app.state.engine
+    original = engine.colorize
+    seen = []
+
+    def spy(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            seen.append("event loop")
+        except RuntimeError:
+            seen.append("worker thread")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "colorize", spy)
+    response = client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"})
+    assert response.status_code == 200
+    assert seen == ["worker thread"]
+
+
+# -- API key -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keyed_client(settings, start) -> TestClient:
+    publish_tiny(settings)
+    client = start(changed(settings, api_key="s3cret-key"))
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="ready")
+    client.app.dependency_overrides[get_celery] = lambda: FakeCelery()
+    return client
+
+
+def test_jobs_need_the_api_key_when_one_is_set(keyed_client):
+    missing = keyed_client.get("/jobs")
+    assert_json_error(missing, 401, "X-API-Key")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert_json_error(keyed_client.get("/jobs", headers={"X-API-Key": "wrong"}), 401, "wrong")
+    assert_json_error(keyed_client.post("/jobs", json=TINY_JOB), 401)
+    assert_json_error(keyed_client.post("/jobs/0123456789abcdef0123456789abcdef/cancel"), 401)
+
+
+def test_jobs_accept_the_api_key_as_header_or_bearer_token(keyed_client):
+    assert keyed_client.get("/jobs", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+    assert keyed_client.get("/jobs", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+    submitted = keyed_client.post("/jobs", json=TINY_JOB, headers={"X-API-Key": "s3cret-key"})
+    assert submitted.status_code == 202, submitted.text
+
+
+def test_colorize_models_and_probes_stay_open_with_an_api_key(keyed_client):
+    assert keyed_client.get("/healthz").status_code == 200
+    assert keyed_client.get("/readyz").status_code == 200
+    assert keyed_client.get("/models").status_code == 200
+    response = keyed_client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"})
+    assert response.status_code == 200
+
+
+# -- /jobs ---------------------------------------------------------------------------------------
+
+
+def test_submitting_a_job_queues_it_and_answers_202(client, fake_celery):
+    response = client.post("/jobs", json=TINY_JOB)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["state"] == "queued" and job["config"]["dataset"] == "tiny"
+    assert job["config"]["batch_size"] == 1  # the resolved config, defaults included
+    [call] = fake_celery.calls
+    assert call["name"] == "colorizer.train" and call["queue"] == "training"
+    assert call["args"] == [job["id"], job["config"]]
+
+    status = client.get(f"/jobs/{job['id']}")
+    assert status.status_code == 200
+    assert status.json()["state"] == "queued" and status.json()["progress"]["step"] == 0
+    assert [j["id"] for j in client.get("/jobs").json()] == [job["id"]]
+
+
+def test_submitting_a_job_with_a_missing_dataset_is_422_naming_dataset(client, fake_celery):
+    response = client.post("/jobs", json={**TINY_JOB, "dataset": "nowhere"})
+    body = assert_json_error(response, 422, "dataset", "nowhere")
+    assert body["errors"][0]["loc"] == ["body", "dataset"]
+    assert fake_celery.calls == [] and client.get("/jobs").json() == []
+
+
+def test_submitting_a_job_whose_dataset_symlink_escapes_is_422(client, fake_celery, settings, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (settings.datasets_dir / "sneaky").symlink_to(outside)
+    response = client.post("/jobs", json={**TINY_JOB, "dataset": "sneaky"})
+    body = assert_json_error(response, 422, "outside")
+    assert body["errors"][0]["loc"] == ["body", "dataset"]
+    assert fake_celery.calls == []
+
+
+def test_submitting_a_job_with_a_bad_field_is_422_naming_the_field(client, fake_celery):
+    response = client.post("/jobs", json={**TINY_JOB, "batch_size": 0, "colour": "blue"})
+    body = assert_json_error(response, 422, "batch_size", "colour")
+    assert {tuple(e["loc"]) for e in body["errors"]} == {("body", "batch_size"), ("body", "colour")}
+    assert fake_celery.calls == []
+
+
+def test_submitting_a_job_from_a_missing_version_is_422_naming_init_from(client, fake_celery):
+    response = client.post("/jobs", json={**TINY_JOB, "init_from": 42})
+    body = assert_json_error(response, 422, "init_from")
+    assert body["errors"][0]["loc"] == ["body", "init_from"]
+    assert client.post("/jobs", json={**TINY_JOB, "init_from": 1}).status_code == 202
+
+
+def test_submitting_a_job_with_the_broker_down_is_503_and_the_job_failed(client):
+    fake = FakeCelery(error=OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused."))
+    client.app.dependency_overrides[get_celery] = lambda: fake
+    response = client.post("/jobs", json=TINY_JOB)
+    body = assert_json_error(response, 503, "broker")
+    job_id = body["job"]["id"]
+    record = client.get(f"/jobs/{job_id}").json()
+    assert record["state"] == "failed" and "Connection refused" in record["error"]
+    assert record["finished_at"] is not None
+
+
+def test_cancelling_a_queued_job_cancels_it(client, fake_celery):
+    job_id = client.post("/jobs", json=TINY_JOB).json()["id"]
+    response = client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "cancelled"
+    assert client.get(f"/jobs/{job_id}").json()["state"] == "cancelled"
+
+
+def test_cancelling_a_running_job_is_accepted_and_leaves_it_to_stop(client, fake_celery):
+    job_id = client.post("/jobs", json=TINY_JOB).json()["id"]
+    client.app.state.job_store.update(job_id, state="running")
+    response = client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 202
+    assert response.json()["state"] == "running"
+    assert client.app.state.job_store.cancel_requested(job_id)
+
+
+def test_a_job_whose_losses_diverged_still_reads_as_json(client, fake_celery):
+    job_id = client.post("/jobs", json=TINY_JOB).json()["id"]
+    client.app.state.job_store.update(
+        job_id, state="running", losses={"g": float("nan"), "d": 0.5}, eta_seconds=float("inf")
+    )
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200
+    assert response.json()["losses"] == {"g": None, "d": 0.5} and response.json()["eta_seconds"] is None
+    assert client.get("/jobs").json()[0]["losses"]["g"] is None
+
+
+def test_latest_sample_is_404_until_one_is_written(client, fake_celery, settings):
+    job_id = client.post("/jobs", json=TINY_JOB).json()["id"]
+    assert_json_error(client.get(f"/jobs/{job_id}/samples/latest"), 404, "no sample yet")
+
+    samples = settings.jobs_dir / job_id / "samples"
+    samples.mkdir(parents=True)
+    (samples / "plot_000001.png").write_bytes(encode(photo(30, 20)))
+    response = client.get(f"/jobs/{job_id}/samples/latest")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert decoded(response).size == (30, 20)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/jobs/0123456789abcdef0123456789abcdef"),
+        ("GET", "/jobs/not-a-job-id"),
+        ("POST", "/jobs/0123456789abcdef0123456789abcdef/cancel"),
+        ("GET", "/jobs/0123456789abcdef0123456789abcdef/samples/latest"),
+    ],
+)
+def test_unknown_job_is_404_json(client, method, path):
+    assert_json_error(client.request(method, path), 404, "does not exist")

@@ -1,0 +1,213 @@
+"""The inference engine without HTTP, and the TensorFlow device choice.
+
+Engine tests call ``refresh()`` themselves (no watcher thread) so each step is deterministic; one
+test runs the real watcher thread. The GPU branch of ``configure_tensorflow`` uses a mocked
+``tf.config``: this machine has no GPU.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.device import configure_tensorflow
+from models.networks import build_generator
+from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, ModelStore, UnknownVersion
+from service.engine import Engine
+from service.errors import NoModelLoaded
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "models")
+
+
+def publish_tiny(store: ModelStore, preset: str = "lab") -> int:
+    channels = {"lab": (1, 2), "seed": (3, 3)}[preset]
+    return store.publish(build_generator(32, *channels, width=4), {"preset": preset, "image_size": 32})
+
+
+def write_broken(
+    store: ModelStore, version: int, metadata: str = '{"preset": "lab", "image_size": 32}'
+) -> Path:
+    folder = store.root / str(version)
+    folder.mkdir(parents=True)
+    (folder / METADATA_FILE).write_text(metadata)
+    (folder / GENERATOR_FILE).write_bytes(b"not a keras archive")
+    return folder
+
+
+class CountingStore(ModelStore):
+    """A real store that counts load() calls per version."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.loads: dict[int, int] = {}
+
+    def load(self, version: int):
+        self.loads[version] = self.loads.get(version, 0) + 1
+        return super().load(version)
+
+
+# -- device --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    bool(tf.config.list_physical_devices("GPU")), reason="this test is for a machine without GPU"
+)
+@pytest.mark.parametrize("preference", ["auto", "cpu", "gpu"])
+def test_configure_tensorflow_falls_back_to_the_cpu_without_a_gpu(preference, caplog):
+    assert configure_tensorflow(preference) == "CPU:0"
+    if preference == "gpu":
+        assert "no GPU" in caplog.text
+
+
+def test_configure_tensorflow_picks_the_gpu_and_enables_memory_growth_on_each():
+    gpus = [SimpleNamespace(name="/physical_device:GPU:0"), SimpleNamespace(name="/physical_device:GPU:1")]
+    growth_calls = []
+
+    def set_memory_growth(device, enable):
+        growth_calls.append((device.name, enable))
+        if device is gpus[1]:
+            raise RuntimeError("Physical devices cannot be modified after being initialized")
+
+    with (
+        mock.patch.object(tf.config, "list_physical_devices", return_value=gpus),
+        mock.patch.object(tf.config.experimental, "set_memory_growth", side_effect=set_memory_growth),
+    ):
+        assert configure_tensorflow("auto") == "GPU:0"
+        assert configure_tensorflow("gpu") == "GPU:0"
+    assert growth_calls[:2] == [("/physical_device:GPU:0", True), ("/physical_device:GPU:1", True)]
+
+
+def test_configure_tensorflow_with_cpu_preference_hides_the_gpus():
+    gpus = [SimpleNamespace(name="/physical_device:GPU:0")]
+    with (
+        mock.patch.object(tf.config, "list_physical_devices", return_value=gpus),
+        mock.patch.object(tf.config.experimental, "set_memory_growth"),
+        mock.patch.object(tf.config, "set_visible_devices") as set_visible,
+    ):
+        assert configure_tensorflow("cpu") == "CPU:0"
+    set_visible.assert_called_once_with([], "GPU")
+
+
+def test_configure_tensorflow_rejects_an_unknown_preference():
+    with pytest.raises(ValueError, match="tpu"):
+        configure_tensorflow("tpu")
+
+
+# -- engine --------------------------------------------------------------------------------------
+
+
+def test_engine_with_an_empty_store_serves_nothing(store):
+    engine = Engine(store)
+    assert engine.refresh() is None
+    assert not engine.ready and engine.device == "CPU:0"
+    with pytest.raises(NoModelLoaded):
+        engine.model()
+
+
+def test_refresh_swaps_in_a_newer_version_and_requests_in_flight_keep_theirs(store):
+    publish_tiny(store)
+    engine = Engine(store)
+    assert engine.refresh() == 1
+    in_flight = engine.model()
+    assert publish_tiny(store, preset="seed") == 2
+    assert engine.refresh() == 2
+    assert engine.refresh() is None  # nothing newer
+
+    assert in_flight.version == 1
+    image = np.full((20, 30), 90, np.uint8)
+    assert engine.colorize(in_flight, image).shape == (20, 30, 3)  # the old one still works
+    assert engine.model().version == 2 and engine.model().preset == "seed"
+    assert engine.model(1) is in_flight  # the previous version stays cached
+    assert engine.cached_versions() == [1]
+
+
+def test_a_broken_newest_version_is_skipped_for_the_newest_good_one(store):
+    publish_tiny(store)
+    write_broken(store, 2)
+    engine = Engine(store)
+    assert engine.refresh() == 1
+    assert engine.model().version == 1
+    assert "generator.keras" in engine.failed_versions()[2]
+
+
+def test_a_broken_version_is_not_loaded_again_until_its_files_change(tmp_path):
+    store = CountingStore(tmp_path / "models")
+    publish_tiny(store)
+    folder = write_broken(store, 2)
+    engine = Engine(store)
+    for _ in range(3):
+        engine.refresh()
+    assert store.loads == {1: 1, 2: 1}
+    with pytest.raises(BrokenVersion):
+        engine.model(2)  # on demand: the remembered reason, no new load
+    assert store.loads[2] == 1
+
+    # the operator repairs version 2 in place: its files change, so it is tried again
+    build_generator(32, 1, 2, width=4).save(folder / "repaired.keras")
+    (folder / "repaired.keras").replace(folder / GENERATOR_FILE)
+    assert engine.refresh() == 2
+    assert 2 not in engine.failed_versions()
+
+
+def test_a_version_whose_metadata_cannot_be_served_is_remembered_as_broken(store):
+    publish_tiny(store)
+    folder = store.root / "2"
+    folder.mkdir()
+    build_generator(32, 1, 2, width=4).save(folder / GENERATOR_FILE)
+    (folder / METADATA_FILE).write_text('{"preset": "lab", "image_size": 48}')  # not a power of two
+    engine = Engine(store)
+    assert engine.refresh() == 1
+    reason = engine.failed_versions()[2]
+    assert reason.startswith("version 2 fails on a test image") and "\n" not in reason
+
+
+def test_on_demand_versions_are_cached_least_recently_used_first(store):
+    for _ in range(4):
+        publish_tiny(store)
+    engine = Engine(store, cache_size=2)
+    assert engine.refresh() == 4
+    for version in (1, 2, 1, 3):
+        assert engine.model(version).version == version
+    assert engine.cached_versions() == [1, 3]  # 2 was the least recently used
+
+
+def test_an_unknown_version_raises_unknown_version(store):
+    publish_tiny(store)
+    engine = Engine(store)
+    engine.refresh()
+    with pytest.raises(UnknownVersion):
+        engine.model(99)
+
+
+@pytest.mark.parametrize("render_size", [48, 1024 + 32])
+def test_check_render_size_rejects_sizes_the_model_cannot_use(store, render_size):
+    publish_tiny(store)
+    engine = Engine(store, max_render_size=1024)
+    engine.refresh()
+    with pytest.raises(ValueError, match="render_size"):
+        engine.check_render_size(engine.model(), render_size)
+    assert engine.check_render_size(engine.model(), 64) == 64
+
+
+def test_the_watcher_thread_picks_up_a_new_version_and_stops(store):
+    engine = Engine(store, reload_interval=0.1)
+    engine.start()
+    try:
+        publish_tiny(store)
+        deadline = time.monotonic() + 30
+        while not engine.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.ready and engine.model().version == 1
+    finally:
+        engine.stop()
+    assert not any(t.name == "model-watcher" and t.is_alive() for t in threading.enumerate())

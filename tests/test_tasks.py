@@ -1,0 +1,207 @@
+"""The Celery app's configuration and the training task's job-record handling (in-process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.jobs import JobStore
+from service.settings import Settings
+from worker import tasks
+from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK, broker_transport_options, create_celery, sqlite_path
+from worker.tasks import MAX_ATTEMPTS, ProgressWriter, run_job
+
+TINY = {
+    "dataset": "tiny",
+    "image_size": 32,
+    "steps": 4,
+    "batch_size": 2,
+    "width": 4,
+    "sample_every": 2,
+    "publish_every": 2,
+    "checkpoint_every": 2,
+    "seed": 3,
+}
+
+
+@pytest.fixture
+def settings(dataset_dir: Path) -> Settings:
+    return Settings(data_dir=dataset_dir)
+
+
+def new_job(settings: Settings, config: dict) -> tuple[JobStore, str]:
+    jobs = JobStore(settings.jobs_dir)
+    return jobs, jobs.create(config)["id"]
+
+
+def test_importing_the_worker_does_not_import_tensorflow():
+    code = (
+        "import sys, worker.tasks, worker.celery_app\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_celery_app_is_json_only_late_ack_one_job_per_child(tmp_path):
+    app = create_celery(Settings(data_dir=tmp_path / "data"))
+    conf = app.conf
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert list(conf.accept_content) == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_max_tasks_per_child == 1 and conf.worker_concurrency == 1
+    assert conf.worker_pool == "prefork"
+    assert conf.task_default_queue == TRAIN_QUEUE
+    assert app.amqp.router.route({}, TRAIN_TASK)["queue"].name == TRAIN_QUEUE
+    assert conf.broker_connection_retry_on_startup and conf.result_extended and conf.task_track_started
+
+
+def test_embedded_broker_lives_in_the_data_dir_which_is_created(tmp_path):
+    settings = Settings(data_dir=tmp_path / "fresh" / "data")
+    app = create_celery(settings)
+    assert app.conf.broker_url.startswith("sqla+sqlite:///")
+    assert sqlite_path(app.conf.broker_url) == (tmp_path / "fresh" / "data" / "broker.sqlite").resolve()
+    assert sqlite_path(app.conf.result_backend) == (tmp_path / "fresh" / "data" / "results.sqlite").resolve()
+    assert (tmp_path / "fresh" / "data").is_dir()
+    # kombu's SQLAlchemy transport passes every option to create_engine: no visibility_timeout.
+    assert "visibility_timeout" not in app.conf.broker_transport_options
+    assert app.conf.broker_transport_options["connect_args"]["timeout"] > 0
+
+
+def test_redis_broker_gets_the_visibility_timeout(tmp_path):
+    settings = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/13", visibility_timeout=7200)
+    assert broker_transport_options(settings) == {"visibility_timeout": 7200}
+    app = create_celery(settings)
+    assert app.conf.result_backend == "redis://127.0.0.1:6379/13"
+    assert not (tmp_path / "broker.sqlite").exists()
+
+
+def test_sqlite_path_parses_only_sqlite_file_urls():
+    assert sqlite_path("sqla+sqlite:////abs/b.sqlite") == Path("/abs/b.sqlite")
+    assert sqlite_path("db+sqlite:///rel/r.sqlite") == Path("rel/r.sqlite")
+    assert sqlite_path("sqla+sqlite://") is None
+    assert sqlite_path("redis://127.0.0.1:6379/0") is None
+    assert sqlite_path("db+postgresql://u@h/db") is None
+
+
+def test_train_task_has_a_stable_name_and_queue():
+    assert tasks.train.name == TRAIN_TASK
+    assert tasks.train.queue == TRAIN_QUEUE
+    assert tasks.train.acks_late is True
+
+
+def test_task_returns_at_once_for_a_job_cancelled_while_queued(settings, monkeypatch):
+    jobs, job_id = new_job(settings, TINY)
+    jobs.request_cancel(job_id)
+    before = jobs.get(job_id)
+    monkeypatch.setattr(tasks.app, "settings", settings)
+    result = tasks.train.apply(args=[job_id, TINY]).get(timeout=10)
+    assert result["state"] == "cancelled"
+    assert jobs.get(job_id) == before  # untouched
+
+
+def test_invalid_config_fails_the_job_with_the_field_named(settings):
+    jobs, job_id = new_job(settings, {})
+    outcome = run_job(settings, job_id, {**TINY, "image_size": 30, "steps": 0})
+    record = jobs.get(job_id)
+    assert outcome["state"] == record["state"] == "failed"
+    assert record["error"].startswith("invalid training config:")
+    assert "image_size" in record["error"] and "steps" in record["error"]
+    assert record["finished_at"] is not None
+
+
+def test_missing_dataset_fails_with_the_dataset_error(settings):
+    jobs, job_id = new_job(settings, {})
+    run_job(settings, job_id, {**TINY, "dataset": "nope"})
+    record = jobs.get(job_id)
+    assert record["state"] == "failed"
+    assert "dataset 'nope' does not exist" in record["error"]
+    assert record["attempts"] == 1 and record["started_at"] is not None
+
+
+def test_unknown_init_from_version_fails_readably(settings):
+    jobs, job_id = new_job(settings, {})
+    run_job(settings, job_id, {**TINY, "init_from": 42})
+    record = jobs.get(job_id)
+    assert record["state"] == "failed"
+    assert record["error"].startswith("unknown model version for init_from=42:")
+
+
+def test_a_job_that_keeps_killing_its_worker_is_failed(settings):
+    jobs, job_id = new_job(settings, TINY)
+    jobs.update(job_id, state="running", attempts=MAX_ATTEMPTS)
+    run_job(settings, job_id, TINY)
+    record = jobs.get(job_id)
+    assert record["state"] == "failed"
+    assert f"started {MAX_ATTEMPTS} times" in record["error"]
+
+
+def test_job_trains_publishes_and_records_progress(settings):
+    jobs, job_id = new_job(settings, TINY)
+    outcome = run_job(settings, job_id, TINY)
+    record = jobs.get(job_id)
+    assert outcome["state"] == record["state"] == "succeeded", record["error"]
+    assert record["progress"]["step"] == record["progress"]["total"] == 4
+    assert record["published_versions"] == [1, 2]
+    assert set(record["losses"]) == {"g", "d", "l1"}
+    assert all(isinstance(v, float) for v in record["losses"].values())
+    assert record["eta_seconds"] is None and record["error"] is None
+    assert json.loads((jobs.job_dir(job_id) / "config.json").read_text())["total_steps"] == 4
+    assert jobs.latest_sample(job_id) is not None
+    # a redelivery of the finished job does nothing
+    assert run_job(settings, job_id, TINY)["state"] == "succeeded"
+    assert jobs.get(job_id) == record
+
+
+def test_cancel_marker_stops_a_running_job(settings):
+    jobs, job_id = new_job(settings, {**TINY, "steps": 50})
+    calls = []
+
+    def stop_after_two_steps() -> bool:
+        calls.append(1)
+        return len(calls) >= 2
+
+    outcome = run_job(settings, job_id, {**TINY, "steps": 50}, should_stop=stop_after_two_steps)
+    record = jobs.get(job_id)
+    assert outcome["state"] == record["state"] == "cancelled"
+    assert record["progress"]["step"] < 50
+    assert record["finished_at"] is not None
+
+
+class FakeStore:
+    def __init__(self):
+        self.writes: list[dict] = []
+
+    def update(self, job_id, **fields):
+        self.writes.append(fields)
+        return fields
+
+
+def report(step: int, versions=(), total: int = 10) -> dict:
+    return {
+        "step": step,
+        "total": total,
+        "epoch": 0,
+        "losses": {"g": 1.0, "d": 0.5, "l1": 0.1},
+        "eta_seconds": 3.0,
+        "published_versions": list(versions),
+    }
+
+
+def test_progress_writes_are_throttled_but_never_miss_a_publish_or_the_end():
+    store = FakeStore()
+    writer = ProgressWriter(store, "job", interval=3600)  # type: ignore[arg-type]
+    writer(report(1))  # first report: written
+    writer(report(2))  # within the interval: skipped
+    writer(report(3, versions=[7]))  # a new version: written
+    writer(report(4, versions=[7]))  # skipped
+    writer(report(10, versions=[7]))  # last step: written
+    assert [w["progress"]["step"] for w in store.writes] == [1, 3, 10]
+    assert store.writes[1]["published_versions"] == [7]
+    assert writer.last["step"] == 10
