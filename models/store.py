@@ -25,6 +25,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GENERATOR_FILE = "generator.keras"
+DEFAULT_VERSION = "default"
+# The generator that ships inside the package, served while the store is empty.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 METADATA_FILE = "metadata.json"
 
 
@@ -147,9 +150,17 @@ class ModelStore:
             raise UnknownVersion(f"model version {version} does not exist")
         return VersionInfo(int(version), path, read_metadata(path))
 
-    def load(self, version: int) -> LoadedModel:
-        """Load a version's generator; raises UnknownVersion or BrokenVersion."""
-        path = self.root / str(int(version))
+    def load(self, version: int | str) -> LoadedModel:
+        """Load a version's generator (or ``"default"``); raises UnknownVersion or BrokenVersion."""
+        if version == DEFAULT_VERSION:
+            if not DEFAULT_MODEL_DIR.is_dir():
+                raise UnknownVersion("no default model is installed with this package")
+            return load_generator_dir(DEFAULT_MODEL_DIR, DEFAULT_VERSION)
+        try:
+            version = int(version)
+        except (TypeError, ValueError):
+            raise UnknownVersion(f"model version {version!r} does not exist") from None
+        path = self.root / str(version)
         if not path.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
         return load_generator_dir(path, int(version))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,26 @@ class RunState:
     @property
     def versions(self) -> list[int]:
         return [self.published[s] for s in sorted(self.published)]
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore at each checkpoint interval, keeping the previous checkpoint as well.
+
+    A checkpoint cut short by a killed worker falls back to the one before it (Keras's
+    ``double_checkpoint``); if neither can be read, the backup is discarded with a log line and
+    the job starts over rather than failing.
+    """
+
+    def __init__(self, backup_dir: Path):
+        super().__init__(str(backup_dir), save_freq="epoch", double_checkpoint=True)
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("checkpoint in %s is unreadable (%s); training from the start", self.backup_dir, exc)
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            self.model._initial_epoch = 0
 
 
 class StepCounter(keras.callbacks.Callback):
@@ -296,7 +317,7 @@ def run_training(
         init_generator(model, config, store)
     dataset = make_dataset(scan.files, config.image_size, config.batch_size, config.preset)
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.BackupAndRestore(str(job_dir / "backup"), save_freq="epoch"),
+        ResumableBackup(job_dir / "backup"),
         StepCounter(state),
         SamplePlot(
             state, config.sample_every, job_dir / "samples", sample_pairs(scan, config), config.preset

@@ -68,8 +68,13 @@ def test_one_train_step_changes_both_networks():
     logs = model.train_on_batch(source, target, return_dict=True)
     assert set(logs) >= {"g_loss", "d_loss", "l1"}
     assert all(np.isfinite(v) for v in logs.values())
-    g_changed = [not np.allclose(a, b.numpy()) for a, b in zip(g_before, generator.trainable_variables)]
-    d_changed = [not np.allclose(a, b.numpy()) for a, b in zip(d_before, discriminator.trainable_variables)]
+    g_changed = [
+        not np.allclose(a, b.numpy()) for a, b in zip(g_before, generator.trainable_variables, strict=True)
+    ]
+    d_changed = [
+        not np.allclose(a, b.numpy())
+        for a, b in zip(d_before, discriminator.trainable_variables, strict=True)
+    ]
     assert all(g_changed) and all(d_changed)
 
 

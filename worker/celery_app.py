@@ -1,7 +1,7 @@
 """The Celery app, configured from the one ``Settings`` object the API reads too.
 
 Run the worker with ``colorizer worker`` or ``celery -A worker.celery_app worker``; both use the
-module-level ``app`` below, built from the environment (``COLORIZER_*``). No TensorFlow here:
+module-level ``app`` below, built lazily from the environment (``COLORIZER_*``). No TensorFlow here:
 this module is imported by the API (to send tasks) and by the worker's parent process, which
 forks the pool child that trains (see ``worker.tasks``).
 
@@ -147,4 +147,18 @@ def create_celery(settings: Settings) -> ColorizerCelery:
     return app
 
 
-app = create_celery(get_settings())
+_app: ColorizerCelery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``app`` (for ``celery -A worker.celery_app``), built from the environment on first use.
+
+    Lazy so that importing this module for its constants or ``create_celery`` (as the API does)
+    creates no app, reads no environment and touches no disk.
+    """
+    global _app
+    if name in ("app", "celery"):
+        if _app is None:
+            _app = create_celery(get_settings())
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

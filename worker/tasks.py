@@ -25,13 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from celery import shared_task
 from pydantic import ValidationError
 
 from models.config import TrainConfig
 from models.jobs import FINAL_STATES, JobStore, UnknownJob
 from models.store import BrokenVersion, ModelStore, UnknownVersion
 from service.settings import Settings
-from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK, app
+from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def run_job(
     return _finish(jobs, job_id, "failed", error=error)
 
 
-@app.task(name=TRAIN_TASK, bind=True, queue=TRAIN_QUEUE, acks_late=True)
+@shared_task(name=TRAIN_TASK, bind=True, queue=TRAIN_QUEUE, acks_late=True)
 def train(self, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """Train job ``job_id`` with ``config`` (TrainConfig as plain JSON); see ``run_job``."""
     log.info(
