@@ -100,8 +100,8 @@ def test_task_returns_at_once_for_a_job_cancelled_while_queued(settings, monkeyp
     jobs, job_id = new_job(settings, TINY)
     jobs.request_cancel(job_id)
     before = jobs.get(job_id)
-    monkeypatch.setattr(tasks.app, "settings", settings)
-    result = tasks.train.apply(args=[job_id, TINY]).get(timeout=10)
+    app = create_celery(settings)
+    result = app.tasks[TRAIN_TASK].apply(args=[job_id, TINY]).get(timeout=10)
     assert result["state"] == "cancelled"
     assert jobs.get(job_id) == before  # untouched
 
