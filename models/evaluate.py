@@ -1,0 +1,160 @@
+"""Colorization quality: PSNR, SSIM, CIEDE2000 and colourfulness against the ground truth.
+
+Each photograph is reduced to its own grayscale version, colorized, and compared with the
+original, at the model's own size and at full resolution. The grayscale input itself is scored
+the same way as a baseline: a colorizer that does not beat "no colour" on CIEDE2000 is not
+colouring. Implementations: tf.image.psnr / tf.image.ssim and skimage's deltaE_ciede2000.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageOps
+from skimage.color import deltaE_ciede2000, rgb2lab
+
+from models import color
+from models.colorize import colorize_array
+from models.store import LoadedModel
+
+log = logging.getLogger(__name__)
+
+METRICS = ("psnr", "ssim", "ciede2000", "colourfulness", "colourfulness_gt", "colourfulness_diff")
+
+
+def colourfulness(rgb: np.ndarray) -> float:
+    """Hasler and Suesstrunk (2003) colourfulness of an RGB image with 0-255 values."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    rg = r - g
+    yb = (r + g) / 2.0 - b
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+
+
+def grayscale_of(rgb: np.ndarray) -> np.ndarray:
+    """The photograph with its chroma removed (Lab L kept, a = b = 0), as RGB uint8."""
+    lum = color.rgb_to_lab(np.asarray(rgb, np.float32) / 255.0)[..., :1]
+    gray = color.lab_to_rgb(tf.concat([lum, tf.zeros_like(lum), tf.zeros_like(lum)], axis=-1))
+    return np.asarray(tf.round(gray * 255.0), dtype=np.uint8)
+
+
+def score(output: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Every metric of ``output`` against ``truth`` (RGB uint8 arrays of one shape)."""
+    out_t = tf.convert_to_tensor(output, tf.float32)
+    gt_t = tf.convert_to_tensor(truth, tf.float32)
+    psnr = float(tf.image.psnr(out_t, gt_t, max_val=255.0))
+    ssim = float(tf.image.ssim(out_t, gt_t, max_val=255.0)) if min(output.shape[:2]) >= 11 else float("nan")
+    delta = deltaE_ciede2000(rgb2lab(truth), rgb2lab(output))
+    cf_out, cf_gt = colourfulness(output), colourfulness(truth)
+    return {
+        "psnr": min(psnr, 100.0),  # identical images give infinity; cap it so means stay finite
+        "ssim": ssim,
+        "ciede2000": float(np.mean(delta)),
+        "colourfulness": cf_out,
+        "colourfulness_gt": cf_gt,
+        "colourfulness_diff": cf_out - cf_gt,
+    }
+
+
+def load_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
+    """A photograph as upright RGB uint8, shrunk so its long side is at most ``max_side``."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img).convert("RGB")
+        if max_side is not None and max(img.size) > max_side:
+            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def square(rgb: np.ndarray, side: int) -> np.ndarray:
+    """The centred largest square of ``rgb`` at ``side`` x ``side`` (the model's own view)."""
+    height, width = rgb.shape[:2]
+    short = min(height, width)
+    top, left = (height - short) // 2, (width - short) // 2
+    crop = Image.fromarray(rgb[top : top + short, left : left + short])
+    return np.asarray(crop.resize((side, side), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def evaluate_images(
+    colorize: Callable[[np.ndarray], np.ndarray],
+    images: Iterable[tuple[str, np.ndarray]],
+    image_size: int,
+    full_resolution: bool = True,
+) -> dict[str, Any]:
+    """Score ``colorize`` (RGB uint8 -> RGB uint8) and the grayscale baseline on ``images``.
+
+    Returns ``{"images": [{name, model_size: {model, grayscale}, full: {...}}], "mean": {...}}``.
+    """
+    rows = []
+    for name, rgb in images:
+        row: dict[str, Any] = {"name": name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0])}
+        scales = {"model_size": square(rgb, image_size)}
+        if full_resolution:
+            scales["full"] = rgb
+        for scale, truth in scales.items():
+            gray = grayscale_of(truth)
+            row[scale] = {"model": score(colorize(gray), truth), "grayscale": score(gray, truth)}
+        rows.append(row)
+    return {"images": rows, "mean": mean_scores(rows)}
+
+
+def mean_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over images, per scale and per contender (model, grayscale)."""
+    means: dict[str, Any] = {}
+    for scale in ("model_size", "full"):
+        per = [row[scale] for row in rows if scale in row]
+        if not per:
+            continue
+        means[scale] = {
+            who: {m: float(np.nanmean([p[who][m] for p in per])) for m in METRICS}
+            for who in ("model", "grayscale")
+        }
+    return means
+
+
+def evaluate_model(
+    model: LoadedModel, paths: list[Path], full_resolution: bool = True, max_side: int | None = None
+) -> dict[str, Any]:
+    """Evaluate a loaded model on photographs at ``paths`` (see evaluate_images)."""
+    images = ((p.name, load_rgb(p, max_side)) for p in paths)
+    report = evaluate_images(
+        lambda gray: colorize_array(model, gray), images, model.image_size, full_resolution
+    )
+    report["model"] = {"version": model.version, "preset": model.preset, "image_size": model.image_size}
+    return report
+
+
+def summary(report: dict[str, Any], scale: str = "model_size") -> dict[str, float]:
+    """The headline numbers of a report, for a version's metadata."""
+    mean = report["mean"][scale]
+    return {
+        "images": len(report["images"]),
+        **{f"{m}": round(v, 4) for m, v in mean["model"].items()},
+        **{f"grayscale_{m}": round(v, 4) for m, v in mean["grayscale"].items()},
+    }
+
+
+def markdown_table(reports: dict[str, dict[str, Any]], scale: str = "full") -> str:
+    """A Markdown table of mean metrics: one row per model, plus the grayscale baseline."""
+    head = "| model | PSNR (dB) | SSIM | CIEDE2000 | colourfulness | ground truth CF | CF diff |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    baseline = None
+    for name, report in reports.items():
+        mean = report["mean"].get(scale) or report["mean"]["model_size"]
+        lines.append(_row(name, mean["model"]))
+        baseline = baseline or mean["grayscale"]
+    if baseline is not None:
+        lines.append(_row("grayscale input (baseline)", baseline))
+    return "\n".join(lines)
+
+
+def _row(name: str, m: dict[str, float]) -> str:
+    return (
+        f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['ciede2000']:.2f} | {m['colourfulness']:.1f} "
+        f"| {m['colourfulness_gt']:.1f} | {m['colourfulness_diff']:+.1f} |"
+    )
