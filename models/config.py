@@ -35,6 +35,12 @@ class TrainConfig(BaseModel):
         None, description="Start the generator from this published version."
     )
     seed: int | None = Field(None, ge=0, description="Random seed for a repeatable run.")
+    validation_split: float = Field(
+        0.1, ge=0, le=0.5, description="Share of the photographs kept out of training to score each version."
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, description="Stop (and publish) after this much training time, whatever steps remain."
+    )
 
     @field_validator("dataset")
     @classmethod

@@ -7,6 +7,7 @@ at a random scale, flips it, and derives the grayscale input from the crop itsel
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -188,3 +189,21 @@ def make_dataset(
     ds = ds.map(lambda img: random_view(img, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda rgb: to_pair(rgb, preset_name), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def split_validation(scan: DatasetScan, share: float) -> tuple[list[Path], list[Path]]:
+    """(training files, validation files): a stable split by a hash of each file's path.
+
+    A file stays on the same side when others are added. With ``share`` > 0 and at least two
+    files, at least one is kept for validation.
+    """
+    if share <= 0 or len(scan.files) < 2:
+        return list(scan.files), []
+
+    def rank(path: Path) -> str:
+        return hashlib.sha1(str(path.relative_to(scan.folder)).encode()).hexdigest()
+
+    ranked = sorted(scan.files, key=rank)
+    count = max(1, min(len(ranked) - 1, round(len(ranked) * share)))
+    held = set(ranked[:count])
+    return [p for p in scan.files if p not in held], [p for p in scan.files if p in held]

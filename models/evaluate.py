@@ -158,3 +158,30 @@ def _row(name: str, m: dict[str, float]) -> str:
         f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['ciede2000']:.2f} | {m['colourfulness']:.1f} "
         f"| {m['colourfulness_gt']:.1f} | {m['colourfulness_diff']:+.1f} |"
     )
+
+
+def before_after_sheet(
+    colorize: Callable[[np.ndarray], np.ndarray], paths: list[Path], tile: int = 320
+) -> Image.Image:
+    """One row per photograph: grayscale input, colorized output, original; labelled columns."""
+    from PIL import ImageDraw
+
+    rows = []
+    for path in paths:
+        rgb = load_rgb(path, max_side=1600)
+        gray = grayscale_of(rgb)
+        rows.append((path.stem, [gray, colorize(gray), rgb]))
+    height = max(1, round(tile * min(r[1][0].shape[0] / r[1][0].shape[1] for r in rows))) if rows else tile
+    header, label_w, gap = 24, 120, 6
+    sheet = Image.new("RGB", (label_w + 3 * (tile + gap), header + len(rows) * (height + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, title in enumerate(("grayscale input", "colorized", "original")):
+        draw.text((label_w + c * (tile + gap) + 4, 6), title, fill="black")
+    for r, (name, images) in enumerate(rows):
+        top = header + r * (height + gap)
+        draw.text((4, top + height // 2 - 6), name, fill="black")
+        for c, image in enumerate(images):
+            cell = Image.fromarray(image)
+            cell = cell.resize((tile, height), Image.Resampling.LANCZOS)
+            sheet.paste(cell, (label_w + c * (tile + gap), top))
+    return sheet

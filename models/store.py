@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 GENERATOR_FILE = "generator.keras"
+# Compact alternative: float16 weights of a generator rebuilt from metadata (the shipped default).
+WEIGHTS_FILE = "generator.weights.npz"
 DEFAULT_VERSION = "default"
 # The generator that ships inside the package, served while the store is empty.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
@@ -88,7 +92,12 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
     except (KeyError, TypeError, ValueError) as exc:
         raise BrokenVersion(f"{path}: metadata lacks a valid preset/image_size: {exc}") from exc
     try:
-        generator = keras.saving.load_model(path / GENERATOR_FILE, compile=False, safe_mode=True)
+        if (path / GENERATOR_FILE).exists() or not (path / WEIGHTS_FILE).exists():
+            generator = keras.saving.load_model(path / GENERATOR_FILE, compile=False, safe_mode=True)
+        else:
+            generator = _generator_from_weights(path, preset, image_size, metadata)
+    except BrokenVersion:
+        raise
     except Exception as exc:  # Keras raises many types for a damaged archive
         raise BrokenVersion(f"{path}: cannot load {GENERATOR_FILE}: {exc}") from exc
     in_ch = generator.input_shape[-1]
@@ -99,6 +108,31 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
             f"{preset.in_channels}->{preset.out_channels}"
         )
     return LoadedModel(version, generator, preset.name, image_size, metadata)
+
+
+def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: dict[str, Any]) -> Any:
+    """Rebuild the generator named by ``metadata`` and load float16 weights (no pickle) as float32."""
+    from models.networks import build_generator
+
+    try:
+        width = int(metadata["width"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BrokenVersion(f"{path}: metadata lacks the generator width: {exc}") from exc
+    generator = build_generator(image_size, preset.in_channels, preset.out_channels, width=width)
+    with np.load(path / WEIGHTS_FILE, allow_pickle=False) as archive:
+        weights = [archive[f"arr_{i}"].astype(np.float32) for i in range(len(archive.files))]
+    generator.set_weights(weights)
+    return generator
+
+
+def export_float16(model: LoadedModel, out_dir: Path) -> Path:
+    """Write ``model`` as float16 weights plus its metadata (about half a .keras file's size)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = [np.asarray(w).astype(np.float16) for w in model.generator.get_weights()]
+    np.savez_compressed(out_dir / WEIGHTS_FILE, *weights)
+    _write_json(out_dir / METADATA_FILE, {**model.metadata, "weights_dtype": "float16"})
+    return out_dir
 
 
 class ModelStore:
@@ -153,7 +187,7 @@ class ModelStore:
     def load(self, version: int | str) -> LoadedModel:
         """Load a version's generator (or ``"default"``); raises UnknownVersion or BrokenVersion."""
         if version == DEFAULT_VERSION:
-            if not DEFAULT_MODEL_DIR.is_dir():
+            if not self.has_default():
                 raise UnknownVersion("no default model is installed with this package")
             return load_generator_dir(DEFAULT_MODEL_DIR, DEFAULT_VERSION)
         try:
@@ -164,6 +198,16 @@ class ModelStore:
         if not path.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
         return load_generator_dir(path, int(version))
+
+    @staticmethod
+    def has_default() -> bool:
+        """Whether the package ships its default model (served while the store is empty)."""
+        return (DEFAULT_MODEL_DIR / METADATA_FILE).is_file()
+
+    @staticmethod
+    def load_dir(path: Path, version: int | str) -> LoadedModel:
+        """Load a version directory outside any store (a path given on the command line)."""
+        return load_generator_dir(Path(path), version)
 
     def publish(self, generator: Any, metadata: dict[str, Any]) -> int:
         """Save ``generator`` with ``metadata`` as the next version and return its number.

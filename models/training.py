@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from models import color
+from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import (
     DatasetScan,
@@ -30,12 +31,13 @@ from models.data import (
     make_dataset,
     resolve_dataset,
     scan_images,
+    split_validation,
     to_pair,
 )
 from models.networks import build_discriminator, build_generator
 from models.pix2pix import Pix2Pix, adam
 from models.presets import get_preset
-from models.store import BrokenVersion, ModelStore
+from models.store import BrokenVersion, LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,24 @@ class StepCounter(keras.callbacks.Callback):
         self.state.step = self._epoch * self.state.steps_per_epoch + batch + 1
         self.state.losses = {k: float(v) for k, v in (logs or {}).items()}
         if self.state.step >= self.state.total_steps:
+            self.model.stop_training = True
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Ends training (as finished, not cancelled) once ``seconds`` of training have passed."""
+
+    def __init__(self, state: RunState, seconds: float):
+        super().__init__()
+        self.state, self.seconds = state, seconds
+        self._start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() - self._start >= self.seconds:
+            log.info("time limit of %.0f s reached at step %d", self.seconds, self.state.step)
+            self.state.total_steps = self.state.step
             self.model.stop_training = True
 
 
@@ -220,10 +240,20 @@ class Publisher(keras.callbacks.Callback):
     from a checkpoint does not publish duplicate versions of the same step.
     """
 
-    def __init__(self, state: RunState, every: int, store: ModelStore, ledger: Path, metadata: dict):
+    def __init__(
+        self,
+        state: RunState,
+        every: int,
+        store: ModelStore,
+        ledger: Path,
+        metadata: dict,
+        validation: list[tuple[str, np.ndarray]] | None = None,
+    ):
         super().__init__()
         self.state, self.every, self.store = state, every, store
         self.ledger, self.metadata = ledger, metadata
+        self.validation = validation or []
+        self._scored: LoadedModel | None = None
 
     def on_train_batch_end(self, batch, logs=None):
         if self.state.step % self.every == 0:
@@ -240,12 +270,28 @@ class Publisher(keras.callbacks.Callback):
             **self.metadata,
             "step": step,
             "created_at": time.time(),
-            "metrics": {"train": {k: round(v, 6) for k, v in self.state.losses.items()}},
+            "metrics": {
+                "train": {k: round(v, 6) for k, v in self.state.losses.items()},
+                **({"validation": self.validate()} if self.validation else {}),
+            },
         }
         version = self.store.publish(self.model.generator, metadata)
         self.state.published[step] = version
         self.ledger.write_text(json.dumps({str(k): v for k, v in self.state.published.items()}))
         return version
+
+    def validate(self) -> dict[str, float]:
+        """Mean metrics on the held-out photographs, at the model's size."""
+        from models.evaluate import evaluate_images, summary
+
+        if self._scored is None:
+            meta = self.metadata
+            self._scored = LoadedModel(None, self.model.generator, meta["preset"], meta["image_size"], meta)
+        model = self._scored
+        report = evaluate_images(
+            lambda gray: colorize_array(model, gray), self.validation, model.image_size, full_resolution=False
+        )
+        return summary(report)
 
 
 def build_pix2pix(config: TrainConfig) -> Pix2Pix:
@@ -290,8 +336,12 @@ def run_training(
     should_cancel: Callable[[], bool] | None = None,
     verbose: int = 0,
     dataset_path: Path | None = None,
+    validation_files: list[Path] | None = None,
 ) -> TrainResult:
     """Train per ``config`` on ``<data_dir>/datasets/<config.dataset>`` (or ``dataset_path``).
+
+    A share ``config.validation_split`` of the photographs (or ``validation_files``, when given)
+    is kept out of training; every published version carries its metrics on them.
 
     Raises DatasetError for an unusable dataset, UnknownVersion/BrokenVersion for a bad
     ``init_from``, OSError when the job folder or model store cannot be written.
@@ -303,32 +353,55 @@ def run_training(
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
 
-    steps_per_pass = max(1, math.ceil(len(scan.files) / config.batch_size))
+    if validation_files is None:
+        train_files, validation_files = split_validation(scan, config.validation_split)
+    else:
+        train_files = list(scan.files)
+    steps_per_pass = max(1, math.ceil(len(train_files) / config.batch_size))
     total = config.steps if config.steps is not None else config.epochs * steps_per_pass
     spe = max(1, min(config.checkpoint_every, total))  # one Keras "epoch" = one checkpoint interval
     state = RunState(total_steps=total, steps_per_epoch=spe, steps_per_pass=steps_per_pass)
     ledger = job_dir / "published.json"
     if ledger.exists():  # a resumed job: what the earlier attempt already published
         state.published = {int(k): int(v) for k, v in json.loads(ledger.read_text()).items()}
-    _save_resolved_config(job_dir, config, scan, state)
+    _save_resolved_config(job_dir, config, scan, state, validation_files)
 
     model = build_pix2pix(config)
     if config.init_from is not None:
         init_generator(model, config, store)
-    dataset = make_dataset(scan.files, config.image_size, config.batch_size, config.preset)
+    dataset = make_dataset(train_files, config.image_size, config.batch_size, config.preset)
+    validation = [
+        (p.name, image)
+        for p in validation_files
+        if (image := load_photo(p, config.image_size * 2)) is not None
+    ]
+    metadata = _metadata(config, job_id, scan)
+    metadata["dataset"]["validation_images"] = [p.name for p in validation_files]
     callbacks: list[keras.callbacks.Callback] = [
         ResumableBackup(job_dir / "backup"),
         StepCounter(state),
         SamplePlot(
-            state, config.sample_every, job_dir / "samples", sample_pairs(scan, config), config.preset
+            state,
+            config.sample_every,
+            job_dir / "samples",
+            sample_pairs(validation_files + train_files, config),
+            config.preset,
         ),
-        Publisher(state, config.publish_every, store, ledger, _metadata(config, job_id, scan)),
+        Publisher(state, config.publish_every, store, ledger, metadata, validation),
     ]
+    if config.max_seconds is not None:
+        callbacks.insert(2, TimeLimit(state, config.max_seconds))
     if should_cancel is not None:
         callbacks.insert(2, CancelOnRequest(state, should_cancel))
     if on_progress is not None:
         callbacks.append(ProgressReporter(state, on_progress))
-    log.info("training %s on %d images for %d steps", config.preset, len(scan.files), total)
+    log.info(
+        "training %s on %d images (%d held out) for %d steps",
+        config.preset,
+        len(train_files),
+        len(validation_files),
+        total,
+    )
     epochs = math.ceil(total / spe)
     model.fit(
         dataset, epochs=epochs, steps_per_epoch=spe, callbacks=callbacks, verbose=verbose, shuffle=False
@@ -344,10 +417,10 @@ def run_training(
     return result
 
 
-def sample_pairs(scan: DatasetScan, config: TrainConfig):
+def sample_pairs(files: list[Path], config: TrainConfig):
     """Fixed (input, target) pairs from the first photographs' centres, for comparable plots."""
     views = []
-    for path in scan.files[:SAMPLE_COUNT]:
+    for path in files[:SAMPLE_COUNT]:
         image = load_photo(path, config.image_size * 2)
         if image is not None:
             views.append(center_view(image, config.image_size))
@@ -365,7 +438,9 @@ def _metadata(config: TrainConfig, job_id: str | None, scan: DatasetScan) -> dic
     }
 
 
-def _save_resolved_config(job_dir: Path, config: TrainConfig, scan: DatasetScan, state: RunState) -> None:
+def _save_resolved_config(
+    job_dir: Path, config: TrainConfig, scan: DatasetScan, state: RunState, validation: list[Path]
+) -> None:
     resolved = {
         **config.model_dump(),
         "total_steps": state.total_steps,
@@ -373,5 +448,6 @@ def _save_resolved_config(job_dir: Path, config: TrainConfig, scan: DatasetScan,
         "steps_per_pass": state.steps_per_pass,
         "dataset_folder": str(scan.folder),
         "dataset_scan": scan.summary(),
+        "validation_files": [str(p) for p in validation],
     }
     (job_dir / "config.json").write_text(json.dumps(resolved, indent=2))

@@ -432,5 +432,43 @@ def colorize(
         sys.exit(1)
 
 
+@main.command("default-model")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/default-model"),
+    show_default=True,
+    help="Where the photographs, runs and candidate models go (not committed).",
+)
+@click.option("--candidate-minutes", type=float, default=7.0, show_default=True)
+@click.option("--final-minutes", type=float, default=32.0, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the model [default: the package's models/default/].",
+)
+@click.option(
+    "--docs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("docs/default-model"),
+    show_default=True,
+    help="Where to write the comparison that chose the model.",
+)
+def default_model(
+    workdir: Path, candidate_minutes: float, final_minutes: float, out: Path | None, docs: Path
+) -> None:
+    """Build the shipped default model: fetch photographs, compare candidates, train, evaluate."""
+    settings = load_settings()
+    setup_logging(settings)
+    from models.recipe import build_default_model
+    from models.store import DEFAULT_MODEL_DIR
+
+    comparison = build_default_model(
+        workdir, candidate_minutes, final_minutes, out_dir=out or DEFAULT_MODEL_DIR, docs_dir=docs
+    )
+    click.echo(f"winner {comparison['winner']}; model written to {out or DEFAULT_MODEL_DIR}; see {docs}")
+
+
 if __name__ == "__main__":
     main()
