@@ -1,6 +1,7 @@
 # make run   create .venv if missing, install (only when pyproject.toml changed), start API + worker
 # make test  same install, then the test suite
 # make lint  ruff
+# make default-model  rebuild the shipped default model (see MODEL_CARD.md)
 # Every COLORIZER_* variable in the environment reaches the service unchanged.
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test lint install
+.PHONY: run test lint install default-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +31,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Rebuild the shipped default model (about an hour on 2 CPU cores; fetches photographs with
+# apt-get download, so Debian or Ubuntu only). Writes models/default/ and docs/default-model/.
+default-model: $(STAMP)
+	$(BIN)/colorizer default-model

@@ -213,9 +213,10 @@ def build_default_model(
                 "final_minutes": final_minutes,
                 "steps": winner["steps"] + final["steps"],
             },
+            # "validation" at the model's size, like every trained version; full resolution too.
             "metrics": {
-                "validation": summary(exported, "full"),
-                "validation_model_size": summary(exported, "model_size"),
+                "validation": summary(exported, "model_size"),
+                "validation_full": summary(exported, "full"),
             },
             "photos": manifest,
         }

@@ -91,15 +91,17 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
         levels_for(image_size)
     except (KeyError, TypeError, ValueError) as exc:
         raise BrokenVersion(f"{path}: metadata lacks a valid preset/image_size: {exc}") from exc
+    use_keras_file = (path / GENERATOR_FILE).exists() or not (path / WEIGHTS_FILE).exists()
     try:
-        if (path / GENERATOR_FILE).exists() or not (path / WEIGHTS_FILE).exists():
+        if use_keras_file:
             generator = keras.saving.load_model(path / GENERATOR_FILE, compile=False, safe_mode=True)
         else:
             generator = _generator_from_weights(path, preset, image_size, metadata)
     except BrokenVersion:
         raise
     except Exception as exc:  # Keras raises many types for a damaged archive
-        raise BrokenVersion(f"{path}: cannot load {GENERATOR_FILE}: {exc}") from exc
+        name = GENERATOR_FILE if use_keras_file else WEIGHTS_FILE
+        raise BrokenVersion(f"{path}: cannot load {name}: {exc}") from exc
     in_ch = generator.input_shape[-1]
     out_ch = generator.output_shape[-1]
     if (in_ch, out_ch) != (preset.in_channels, preset.out_channels):

@@ -8,6 +8,10 @@ version has loaded and colorized a dummy image; a request grabs the reference on
 ``LoadedModel`` to the end, whatever the watcher does meanwhile. Older or explicitly requested
 versions live in a small LRU cache. A version that fails to load is remembered (with its files'
 modification times) and not tried again until its files change.
+
+Versions are the store's positive integers plus ``"default"``, the generator packaged with the code
+(``models/default/``): it ranks below every published version, so it is served only while the store
+has no loadable version, and the first loadable published version replaces it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,22 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, LoadedModel, ModelStore, UnknownVersion
+import models.store as store_module
+from models.store import (
+    DEFAULT_VERSION,
+    GENERATOR_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    BrokenVersion,
+    LoadedModel,
+    ModelStore,
+    UnknownVersion,
+)
 from service.errors import NoModelLoaded
 
 log = logging.getLogger(__name__)
@@ -34,6 +49,32 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_REASON = 400
 
 
+Version = int | str  # a published version number, or DEFAULT_VERSION
+
+
+def version_key(version: int | str) -> Version:
+    """``version`` as the engine keys it: a positive int or ``"default"``; raises UnknownVersion.
+
+    Accepts what clients send: ``3``, ``"3"``, ``"default"`` (any case, surrounding spaces).
+    """
+    if isinstance(version, str):
+        text = version.strip().lower()
+        if text == DEFAULT_VERSION:
+            return DEFAULT_VERSION
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+    elif isinstance(version, int) and not isinstance(version, bool) and version > 0:
+        return version
+    raise UnknownVersion(
+        f"model version {version!r} does not exist (versions are positive integers, or {DEFAULT_VERSION!r})"
+    )
+
+
+def _rank(version: Version) -> int:
+    """Order of preference: the packaged default below every published version."""
+    return 0 if version == DEFAULT_VERSION else int(version)
+
+
 def _one_line(text: str) -> str:
     """An error message fit for a log line and a JSON answer: one line, no colours, bounded."""
     text = " ".join(_ANSI.sub("", text).split())
@@ -42,7 +83,7 @@ def _one_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class _Failure:
-    signature: tuple[int | None, int | None]
+    signature: tuple[int | None, ...]
     reason: str
 
 
@@ -69,8 +110,8 @@ class Engine:
         self.cache_size = cache_size
         self._current: LoadedModel | None = None
         self._device: str | None = None
-        self._cache: OrderedDict[int, LoadedModel] = OrderedDict()
-        self._failed: dict[int, _Failure] = {}
+        self._cache: OrderedDict[Version, LoadedModel] = OrderedDict()
+        self._failed: dict[Version, _Failure] = {}
         self._state_lock = threading.Lock()  # guards _current, _cache and _failed
         self._load_lock = threading.Lock()  # one load at a time: no duplicate loads, bounded memory
         self._setup_lock = threading.Lock()
@@ -95,12 +136,12 @@ class Engine:
         """True when a model is loaded and requests can be served."""
         return self._current is not None
 
-    def cached_versions(self) -> list[int]:
+    def cached_versions(self) -> list[Version]:
         """Versions held in memory besides the served one, least recently used first."""
         with self._state_lock:
             return list(self._cache)
 
-    def failed_versions(self) -> dict[int, str]:
+    def failed_versions(self) -> dict[Version, str]:
         """Versions that failed to load, with the reason."""
         with self._state_lock:
             return {v: f.reason for v, f in self._failed.items()}
@@ -149,24 +190,29 @@ class Engine:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def _signature(self, version: int) -> tuple[int | None, int | None]:
-        folder = self.store.root / str(version)
+    def _folder(self, version: Version) -> Path:
+        if version == DEFAULT_VERSION:
+            return store_module.DEFAULT_MODEL_DIR  # looked up at call time: tests point it elsewhere
+        return self.store.root / str(version)
+
+    def _signature(self, version: Version) -> tuple[int | None, ...]:
+        folder = self._folder(version)
         stamps = []
-        for name in (GENERATOR_FILE, METADATA_FILE):
+        for name in (GENERATOR_FILE, WEIGHTS_FILE, METADATA_FILE):
             try:
                 stamps.append(os.stat(folder / name).st_mtime_ns)
             except OSError:
                 stamps.append(None)
-        return (stamps[0], stamps[1])
+        return tuple(stamps)
 
-    def _known_failure(self, version: int) -> str | None:
+    def _known_failure(self, version: Version) -> str | None:
         with self._state_lock:
             failure = self._failed.get(version)
         if failure is not None and failure.signature == self._signature(version):
             return failure.reason
         return None
 
-    def _load_and_warm(self, version: int) -> LoadedModel:
+    def _load_and_warm(self, version: Version) -> LoadedModel:
         """Load ``version`` and colorize a dummy image with it; raises UnknownVersion or BrokenVersion.
 
         A failure other than a missing version is remembered, so it is not retried until the
@@ -185,7 +231,8 @@ class Engine:
         except Exception as exc:  # BrokenVersion, or anything a bad generator does on first use
             if isinstance(exc, BrokenVersion):
                 # the store names the folder; clients need the version, not the server's paths
-                reason = _one_line(str(exc).replace(f"{self.store.root}{os.sep}", "version "))
+                text = str(exc).replace(f"{self.store.root}{os.sep}", "version ")
+                reason = _one_line(text.replace(str(store_module.DEFAULT_MODEL_DIR), "the default model"))
             else:
                 reason = (
                     f"version {version} fails on a test image: {type(exc).__name__}: {_one_line(str(exc))}"
@@ -199,16 +246,25 @@ class Engine:
             self._failed.pop(version, None)
         return model
 
-    def refresh(self) -> int | None:
+    def _candidates(self, current: LoadedModel | None) -> list[Version]:
+        """Versions worth loading instead of ``current``, best first."""
+        floor = _rank(current.version) if current is not None else -1
+        found: list[Version] = [v for v in self.store.versions() if v > floor]
+        if floor < 0 and self.store.has_default():
+            found.append(DEFAULT_VERSION)
+        return sorted(found, key=_rank, reverse=True)
+
+    def refresh(self) -> Version | None:
         """One look at the store: swap in the newest loadable version above the served one.
 
-        Returns the version swapped in, or None when nothing changed. Broken versions are skipped
-        (a lower, newer-than-served version may then be chosen) and the served model stays.
+        With nothing served and no loadable version, the packaged default is swapped in (when
+        installed); a published version replaces it at a later look. Returns the version swapped
+        in, or None when nothing changed. Broken versions are skipped (a lower, newer-than-served
+        version may then be chosen) and the served model stays.
         """
         self.setup()
         current = self._current
-        floor = int(current.version) if current is not None else 0
-        for version in sorted((v for v in self.store.versions() if v > floor), reverse=True):
+        for version in self._candidates(current):
             if self._known_failure(version) is not None:
                 continue
             with self._load_lock:
@@ -229,7 +285,7 @@ class Engine:
         with self._state_lock:
             old = self._current
             self._current = model  # the atomic swap: requests in flight keep their reference
-            self._cache.pop(int(model.version), None)
+            self._cache.pop(model.version, None)
             if old is not None:
                 self._remember(old)
         log.info(
@@ -242,14 +298,15 @@ class Engine:
 
     def _remember(self, model: LoadedModel) -> None:
         # caller holds _state_lock
-        self._cache[int(model.version)] = model
-        self._cache.move_to_end(int(model.version))
+        self._cache[model.version] = model
+        self._cache.move_to_end(model.version)
         while len(self._cache) > self.cache_size:
             evicted, _ = self._cache.popitem(last=False)
             log.info("model version %s dropped from the cache", evicted)
 
-    def model(self, version: int | None = None) -> LoadedModel:
-        """The served model (``version`` None) or that version, loaded on demand and cached.
+    def model(self, version: int | str | None = None) -> LoadedModel:
+        """The served model (``version`` None) or that version (a number or ``"default"``), loaded
+        on demand and cached.
 
         Raises NoModelLoaded, UnknownVersion or BrokenVersion.
         """
@@ -258,7 +315,8 @@ class Engine:
             if current is None:
                 raise NoModelLoaded(self.setup_error)
             return current
-        if current is not None and int(current.version) == version:
+        version = version_key(version)
+        if current is not None and current.version == version:
             return current
         with self._state_lock:
             cached = self._cache.get(version)
@@ -272,7 +330,7 @@ class Engine:
                 current = self._current
             if cached is not None:
                 return cached
-            if current is not None and int(current.version) == version:
+            if current is not None and current.version == version:
                 return current
             model = self._load_and_warm(version)
             with self._state_lock:
@@ -309,7 +367,7 @@ class Engine:
         current = self._current
         return {
             "ready": current is not None,
-            "model_version": int(current.version) if current is not None else None,
+            "model_version": current.version if current is not None else None,
             "device": self._device,
             "cached_versions": self.cached_versions(),
             "failed_versions": self.failed_versions(),

@@ -42,31 +42,36 @@ class ReadyResponse(BaseModel):
     """Whether a model is loaded, which one, and the TensorFlow device it runs on."""
 
     ready: bool
-    model_version: int | None = None
+    model_version: int | str | None = Field(None, description='A version number, or "default".')
     device: str | None = None
     detail: str | None = None
 
 
 class ModelInfo(BaseModel):
-    """One version in the model store."""
+    """One version in the model store, or the packaged default model (version ``"default"``)."""
 
-    version: int
+    version: int | str = Field(description='A version number, or "default" for the packaged model.')
     preset: str | None = None
     image_size: int | None = None
     created_at: float | None = None
     served: bool = Field(False, description="The version /colorize uses when no ?model= is given.")
     loaded: bool = Field(False, description="Held in memory (served or cached).")
     error: str | None = Field(None, description="Why this version cannot be served, if it cannot.")
+    metrics: dict[str, Any] | None = Field(
+        None,
+        description="Training losses (train) and mean metrics on held-out photographs (validation): "
+        "psnr, ssim, ciede2000, colourfulness, and the same for the grayscale input (grayscale_*).",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("metadata", mode="before")
+    @field_validator("metrics", "metadata", mode="before")
     @classmethod
     def _finite(cls, value: Any) -> Any:
         return finite_or_none(value)
 
 
 class ModelsResponse(BaseModel):
-    served: int | None = Field(None, description="The version /colorize uses when no ?model= is given.")
+    served: int | str | None = Field(None, description="The version /colorize uses when no ?model= is given.")
     device: str | None = None
     versions: list[ModelInfo]
 

@@ -41,3 +41,15 @@ def dataset_dir(tmp_path: Path) -> Path:
     data_dir = tmp_path / "data"
     write_dataset(data_dir / "datasets" / "tiny")
     return data_dir
+
+
+@pytest.fixture(autouse=True)
+def _no_packaged_default(tmp_path_factory, monkeypatch):
+    """In-process tests start without the shipped default model unless a test installs one.
+
+    (Tests that want a default point ``models.store.DEFAULT_MODEL_DIR`` at their own; the
+    end-to-end tests run real processes and see the real one.)
+    """
+    import models.store
+
+    monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", tmp_path_factory.mktemp("nodefault") / "missing")

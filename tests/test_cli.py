@@ -20,7 +20,7 @@ from service.settings import get_settings
 from tests.conftest import make_photo, write_dataset
 from tests.procs import Proc, colorizer, free_port, wait_for
 
-COMMANDS = ("serve", "worker", "up", "train", "colorize")
+COMMANDS = ("serve", "worker", "up", "train", "colorize", "evaluate", "default-model")
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from fastapi import APIRouter, Query, Request, Response
 from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.types import Message
 
-from models.store import LoadedModel, UnknownVersion
+from models.store import LoadedModel
 from service.deps import EngineDep, SettingsDep
-from service.engine import Engine
+from service.engine import Engine, version_key
 from service.errors import ApiError, field_error
 from service.schemas import ErrorResponse, ValidationErrorResponse
 
@@ -63,7 +63,10 @@ _RESPONSES_DOC: dict[int | str, dict[str, Any]] = {
         "description": "The colorized photograph, at the input's size.",
         "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
         "headers": {
-            "X-Model-Version": {"description": "The model version used.", "schema": {"type": "integer"}}
+            "X-Model-Version": {
+                "description": 'The model version used: a number, or "default".',
+                "schema": {"type": "string"},
+            }
         },
     },
     400: {"model": ErrorResponse, "description": "Empty, damaged or truncated image."},
@@ -230,20 +233,20 @@ def encode_image(array: np.ndarray, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def parse_version(model: str | None) -> int | None:
-    """The ``model`` query value as a version number (None: the served one); raises UnknownVersion."""
+def parse_version(model: str | None) -> int | str | None:
+    """The ``model`` query value as a version number or "default" (None: the served one).
+
+    Raises UnknownVersion for anything else.
+    """
     if model is None or model.strip().lower() in ("", "latest"):
         return None
-    text = model.strip()
-    if not text.isdigit() or int(text) < 1:
-        raise UnknownVersion(f"model version {model!r} does not exist (versions are positive integers)")
-    return int(text)
+    return version_key(model)
 
 
 def colorize_upload(
     engine: Engine,
     data: bytes,
-    version: int | None,
+    version: int | str | None,
     render_size: int | None,
     image_format: str,
     max_pixels: int,
@@ -270,7 +273,8 @@ async def colorize(
         Query(ge=1, description="Side the model runs at; a multiple of 2**levels. Default: its own size."),
     ] = None,
     model: Annotated[
-        str | None, Query(description="A model version from GET /models. Default: the served one.")
+        str | None,
+        Query(description='A model version from GET /models, or "default". Default: the served one.'),
     ] = None,
 ) -> Response:
     """Colorize a photograph; the answer is the image, at the input's size, with X-Model-Version."""

@@ -15,8 +15,9 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
+import models.store as store_module
 from models.config import TrainConfig
-from models.store import BrokenVersion, UnknownVersion
+from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion, read_metadata
 from service.deps import CeleryDep, JobStoreDep, SettingsDep, StoreDep, require_api_key
 from service.errors import ApiError, field_error
 from service.schemas import ErrorResponse, JobQueueError, JobStatus, ValidationErrorResponse
@@ -50,11 +51,25 @@ def dataset_folder(datasets_dir: Path, name: str) -> Path:
     return folder
 
 
-def _check_init_from(store: Any, init_from: int | str | None) -> None:
-    if not isinstance(init_from, int):
-        return
+def _init_from_metadata(store: ModelStore, init_from: int | str) -> tuple[str, dict[str, Any]]:
+    """(how to name it, its metadata) for ``init_from``; raises a 422 naming init_from if unusable."""
+    if init_from == DEFAULT_VERSION:
+        if not store.has_default():
+            raise field_error(
+                "body",
+                "init_from",
+                "no default model is installed on this server: start from a version number "
+                "(GET /models lists them) or leave init_from out",
+                init_from,
+            )
+        try:
+            return "the default model", read_metadata(store_module.DEFAULT_MODEL_DIR)
+        except BrokenVersion:
+            raise field_error(
+                "body", "init_from", "the default model's metadata cannot be read", init_from
+            ) from None
     try:
-        store.get(init_from)
+        return f"model version {init_from}", store.get(int(init_from)).metadata
     except UnknownVersion:
         raise field_error(
             "body",
@@ -66,6 +81,29 @@ def _check_init_from(store: Any, init_from: int | str | None) -> None:
         raise field_error(
             "body", "init_from", f"model version {init_from} cannot be read: {exc}", init_from
         ) from None
+
+
+def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
+    """422 naming init_from unless it exists and has the job's preset, image_size and width.
+
+    A field missing from the version's metadata is not checked (the worker still refuses weights
+    of the wrong shape).
+    """
+    if config.init_from is None:
+        return
+    name, metadata = _init_from_metadata(store, config.init_from)
+    wanted = {"preset": config.preset, "image_size": config.image_size, "width": config.width}
+    differ = [key for key, value in wanted.items() if key in metadata and str(metadata[key]) != str(value)]
+    if differ:
+        has = ", ".join(f"{key} {metadata[key]!r}" for key in differ)
+        asks = ", ".join(f"{key} {wanted[key]!r}" for key in differ)
+        raise field_error(
+            "body",
+            "init_from",
+            f"{name} has {has} but this job asks for {asks}: init_from needs a model with the job's "
+            "preset, image_size and width (change them to match, or leave init_from out)",
+            config.init_from,
+        )
 
 
 def _status(record: dict[str, Any]) -> JobStatus:
@@ -91,7 +129,7 @@ def submit_job(
 ) -> JobStatus | JSONResponse:
     """Queue a training job; answers 202 with its record (state ``queued``)."""
     dataset_folder(settings.datasets_dir, config.dataset)
-    _check_init_from(store, config.init_from)
+    _check_init_from(store, config)
     config_dict = config.model_dump(mode="json")
     record = jobs.create(config_dict)
     try:

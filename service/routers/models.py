@@ -1,4 +1,4 @@
-"""The model store's versions and which one is served."""
+"""The model store's versions, the packaged default model, and which one is served."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
+import models.store as store_module
+from models.store import DEFAULT_VERSION, BrokenVersion, read_metadata
 from service.deps import EngineDep, StoreDep
 from service.schemas import ModelInfo, ModelsResponse
 
@@ -26,17 +28,29 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
+def default_metadata() -> dict[str, Any]:
+    """metadata.json of the packaged default model (an ``error`` field when unreadable)."""
+    try:
+        return read_metadata(store_module.DEFAULT_MODEL_DIR)
+    except BrokenVersion:
+        return {"error": "the default model's metadata.json is unreadable"}
+
+
 @router.get("", response_model=ModelsResponse)
 def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
-    """Every version in the store, oldest first, with its metadata, and the one /colorize serves."""
+    """The packaged default model (when installed) then every version in the store, oldest first,
+    each with its metadata and metrics, and the one /colorize serves."""
     current = engine.current
-    served = int(current.version) if current is not None else None
+    served = current.version if current is not None else None
     cached = set(engine.cached_versions())
     failed = engine.failed_versions()
+    listed: list[tuple[int | str, dict[str, Any]]] = []
+    if store.has_default():
+        listed.append((DEFAULT_VERSION, default_metadata()))
+    listed += [(int(info.version), info.metadata) for info in store.list()]
     versions = []
-    for info in store.list():
-        version = int(info.version)
-        meta = info.metadata
+    for version, meta in listed:
+        metrics = meta.get("metrics")
         versions.append(
             ModelInfo(
                 version=version,
@@ -46,6 +60,7 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
                 served=version == served,
                 loaded=version == served or version in cached,
                 error=failed.get(version) or meta.get("error"),
+                metrics=metrics if isinstance(metrics, dict) else None,
                 metadata=meta,
             )
         )
