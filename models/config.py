@@ -38,6 +38,12 @@ class TrainConfig(BaseModel):
     validation_split: float = Field(
         0.1, ge=0, le=0.5, description="Share of the photographs kept out of training to score each version."
     )
+    precision: Literal["auto", "float32", "mixed"] = Field(
+        "float32",
+        description="Training arithmetic. float32 (default) keeps runs repeatable with a seed; mixed: "
+        "mixed_float16 with loss scaling on a GPU, mixed_bfloat16 on a CPU with AVX512_BF16/AMX "
+        "(float32 elsewhere); auto: the same as mixed.",
+    )
     max_seconds: float | None = Field(
         None, gt=0, description="Stop (and publish) after this much training time, whatever steps remain."
     )

@@ -52,3 +52,80 @@ def configure_tensorflow(preference: str = "auto") -> str:
         log.warning("device 'gpu' was requested but TensorFlow sees no GPU; running on the CPU")
     log.info("TensorFlow device: %s", CPU)
     return CPU
+
+
+# -- precision -----------------------------------------------------------------------------------
+
+INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
+TRAINING_PRECISIONS = ("auto", "float32", "mixed")
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is missing)."""
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bfloat16_supported(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: AVX512_BF16 or AMX on a CPU, compute
+    capability 8.0 (Ampere) or newer on a GPU. Emulated bfloat16 is slower than float32."""
+    if device.upper().startswith("GPU"):
+        import tensorflow as tf
+
+        try:
+            gpus = tf.config.list_physical_devices("GPU")
+            index = int(device.rpartition(":")[2] or 0)
+            details = tf.config.experimental.get_device_details(gpus[index])
+        except Exception as exc:  # no such GPU, or a driver that cannot say
+            log.info("cannot read the GPU's compute capability (%s); assuming no bfloat16", exc)
+            return False
+        return tuple(details.get("compute_capability") or (0, 0)) >= (8, 0)
+    return any(flag in cpu_flags() for flag in _CPU_BF16_FLAGS)
+
+
+def inference_precision(preference: str, device: str) -> str:
+    """The serving precision, "float32" or "bfloat16", on ``device``; raises ValueError for an unknown
+    preference.
+
+    "auto" picks bfloat16 where the hardware has it; "bfloat16" is honoured even where it is
+    emulated (with a warning), since someone asked for it.
+    """
+    if preference not in INFERENCE_PRECISIONS:
+        raise ValueError(
+            f"inference precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {preference!r}"
+        )
+    supported = bfloat16_supported(device)
+    if preference == "auto":
+        return "bfloat16" if supported else "float32"
+    if preference == "bfloat16" and not supported:
+        log.warning("bfloat16 inference was requested but %s has no native bfloat16; it will be slow", device)
+    return preference
+
+
+def training_policy(preference: str, device: str) -> str:
+    """The Keras dtype policy for training on ``device``: "float32", "mixed_float16" or "mixed_bfloat16".
+
+    "auto" and "mixed": mixed_float16 on a GPU (with loss scaling in Pix2Pix), mixed_bfloat16 on a
+    CPU with native bfloat16; "auto" falls back to float32 elsewhere, "mixed" too (with a warning).
+    Raises ValueError for an unknown preference.
+    """
+    if preference not in TRAINING_PRECISIONS:
+        raise ValueError(
+            f"training precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {preference!r}"
+        )
+    if preference == "float32":
+        return "float32"
+    if device.upper().startswith("GPU"):
+        return "mixed_float16"
+    if bfloat16_supported(device):
+        return "mixed_bfloat16"
+    if preference == "mixed":
+        log.warning("mixed precision was requested but the CPU has no native bfloat16; training in float32")
+    return "float32"

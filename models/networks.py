@@ -23,33 +23,39 @@ def encoder_filters(depth: int, width: int) -> list[int]:
     return [min(width * 2**i, width * 8) for i in range(depth)]
 
 
-def downsample(x, filters: int, batchnorm: bool = True, name: str | None = None):
+def downsample(x, filters: int, batchnorm: bool = True, name: str | None = None, dtype=None):
     """Encoder block: Conv 4x4 stride 2 -> BatchNorm (optional) -> LeakyReLU 0.2."""
-    x = layers.Conv2D(filters, 4, strides=2, padding="same", kernel_initializer=init(), name=f"{name}_conv")(
-        x
-    )
+    x = layers.Conv2D(
+        filters, 4, strides=2, padding="same", kernel_initializer=init(), name=f"{name}_conv", dtype=dtype
+    )(x)
     if batchnorm:
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
+    return layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act", dtype=dtype)(x)
 
 
-def upsample(x, skip, filters: int, dropout: bool, name: str | None = None):
+def upsample(x, skip, filters: int, dropout: bool, name: str | None = None, dtype=None):
     """Decoder block: ConvTranspose 4x4 stride 2 -> BatchNorm -> Dropout 0.5 -> concat skip -> ReLU."""
     x = layers.Conv2DTranspose(
-        filters, 4, strides=2, padding="same", kernel_initializer=init(), name=f"{name}_deconv"
+        filters, 4, strides=2, padding="same", kernel_initializer=init(), name=f"{name}_deconv", dtype=dtype
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
     if dropout:
-        x = layers.Dropout(0.5, name=f"{name}_dropout")(x)
-    x = layers.Concatenate(name=f"{name}_skip")([x, skip])
-    return layers.Activation("relu", name=f"{name}_act")(x)
+        x = layers.Dropout(0.5, name=f"{name}_dropout", dtype=dtype)(x)
+    x = layers.Concatenate(name=f"{name}_skip", dtype=dtype)([x, skip])
+    return layers.Activation("relu", name=f"{name}_act", dtype=dtype)(x)
 
 
 def build_generator(
-    image_size: int = 256, in_channels: int = 3, out_channels: int = 3, width: int = 64
+    image_size: int = 256,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    width: int = 64,
+    dtype: str | None = None,
 ) -> keras.Model:
     """U-Net generator. At 256, width 64, 3->3 channels it is the report's (54,429,315 params).
 
+    ``dtype`` is a Keras dtype policy for every layer but the output ("mixed_bfloat16",
+    "mixed_float16"; None: the global policy, float32 by default); the output stays float32.
     Raises ValueError for an image size that is not a power of two in range.
     """
     depth = levels_for(image_size)
@@ -60,43 +66,83 @@ def build_generator(
     x = inputs
     # Encoder: (bs, 128, 128, 64) -> (bs, 64, 64, 128) -> ... -> (bs, 2, 2, 512) at 256.
     for i, f in enumerate(filters[:-1]):
-        x = downsample(x, f, batchnorm=i > 0, name=f"enc{i + 1}")
+        x = downsample(x, f, batchnorm=i > 0, name=f"enc{i + 1}", dtype=dtype)
         skips.append(x)
     # Bottleneck: (bs, 1, 1, 512) at 256; Conv + ReLU, no BatchNorm (as the report).
     x = layers.Conv2D(
-        filters[-1], 4, strides=2, padding="same", kernel_initializer=init(), name="bottleneck_conv"
+        filters[-1],
+        4,
+        strides=2,
+        padding="same",
+        kernel_initializer=init(),
+        name="bottleneck_conv",
+        dtype=dtype,
     )(x)
-    x = layers.Activation("relu", name="bottleneck_act")(x)
+    x = layers.Activation("relu", name="bottleneck_act", dtype=dtype)(x)
     # Decoder mirrors the encoder: (bs, 2, 2, 1024) -> ... -> (bs, 128, 128, 128) at 256.
     for i, (f, skip) in enumerate(zip(reversed(filters[:-1]), reversed(skips), strict=True)):
-        x = upsample(x, skip, f, dropout=i < 3, name=f"dec{i + 1}")
+        x = upsample(x, skip, f, dropout=i < 3, name=f"dec{i + 1}", dtype=dtype)
     x = layers.Conv2DTranspose(
-        out_channels, 4, strides=2, padding="same", kernel_initializer=init(), name="out_deconv"
+        out_channels, 4, strides=2, padding="same", kernel_initializer=init(), name="out_deconv", dtype=dtype
     )(x)
     outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="generator")
 
 
 def build_discriminator(
-    image_size: int = 256, in_channels: int = 3, out_channels: int = 3, width: int = 64
+    image_size: int = 256,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    width: int = 64,
+    dtype: str | None = None,
 ) -> keras.Model:
     """70x70 PatchGAN on the concatenated (input, output) pair; returns one logit per patch.
 
     The report ends in a sigmoid and BCE; we return logits and use BCE(from_logits=True), the
-    same loss computed stably. Output (bs, 16, 16, 1) at 256.
+    same loss computed stably. Output (bs, 16, 16, 1) at 256. ``dtype`` as in build_generator;
+    the logits stay float32.
     """
     levels_for(image_size)
     source = keras.Input((None, None, in_channels), name="input_image")
     target = keras.Input((None, None, out_channels), name="target_image")
-    x = layers.Concatenate(name="pair")([source, target])
-    x = downsample(x, width, batchnorm=False, name="d1")  # (bs, 128, 128, 64)
-    x = downsample(x, width * 2, name="d2")  # (bs, 64, 64, 128)
-    x = downsample(x, width * 4, name="d3")  # (bs, 32, 32, 256)
-    x = downsample(x, width * 8, name="d4")  # (bs, 16, 16, 512)
-    x = layers.Conv2D(width * 8, 4, padding="same", kernel_initializer=init(), name="d5_conv")(x)
-    x = layers.BatchNormalization(name="d5_bn")(x)
-    x = layers.LeakyReLU(negative_slope=0.2, name="d5_act")(x)  # (bs, 16, 16, 512)
+    x = layers.Concatenate(name="pair", dtype=dtype)([source, target])
+    x = downsample(x, width, batchnorm=False, name="d1", dtype=dtype)  # (bs, 128, 128, 64)
+    x = downsample(x, width * 2, name="d2", dtype=dtype)  # (bs, 64, 64, 128)
+    x = downsample(x, width * 4, name="d3", dtype=dtype)  # (bs, 32, 32, 256)
+    x = downsample(x, width * 8, name="d4", dtype=dtype)  # (bs, 16, 16, 512)
+    x = layers.Conv2D(width * 8, 4, padding="same", kernel_initializer=init(), name="d5_conv", dtype=dtype)(x)
+    x = layers.BatchNormalization(name="d5_bn", dtype=dtype)(x)
+    x = layers.LeakyReLU(negative_slope=0.2, name="d5_act", dtype=dtype)(x)  # (bs, 16, 16, 512)
     logits = layers.Conv2D(
         1, 4, padding="same", kernel_initializer=init(), name="patch_logits", dtype="float32"
     )(x)  # (bs, 16, 16, 1)
     return keras.Model([source, target], logits, name="discriminator")
+
+
+class NoiseDropout(layers.Dropout):
+    """Dropout that stays on at inference: pix2pix's source of noise, for varied colorizations.
+
+    Not for training or saving: serving swaps it in for the Dropout layers of a generator's
+    twin (see ``noisy_twin``). Its masks come from its seed generator's state, which callers may
+    reset for a repeatable draw.
+    """
+
+    def call(self, inputs, training=None):
+        return super().call(inputs, training=True)
+
+
+def noisy_twin(generator: keras.Model) -> keras.Model:
+    """A model sharing every layer (and so every weight) of ``generator``, with its Dropout layers
+    always active. Call it with ``training=False``: BatchNorm keeps its moving statistics."""
+
+    def swap(layer):
+        if isinstance(layer, layers.Dropout):
+            return NoiseDropout.from_config(layer.get_config())
+        return layer  # the same layer object: shared weights, no copy
+
+    return keras.models.clone_model(generator, clone_function=swap)
+
+
+def dropout_layers(model: keras.Model) -> list[layers.Dropout]:
+    """The model's Dropout layers, in graph order."""
+    return [layer for layer in model.layers if isinstance(layer, layers.Dropout)]

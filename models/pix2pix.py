@@ -3,6 +3,11 @@
 Losses follow the report and Isola et al.: D minimises 0.5 x BCE over real and fake patches; G
 minimises BCE(fake patches judged real) + l1_weight x L1(target, fake). Training is `fit()`, so
 progress, checkpoints, cancellation and publishing are Keras callbacks.
+
+Mixed precision: networks built under a mixed dtype policy compute in float16/bfloat16 with
+float32 variables and float32 outputs; losses are computed in float32. With float16, wrap the
+optimisers in ``keras.optimizers.LossScaleOptimizer`` (``adam(..., loss_scale=True)``): the step
+scales each loss before its gradient and the optimiser unscales (and skips non-finite steps).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ _bce = keras.losses.BinaryCrossentropy(from_logits=True)
 
 def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Tensor:
     """0.5 x (BCE(real, 1) + BCE(fake, 0)): the report's loss_weights=[0.5] on both D updates."""
+    real_logits = tf.cast(real_logits, tf.float32)
+    fake_logits = tf.cast(fake_logits, tf.float32)
     real = _bce(tf.ones_like(real_logits), real_logits)
     fake = _bce(tf.zeros_like(fake_logits), fake_logits)
     return 0.5 * (real + fake)
@@ -24,14 +31,28 @@ def generator_loss(
     fake_logits: tf.Tensor, target: tf.Tensor, fake: tf.Tensor, l1_weight: float
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """(total, adversarial BCE, L1): the report's loss_weights=[1, 100] on [BCE, MAE]."""
+    fake_logits = tf.cast(fake_logits, tf.float32)
     gan = _bce(tf.ones_like(fake_logits), fake_logits)
     l1 = tf.reduce_mean(tf.abs(tf.cast(target, tf.float32) - tf.cast(fake, tf.float32)))
     return gan + l1_weight * l1, gan, l1
 
 
-def adam(learning_rate: float = 2e-4, beta_1: float = 0.5) -> keras.optimizers.Optimizer:
-    """The report's optimiser: Adam(2e-4, beta_1=0.5, beta_2=0.999)."""
-    return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1, beta_2=0.999)
+def adam(
+    learning_rate: float = 2e-4, beta_1: float = 0.5, loss_scale: bool = False
+) -> keras.optimizers.Optimizer:
+    """The report's optimiser: Adam(2e-4, beta_1=0.5, beta_2=0.999); with ``loss_scale``, wrapped in
+    a dynamic LossScaleOptimizer for float16 training."""
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1, beta_2=0.999)
+    if loss_scale:
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _scaled(optimizer: keras.optimizers.Optimizer, loss: tf.Tensor) -> tf.Tensor:
+    """The loss to differentiate: scaled when ``optimizer`` is a LossScaleOptimizer."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.scale_loss(loss)
+    return loss
 
 
 class Pix2Pix(keras.Model):
@@ -80,10 +101,13 @@ class Pix2Pix(keras.Model):
             fake_logits = self.discriminator([source, fake], training=True)
             g_loss, g_gan, l1 = generator_loss(fake_logits, target, fake, self.l1_weight)
             d_loss = discriminator_loss(real_logits, fake_logits)
+            g_scaled = _scaled(self.g_optimizer, g_loss)
+            d_scaled = _scaled(self.d_optimizer, d_loss)
         g_vars = self.generator.trainable_variables
         d_vars = self.discriminator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(g_tape.gradient(g_loss, g_vars), g_vars, strict=True))
-        self.d_optimizer.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars, strict=True))
+        # A LossScaleOptimizer unscales these gradients itself before applying them.
+        self.g_optimizer.apply_gradients(zip(g_tape.gradient(g_scaled, g_vars), g_vars, strict=True))
+        self.d_optimizer.apply_gradients(zip(d_tape.gradient(d_scaled, d_vars), d_vars, strict=True))
         self.g_loss_tracker.update_state(g_loss)
         self.d_loss_tracker.update_state(d_loss)
         self.l1_tracker.update_state(l1)

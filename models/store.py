@@ -6,7 +6,9 @@ Layout::
     <root>/<version>/metadata.json      preset, image size, training config, job id, step, ...
 
 Versions are positive integers. Publishing writes a hidden temporary directory on the same volume
-and renames it into place, so a reader sees a whole version or none.
+and renames it into place, so a reader sees a whole version or none. A publisher that fails (full
+disk, read-only store) removes its temporary directory; one that is killed mid-publish leaves it,
+and the next publish removes such leftovers once they are an hour old.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ DEFAULT_VERSION = "default"
 # The generator that ships inside the package, served while the store is empty.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 METADATA_FILE = "metadata.json"
+TEMP_PREFIX = ".tmp-"
+# A publisher's temporary directory older than this was left by a killed process.
+STALE_TEMP_SECONDS = 3600.0
 
 
 class UnknownVersion(LookupError):
@@ -59,6 +64,8 @@ class LoadedModel:
     preset: str
     image_size: int
     metadata: dict[str, Any]
+    # Set by a server: compiled calls in its precision (models.serving.InferenceModel).
+    serving: Any = field(default=None, repr=False, compare=False)
 
     @property
     def levels(self) -> int:
@@ -218,7 +225,8 @@ class ModelStore:
         if the store is not writable or the disk is full; no partial version is left behind.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{uuid.uuid4().hex[:8]}-", dir=self.root))
+        self.remove_stale_temp_dirs()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-", dir=self.root))
         try:
             generator.save(tmp / GENERATOR_FILE)
             for attempt in range(100):
@@ -242,6 +250,19 @@ class ModelStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def remove_stale_temp_dirs(self, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+        """Remove temporary directories of publishers killed mid-publish; returns what was removed."""
+        removed = []
+        now = time.time()
+        for child in self.root.glob(f"{TEMP_PREFIX}*"):
+            try:
+                if child.is_dir() and now - child.stat().st_mtime > older_than:
+                    shutil.rmtree(child)
+                    removed.append(child)
+            except OSError as exc:
+                log.warning("cannot remove the leftover %s: %s", child, exc)
+        return removed
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """A training run: dataset -> Pix2Pix.fit() with callbacks -> published generator versions.
 
 Everything a job does while it trains is a Keras callback: progress and ETA, cancellation at the
-next step, the report's sample plot, publishing to the model store, and BackupAndRestore so that a
-job whose worker died resumes from its last checkpoint instead of starting over.
+next step, the report's sample plot, publishing to the model store, and resumable checkpoints so
+that a job whose worker died resumes from its last checkpoint instead of starting over, and a job
+stopped for a worker shutdown resumes from the very step it stopped at.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +51,7 @@ PLOT_TILE = 128
 
 @dataclass
 class TrainResult:
-    state: str  # "succeeded" or "cancelled"
+    state: str  # "succeeded", "cancelled" or "interrupted" (stopped to resume later)
     steps: int
     published_versions: list[int] = field(default_factory=list)
     losses: dict[str, float] = field(default_factory=dict)
@@ -65,34 +68,129 @@ class RunState:
     losses: dict[str, float] = field(default_factory=dict)
     published: dict[int, int] = field(default_factory=dict)  # step -> version
     cancelled: bool = False
+    interrupted: bool = False  # stopped to be resumed later (worker shutdown), not cancelled
+    base_step: int = 0  # the step the run resumed from (0: a fresh start)
+    trained_seconds: float = 0.0  # training time of earlier attempts (restored with a checkpoint)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
 
     @property
     def versions(self) -> list[int]:
         return [self.published[s] for s in sorted(self.published)]
 
 
-class ResumableBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore at each checkpoint interval, keeping the previous checkpoint as well.
+CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_WEIGHTS = "checkpoint.weights.h5"
+CHECKPOINT_STATE = "state.json"
+CHECKPOINTS_KEPT = 2
 
-    A checkpoint cut short by a killed worker falls back to the one before it (Keras's
-    ``double_checkpoint``); if neither can be read, the backup is discarded with a log line and
-    the job starts over rather than failing.
+
+class ResumableBackup(keras.callbacks.Callback):
+    """Resumable checkpoints of the whole training state (both networks' weights, both optimisers'
+    state, the global step and the training time so far) in ``backup_dir``.
+
+    A checkpoint is written at the end of every checkpoint interval (one Keras epoch) and when
+    training stops early to be resumed (``state.interrupted``: a worker shutdown), so a shutdown
+    loses nothing and a killed worker at most one interval. Each is a folder ``step-<n>`` written
+    under a temporary name and renamed into place, and the newest two are kept: a checkpoint cut
+    short by a kill never replaces a whole one, and an unreadable newest one falls back to the one
+    before; if none can be read, the job starts over with a log line rather than failing. A
+    checkpoint that cannot be written (full disk) is logged and training goes on. The folder is
+    removed once training finishes or is cancelled. Jobs checkpointed by Keras's
+    ``BackupAndRestore`` (this project's earlier layout) resume from those files.
     """
 
-    def __init__(self, backup_dir: Path):
-        super().__init__(str(backup_dir), save_freq="epoch", double_checkpoint=True)
+    def __init__(self, state: RunState, backup_dir: Path):
+        super().__init__()
+        self.state, self.backup_dir = state, Path(backup_dir)
 
     def on_train_begin(self, logs=None):
+        step, seconds = self.restore()
+        self.state.base_step = self.state.step = step
+        self.state.trained_seconds = seconds
+
+    def restore(self) -> tuple[int, float]:
+        """Load the newest readable checkpoint into the model: (its step, its training seconds)."""
+        candidates = sorted(self.backup_dir.glob(f"{CHECKPOINT_PREFIX}*"), reverse=True)
+        for folder in candidates:
+            try:
+                saved = json.loads((folder / CHECKPOINT_STATE).read_text())
+                step, seconds = int(saved["step"]), float(saved.get("trained_seconds") or 0.0)
+                self.model.load_weights(folder / CHECKPOINT_WEIGHTS)
+            except Exception as exc:  # Keras and h5py raise many types for a damaged file
+                log.warning("checkpoint %s is unreadable (%s); trying an older one", folder, exc)
+                continue
+            log.info("resuming from the checkpoint at step %d", step)
+            return step, seconds
+        legacy = self._restore_keras_backup()
+        if legacy is not None:
+            return legacy, 0.0
+        if candidates:
+            log.warning("no checkpoint in %s is readable; training from the start", self.backup_dir)
+        return 0, 0.0
+
+    def _restore_keras_backup(self) -> int | None:
+        """The step of a Keras BackupAndRestore checkpoint (epoch = checkpoint interval), if any."""
+        for suffix in ("", ".bkp"):
+            weights = self.backup_dir / f"latest.weights.h5{suffix}"
+            meta = self.backup_dir / f"training_metadata.json{suffix}"
+            if not (weights.is_file() and meta.is_file()):
+                continue
+            try:
+                epoch = int(json.loads(meta.read_text())["epoch"])
+                self.model.load_weights(weights)
+            except Exception as exc:
+                log.warning("Keras checkpoint %s is unreadable (%s)", weights, exc)
+                continue
+            step = min(epoch * self.state.steps_per_epoch, self.state.total_steps)
+            log.info("resuming from the Keras checkpoint at step %d", step)
+            return step
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Also called when training stops mid-interval: then it is the interrupt's checkpoint.
+        if self.state.cancelled or self.state.finished or self.state.step <= self.state.base_step:
+            return
+        self.save(self.state.step)
+
+    def save(self, step: int) -> Path | None:
+        """Write the checkpoint of ``step``; None (logged) if it could not be written."""
+        tmp = self.backup_dir / f".tmp-{step}-{uuid.uuid4().hex[:8]}"
+        final = self.backup_dir / f"{CHECKPOINT_PREFIX}{step:09d}"
         try:
-            super().on_train_begin(logs)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("checkpoint in %s is unreadable (%s); training from the start", self.backup_dir, exc)
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
-            self.model._initial_epoch = 0
+            tmp.mkdir(parents=True)
+            self.model.save_weights(tmp / CHECKPOINT_WEIGHTS)
+            saved = {"step": step, "trained_seconds": self.state.trained_seconds, "saved_at": time.time()}
+            with open(tmp / CHECKPOINT_STATE, "w") as fh:
+                json.dump(saved, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if final.exists():  # the same step checkpointed again (e.g. after a resume)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except OSError as exc:
+            log.warning("cannot write the checkpoint of step %d in %s (%s); training goes on", step, tmp, exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+        for old in sorted(self.backup_dir.glob(f"{CHECKPOINT_PREFIX}*"), reverse=True)[CHECKPOINTS_KEPT:]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def on_train_end(self, logs=None):
+        if self.state.interrupted and not self.state.finished:
+            return  # kept for the resumed run
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
 class StepCounter(keras.callbacks.Callback):
-    """Keeps the global step across BackupAndRestore resumes and stops at the last step."""
+    """Keeps the global step across resumes and stops at the last step.
+
+    Every run, fresh or resumed, counts its Keras epochs from 0: step = the resumed step +
+    epoch * steps_per_epoch + batch + 1 (so checkpoints of a resumed run fall at the resumed
+    step plus whole intervals).
+    """
 
     def __init__(self, state: RunState):
         super().__init__()
@@ -103,42 +201,58 @@ class StepCounter(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self.state.step = self._epoch * self.state.steps_per_epoch + batch + 1
-        self.state.losses = {k: float(v) for k, v in (logs or {}).items()}
-        if self.state.step >= self.state.total_steps:
+        state = self.state
+        state.step = state.base_step + self._epoch * state.steps_per_epoch + batch + 1
+        state.losses = {k: float(v) for k, v in (logs or {}).items()}
+        if state.step >= state.total_steps:
             self.model.stop_training = True
 
 
 class TimeLimit(keras.callbacks.Callback):
-    """Ends training (as finished, not cancelled) once ``seconds`` of training have passed."""
+    """Ends training (as finished, not cancelled) once ``seconds`` of training have passed,
+    counting the training time of earlier attempts of a resumed job."""
 
     def __init__(self, state: RunState, seconds: float):
         super().__init__()
         self.state, self.seconds = state, seconds
         self._start = 0.0
+        self._before = 0.0
 
     def on_train_begin(self, logs=None):
         self._start = time.monotonic()
+        self._before = self.state.trained_seconds  # restored by ResumableBackup, which runs first
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() - self._start >= self.seconds:
+        self.state.trained_seconds = self._before + time.monotonic() - self._start
+        if self.state.trained_seconds >= self.seconds:
             log.info("time limit of %.0f s reached at step %d", self.seconds, self.state.step)
             self.state.total_steps = self.state.step
             self.model.stop_training = True
 
 
-class CancelOnRequest(keras.callbacks.Callback):
-    """Stops training at the next step once ``should_cancel()`` is true."""
+class StopOnRequest(keras.callbacks.Callback):
+    """Stops training at the next step: for good once ``should_cancel()`` is true, or to be resumed
+    later (ResumableBackup then checkpoints this step) once ``should_interrupt()`` is true."""
 
-    def __init__(self, state: RunState, should_cancel: Callable[[], bool]):
+    def __init__(
+        self,
+        state: RunState,
+        should_cancel: Callable[[], bool] | None = None,
+        should_interrupt: Callable[[], bool] | None = None,
+    ):
         super().__init__()
         self.state = state
         self.should_cancel = should_cancel
+        self.should_interrupt = should_interrupt
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.should_cancel():
+        if self.should_cancel is not None and self.should_cancel():
             log.info("cancel requested at step %d", self.state.step)
             self.state.cancelled = True
+            self.model.stop_training = True
+        elif self.should_interrupt is not None and self.should_interrupt():
+            log.info("stopping at step %d to resume later", self.state.step)
+            self.state.interrupted = True
             self.model.stop_training = True
 
 
@@ -175,6 +289,7 @@ def progress_dict(state: RunState, eta: float | None) -> dict[str, Any]:
         },
         "eta_seconds": eta,
         "published_versions": state.versions,
+        "resumed_from_step": state.base_step or None,
     }
 
 
@@ -233,6 +348,10 @@ def render_plot(rows: list[np.ndarray], labels: list[str]) -> Image.Image:
     return sheet
 
 
+class PublishError(OSError):
+    """The model store could not take a version (read-only, disk full); names the store."""
+
+
 class Publisher(keras.callbacks.Callback):
     """Publishes the generator every ``every`` steps and at the end (unless cancelled).
 
@@ -260,7 +379,7 @@ class Publisher(keras.callbacks.Callback):
             self.publish(self.state.step)
 
     def on_train_end(self, logs=None):
-        if not self.state.cancelled and self.state.step >= self.state.total_steps:
+        if not self.state.cancelled and self.state.finished:
             self.publish(self.state.step)
 
     def publish(self, step: int) -> int | None:
@@ -275,7 +394,12 @@ class Publisher(keras.callbacks.Callback):
                 **({"validation": self.validate()} if self.validation else {}),
             },
         }
-        version = self.store.publish(self.model.generator, metadata)
+        try:
+            version = self.store.publish(float32_generator(self.model.generator), metadata)
+        except OSError as exc:
+            raise PublishError(
+                f"cannot publish the generator of step {step} to the model store at {self.store.root}: {exc}"
+            ) from exc
         self.state.published[step] = version
         self.ledger.write_text(json.dumps({str(k): v for k, v in self.state.published.items()}))
         return version
@@ -294,19 +418,53 @@ class Publisher(keras.callbacks.Callback):
         return summary(report)
 
 
-def build_pix2pix(config: TrainConfig) -> Pix2Pix:
-    """Generator, discriminator and optimisers for ``config`` (not yet trained)."""
+def training_policy(config: TrainConfig, device: str | None = None) -> str:
+    """The Keras dtype policy ``config.precision`` means on this machine (see models.device)."""
+    from models.device import CPU, GPU, training_policy
+
+    if config.precision == "float32":
+        return "float32"
+    if device is None:
+        import tensorflow as tf
+
+        device = GPU if tf.config.list_logical_devices("GPU") else CPU
+    return training_policy(config.precision, device)
+
+
+def build_pix2pix(config: TrainConfig, policy: str | None = None) -> Pix2Pix:
+    """Generator, discriminator and optimisers for ``config`` (not yet trained), in ``policy``
+    (default: what ``config.precision`` means here). float16 gets loss-scaling optimisers."""
+    policy = policy or training_policy(config)
+    dtype = None if policy == "float32" else policy
     preset = get_preset(config.preset)
     shape = (config.image_size, preset.in_channels, preset.out_channels)
-    generator = build_generator(*shape, width=config.width)
-    discriminator = build_discriminator(*shape, width=config.width)
+    generator = build_generator(*shape, width=config.width, dtype=dtype)
+    discriminator = build_discriminator(*shape, width=config.width, dtype=dtype)
     model = Pix2Pix(generator, discriminator)
+    loss_scale = policy == "mixed_float16"
     model.compile(
-        g_optimizer=adam(config.g_learning_rate, config.beta_1),
-        d_optimizer=adam(config.d_learning_rate, config.beta_1),
+        g_optimizer=adam(config.g_learning_rate, config.beta_1, loss_scale=loss_scale),
+        d_optimizer=adam(config.d_learning_rate, config.beta_1, loss_scale=loss_scale),
         l1_weight=config.l1_weight,
     )
+    if policy != "float32":
+        log.info("training in %s", policy)
     return model
+
+
+def float32_generator(generator: keras.Model) -> keras.Model:
+    """``generator`` itself when it is float32, else a float32 copy with the same weights.
+
+    What is published stays precision-neutral: the server picks its own precision.
+    """
+    if all(layer.dtype_policy.name == "float32" for layer in generator.layers):
+        return generator
+    copy = keras.models.clone_model(
+        generator,
+        clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"}),
+    )
+    copy.set_weights(generator.get_weights())
+    return copy
 
 
 def init_generator(model: Pix2Pix, config: TrainConfig, store: ModelStore) -> None:
@@ -334,6 +492,7 @@ def run_training(
     job_id: str | None = None,
     on_progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    should_interrupt: Callable[[], bool] | None = None,
     verbose: int = 0,
     dataset_path: Path | None = None,
     validation_files: list[Path] | None = None,
@@ -341,10 +500,14 @@ def run_training(
     """Train per ``config`` on ``<data_dir>/datasets/<config.dataset>`` (or ``dataset_path``).
 
     A share ``config.validation_split`` of the photographs (or ``validation_files``, when given)
-    is kept out of training; every published version carries its metrics on them.
+    is kept out of training; every published version carries its metrics on them. A run in a
+    ``job_dir`` that holds a checkpoint resumes from it, and publishes no step that the job
+    already published. ``should_interrupt()`` true stops at the next step with a checkpoint of
+    it (result state ``interrupted``), for a later run to resume.
 
     Raises DatasetError for an unusable dataset, UnknownVersion/BrokenVersion for a bad
-    ``init_from``, OSError when the job folder or model store cannot be written.
+    ``init_from``, PublishError when the model store cannot take a version, OSError when the job
+    folder cannot be written.
     """
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
@@ -364,6 +527,9 @@ def run_training(
     ledger = job_dir / "published.json"
     if ledger.exists():  # a resumed job: what the earlier attempt already published
         state.published = {int(k): int(v) for k, v in json.loads(ledger.read_text()).items()}
+    if job_id is not None:
+        # A worker killed between a publish and its ledger write: the store knows better.
+        state.published.update(published_steps(store, job_id))
     _save_resolved_config(job_dir, config, scan, state, validation_files)
 
     model = build_pix2pix(config)
@@ -378,7 +544,7 @@ def run_training(
     metadata = _metadata(config, job_id, scan)
     metadata["dataset"]["validation_images"] = [p.name for p in validation_files]
     callbacks: list[keras.callbacks.Callback] = [
-        ResumableBackup(job_dir / "backup"),
+        ResumableBackup(state, job_dir / "backup"),
         StepCounter(state),
         SamplePlot(
             state,
@@ -391,8 +557,8 @@ def run_training(
     ]
     if config.max_seconds is not None:
         callbacks.insert(2, TimeLimit(state, config.max_seconds))
-    if should_cancel is not None:
-        callbacks.insert(2, CancelOnRequest(state, should_cancel))
+    if should_cancel is not None or should_interrupt is not None:
+        callbacks.insert(2, StopOnRequest(state, should_cancel, should_interrupt))
     if on_progress is not None:
         callbacks.append(ProgressReporter(state, on_progress))
     log.info(
@@ -402,12 +568,19 @@ def run_training(
         len(validation_files),
         total,
     )
+    # Enough epochs for a fresh start; a resumed run needs fewer, and StepCounter stops it at total.
     epochs = math.ceil(total / spe)
     model.fit(
         dataset, epochs=epochs, steps_per_epoch=spe, callbacks=callbacks, verbose=verbose, shuffle=False
     )
+    if state.cancelled:
+        outcome = "cancelled"
+    elif state.interrupted and not state.finished:
+        outcome = "interrupted"
+    else:
+        outcome = "succeeded"
     result = TrainResult(
-        state="cancelled" if state.cancelled else "succeeded",
+        state=outcome,
         steps=state.step,
         published_versions=state.versions,
         losses=dict(state.losses),
@@ -415,6 +588,16 @@ def run_training(
     if on_progress is not None:
         on_progress(progress_dict(state, 0.0))
     return result
+
+
+def published_steps(store: ModelStore, job_id: str) -> dict[int, int]:
+    """{step: version} of the versions in ``store`` that job ``job_id`` published."""
+    found = {}
+    for info in store.list():
+        meta = info.metadata
+        if meta.get("job_id") == job_id and isinstance(meta.get("step"), int):
+            found[meta["step"]] = int(info.version)
+    return found
 
 
 def sample_pairs(files: list[Path], config: TrainConfig):

@@ -20,13 +20,15 @@ from models.jobs import JobStore
 from models.store import ModelStore
 from service.engine import Engine
 from service.errors import install_error_handlers
-from service.routers import colorize, health, jobs, models
+from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.routers import colorize, health, jobs, metrics, models
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-# Concurrent inferences: TensorFlow already spreads one over the cores, and more would only
-# multiply peak memory (each holds a decoded photograph and its Lab copies).
+# Photographs decoded, prepared or finished at once (the model itself runs in the engine's one
+# inference thread): TensorFlow already spreads each over the cores, and more would only multiply
+# peak memory (each holds a decoded photograph and its Lab copies).
 MAX_CONCURRENT_INFERENCES = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -65,14 +67,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.model_store = store
     app.state.job_store = JobStore(settings.jobs_dir)
-    app.state.engine = Engine(
+    service_metrics = ServiceMetrics(max_batch_size=settings.max_batch_size)
+    engine = Engine(
         store,
         device_preference=settings.device,
         reload_interval=settings.reload_interval,
         max_render_size=settings.max_render_size,
+        precision=settings.inference_precision,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout=settings.batch_timeout_ms / 1000.0,
+        max_queue=settings.max_queue,
+        observer=service_metrics,
     )
+    service_metrics.watch_queue(engine.queue_depth)
+    app.state.engine = engine
+    app.state.metrics = service_metrics
+    app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     app.state.celery = None  # created on first use by service.deps.get_celery
     install_error_handlers(app)
-    for module in (health, colorize, models, jobs):
+    for module in (health, colorize, models, jobs, metrics):
         app.include_router(module.router)
     return app

@@ -22,7 +22,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from service.settings import Settings, get_settings
+from service.settings import Settings, get_settings, redact_url
 
 log = logging.getLogger("colorizer.cli")
 
@@ -198,7 +198,7 @@ def up(host: str | None, port: int | None, grace: float) -> None:
     broker = "embedded SQLite broker" if settings.uses_embedded_broker else "broker"
     click.echo(
         f"colorizer up: API on http://{host or settings.host}:{port or settings.port}, worker on the "
-        f"{broker} {settings.effective_broker_url}; data in {settings.data_dir.resolve()}. "
+        f"{broker} {redact_url(settings.effective_broker_url)}; data in {settings.data_dir.resolve()}. "
         "Ctrl-C stops both.",
         err=True,
     )
@@ -282,7 +282,7 @@ def train(dataset: str, init_from: str | None, **options: Any) -> None:
         raise click.UsageError(f"invalid training options: {describe_validation_error(exc)}") from None
 
     jobs = JobStore(settings.jobs_dir)
-    job_id = jobs.create(config)["id"]
+    job_id = jobs.create(config, origin="cli")["id"]  # never re-queued to a worker
     click.echo(f"job {job_id}: training on {folder or settings.datasets_dir / name}", err=True)
 
     interrupted: list[int] = []

@@ -12,18 +12,30 @@ modification times) and not tried again until its files change.
 Versions are the store's positive integers plus ``"default"``, the generator packaged with the code
 (``models/default/``): it ranks below every published version, so it is served only while the store
 has no loadable version, and the first loadable published version replaces it.
+
+Inference (TensorFlow Serving style dynamic batching): callers ``prepare`` a photograph in their
+own thread (luminance, model input), ``submit`` the model input and get a future, and ``finish``
+the prediction in their own thread (chroma upsampled, joined with the luminance). One inference
+thread (``service.batcher.DynamicBatcher``) takes up to ``max_batch_size`` queued inputs for the
+same model version and render size, waiting at most ``batch_timeout`` after the oldest, and runs
+them as one call of a compiled function whose signature is fixed per (version, size); the batch
+is padded to a bucket size (1, 2, 4, 8). A full queue (``max_queue``) answers EngineBusy at once.
+A version is warmed up when it loads (every bucket traced and run once), before it is swapped in,
+in float32 or bfloat16 as ``precision`` says (auto: bfloat16 where the hardware has it).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,7 +50,8 @@ from models.store import (
     ModelStore,
     UnknownVersion,
 )
-from service.errors import NoModelLoaded
+from service.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
+from service.errors import EngineBusy, NoModelLoaded
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +63,16 @@ _MAX_REASON = 400
 
 
 Version = int | str  # a published version number, or DEFAULT_VERSION
+
+
+class EngineObserver(Protocol):
+    """What the engine reports (service.metrics.ServiceMetrics implements it)."""
+
+    def model_swapped(self, model: LoadedModel, precision: str, device: str | None) -> None: ...
+
+    def load_failed(self, version: Version) -> None: ...
+
+    def batch_done(self, size: int, seconds: float, waited: float) -> None: ...
 
 
 def version_key(version: int | str) -> Version:
@@ -102,19 +125,37 @@ class Engine:
         reload_interval: float = 2.0,
         max_render_size: int = 1024,
         cache_size: int = 2,
+        precision: str = "auto",
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.005,
+        max_queue: int = 64,
+        observer: EngineObserver | None = None,
     ):
         self.store = store
         self.device_preference = device_preference
         self.reload_interval = reload_interval
         self.max_render_size = max_render_size
         self.cache_size = cache_size
+        self.precision_preference = precision
+        self.buckets = batch_buckets(max_batch_size)
+        self.observer = observer
+        self._batcher = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=max_batch_size,
+            timeout=batch_timeout,
+            max_queue=max_queue,
+            name="inference",
+            on_batch=observer.batch_done if observer is not None else None,
+        )
         self._current: LoadedModel | None = None
         self._device: str | None = None
+        self._precision: str | None = None
         self._cache: OrderedDict[Version, LoadedModel] = OrderedDict()
         self._failed: dict[Version, _Failure] = {}
         self._state_lock = threading.Lock()  # guards _current, _cache and _failed
         self._load_lock = threading.Lock()  # one load at a time: no duplicate loads, bounded memory
         self._setup_lock = threading.Lock()
+        self._serving_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.setup_error: str | None = None
@@ -130,6 +171,16 @@ class Engine:
     def device(self) -> str | None:
         """The device name ("GPU:0" or "CPU:0") once TensorFlow is configured, else None."""
         return self._device
+
+    @property
+    def precision(self) -> str | None:
+        """The inference precision, "float32" or "bfloat16", once TensorFlow is configured, else None."""
+        return self._precision
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        """The queue and the inference thread."""
+        return self._batcher
 
     @property
     def ready(self) -> bool:
@@ -149,12 +200,17 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def setup(self) -> str:
-        """Import TensorFlow and pick the device (idempotent); returns the device name."""
+        """Import TensorFlow, pick the device and the precision (idempotent); returns the device name."""
         with self._setup_lock:
             if self._device is None:
-                from models.device import configure_tensorflow
+                from models.device import configure_tensorflow, inference_precision
 
-                self._device = configure_tensorflow(self.device_preference)
+                device = configure_tensorflow(self.device_preference)
+                self._precision = inference_precision(self.precision_preference, device)
+                self._device = device
+                log.info(
+                    "inference in %s on %s, batches of up to %d", self._precision, device, self.buckets[-1]
+                )
             return self._device
 
     def start(self) -> None:
@@ -166,13 +222,15 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the watcher thread and wait for it (a load in progress finishes first)."""
+        """Stop the watcher thread and wait for it (a load in progress finishes first), then the
+        inference thread (the batch running finishes; queued requests fail)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("the model watcher did not stop within %.0f s", timeout)
             self._thread = None
+        self._batcher.stop(timeout)
 
     def _watch(self) -> None:
         try:
@@ -224,8 +282,7 @@ class Engine:
         signature = self._signature(version)
         try:
             model = self.store.load(version)
-            dummy = np.full((WARMUP_SIDE, WARMUP_SIDE), 128, np.uint8)
-            self.colorize(model, dummy)
+            self._warm_up(model)
         except UnknownVersion:
             raise
         except Exception as exc:  # BrokenVersion, or anything a bad generator does on first use
@@ -240,6 +297,8 @@ class Engine:
             log.debug("model version %s failed to load or warm up", version, exc_info=exc)
             with self._state_lock:
                 self._failed[version] = _Failure(signature, reason)
+            if self.observer is not None:
+                self.observer.load_failed(version)
             log.warning("model version %s cannot be served and is skipped: %s", version, reason)
             raise BrokenVersion(reason) from exc
         with self._state_lock:
@@ -288,6 +347,8 @@ class Engine:
             self._cache.pop(model.version, None)
             if old is not None:
                 self._remember(old)
+        if self.observer is not None:
+            self.observer.model_swapped(model, self._serving(model).precision, self._device)
         log.info(
             "now serving model version %s (preset %s, %d px) on %s",
             model.version,
@@ -349,18 +410,126 @@ class Engine:
             )
         return check_render_size(model, render_size)
 
-    def colorize(self, model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
-        """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array on the engine's device.
+    def _serving(self, model: LoadedModel) -> Any:
+        """The model's InferenceModel (compiled calls in the engine's precision), made on first use."""
+        serving = model.serving
+        if serving is None:
+            from models.serving import InferenceModel
+
+            device = self.setup()
+            with self._serving_lock:
+                serving = model.serving
+                if serving is None:
+                    serving = InferenceModel(model, self._precision or "float32", device)
+                    model.serving = serving
+        return serving
+
+    def _warm_up(self, model: LoadedModel) -> None:
+        """Trace and run every bucket at the model's own size, then colorize a dummy photograph
+        (directly, not through the queue): a generator that fails does so before it is served."""
+        from models.colorize import finish, prepare
+
+        serving = self._serving(model)
+        serving.warm_up(model.image_size, self.buckets)
+        import tensorflow as tf
+
+        with tf.device(self.setup()):
+            inputs, lum, _ = prepare(model, np.full((WARMUP_SIDE, WARMUP_SIDE), 128, np.uint8))
+            finish(model, serving.predict(inputs[None])[0], lum)
+
+    def prepare(self, model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> Any:
+        """(model input, lightness, side) for an RGB (H, W, 3) or gray (H, W) uint8 array.
 
         Blocking: call it from a worker thread. Raises ValueError for a bad render_size.
         """
         import tensorflow as tf
 
-        from models.colorize import colorize_array
+        from models.colorize import prepare
 
         self.check_render_size(model, render_size)
         with tf.device(self._device or self.setup()):
-            return colorize_array(model, image, render_size)
+            return prepare(model, image, render_size)
+
+    def finish(self, model: LoadedModel, prediction: np.ndarray, lum: Any) -> np.ndarray:
+        """RGB uint8 at the photograph's size from a prediction and the photograph's lightness."""
+        import tensorflow as tf
+
+        from models.colorize import finish
+
+        with tf.device(self._device or self.setup()):
+            return finish(model, prediction, lum)
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: about the time to run the queue once."""
+        batches = math.ceil((self._batcher.depth() + 1) / self._batcher.max_batch_size)
+        return max(1, math.ceil(batches * self._batcher.last_batch_seconds))
+
+    def check_capacity(self) -> None:
+        """Raises EngineBusy when the inference queue is full (before any work is spent on a request)."""
+        if self._batcher.full():
+            raise EngineBusy(self._batcher.depth(), self.retry_after())
+
+    def queue_depth(self) -> int:
+        """Model inputs waiting for the inference thread."""
+        return self._batcher.depth()
+
+    def submit(
+        self,
+        model: LoadedModel,
+        inputs: np.ndarray,
+        size: int,
+        *,
+        variations: int | None = None,
+        seed: int = 0,
+    ) -> Future:
+        """Queue a prepared model input (size, size, C); the future gives the prediction (size,
+        size, out), or with ``variations`` N, N predictions with dropout noise (seeded by ``seed``).
+
+        Raises EngineBusy when the queue is full.
+        """
+        serving = self._serving(model)
+        try:
+            if variations:
+                return self._batcher.submit(
+                    (serving, size, "noisy"), (inputs, int(variations), int(seed)), batchable=False
+                )
+            return self._batcher.submit((serving, size), inputs)
+        except QueueFull:
+            raise EngineBusy(self._batcher.depth(), self.retry_after()) from None
+
+    def _run_batch(self, key: tuple, payloads: list) -> list:
+        """In the inference thread: one compiled call for the whole batch."""
+        serving = key[0]
+        if len(key) == 3:  # variations: one photograph, its noisy predictions
+            [(inputs, count, seed)] = payloads
+            return [serving.predict_noisy(np.repeat(inputs[None], count, axis=0), seed)]
+        return list(serving.predict(np.stack(payloads), pad_to=bucket_for(len(payloads), self.buckets)))
+
+    def colorize(self, model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
+        """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array through the batching queue.
+
+        Blocking: call it from a worker thread (never the inference thread). Raises ValueError for
+        a bad render_size, EngineBusy when the queue is full.
+        """
+        inputs, lum, size = self.prepare(model, image, render_size)
+        prediction = self.submit(model, inputs, size).result()
+        return self.finish(model, prediction, lum)
+
+    def colorize_variations(
+        self,
+        model: LoadedModel,
+        image: np.ndarray,
+        count: int,
+        seed: int,
+        render_size: int | None = None,
+    ) -> list[np.ndarray]:
+        """``count`` different plausible colorizations (dropout noise), the same for the same seed.
+
+        Blocking, like colorize.
+        """
+        inputs, lum, size = self.prepare(model, image, render_size)
+        predictions = self.submit(model, inputs, size, variations=count, seed=seed).result()
+        return [self.finish(model, p, lum) for p in predictions]
 
     def describe(self) -> dict[str, Any]:
         """What the engine serves, for health and listing endpoints."""
@@ -369,6 +538,7 @@ class Engine:
             "ready": current is not None,
             "model_version": current.version if current is not None else None,
             "device": self._device,
+            "precision": self._precision,
             "cached_versions": self.cached_versions(),
             "failed_versions": self.failed_versions(),
         }

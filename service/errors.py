@@ -53,6 +53,18 @@ class NoModelLoaded(ApiError):
         )
 
 
+class EngineBusy(ApiError):
+    """The inference queue is full: the client should come back after ``retry_after`` seconds."""
+
+    def __init__(self, queued: int, retry_after: int = 1):
+        super().__init__(
+            503,
+            f"the server is busy: {queued} photographs are already waiting for the model "
+            f"(COLORIZER_MAX_QUEUE); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 def field_error(location: str, field: str, message: str, value: Any = None) -> RequestValidationError:
     """A 422 for one request field (``location`` is "body", "query" or "path"), shaped like FastAPI's."""
     return RequestValidationError(

@@ -96,6 +96,11 @@ class JobStatus(BaseModel):
     eta_seconds: float | None = None
     published_versions: list[int] = Field(default_factory=list)
     error: str | None = None
+    attempts: int = Field(0, description="Times a worker started it (a resumed job counts each start).")
+    resumed_from_step: int | None = Field(
+        None, description="The checkpoint step its latest start resumed from (none: from the beginning)."
+    )
+    heartbeat_at: float | None = Field(None, description="When its worker last reported progress.")
 
     @field_validator("losses", "eta_seconds", "config", mode="before")
     @classmethod

@@ -6,21 +6,33 @@ read it too.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "sqla+", "amqp://", "pyamqp://", "memory://")
 _BACKEND_SCHEMES = ("redis://", "rediss://", "db+", "rpc://", "cache+")
+# The password of a URL's userinfo: redis://:PASSWORD@host, db+postgresql://user:PASSWORD@host.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:)(?P<password>[^@/]*)@")
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its password, if any, replaced by ``***`` (for logs and error messages)."""
+    if url is None:
+        return None
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***@" if m["password"] else m[0], url)
 
 
 class Settings(BaseSettings):
     """Every knob of the service. Invalid values stop the process at start-up with the field name."""
 
-    model_config = SettingsConfigDict(env_prefix="COLORIZER_", extra="ignore")
+    # hide_input_in_errors: a rejected value (a URL with a password, say) never reaches a traceback.
+    model_config = SettingsConfigDict(env_prefix="COLORIZER_", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(Path("./var"), description="Holds models/, datasets/ and jobs/.")
     broker_url: str | None = Field(
@@ -45,12 +57,35 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Where the API runs the model: auto picks the GPU when one is visible."
     )
+    inference_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Arithmetic of the served model: auto picks bfloat16 where the CPU (AVX512_BF16, "
+        "AMX) or GPU (compute capability 8.0+) has it, float32 elsewhere.",
+    )
+    max_batch_size: int = Field(8, ge=1, le=64, description="Most photographs run in one model call.")
+    batch_timeout_ms: float = Field(
+        5.0, ge=0, le=10_000, description="Longest wait for more photographs after the first one queued."
+    )
+    max_queue: int = Field(
+        64, ge=1, le=10_000, description="Photographs waiting for the model before /colorize answers 503."
+    )
     visibility_timeout: int = Field(
         86_400,
         ge=60,
         description="Seconds before Redis redelivers an unacknowledged job; longer than any job.",
     )
+    recovery_interval: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="Seconds between a worker's looks for started jobs nobody is training (to re-queue).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # api_key is a SecretStr already; URLs may carry a password too.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in ("broker_url", "result_backend") else value
 
     @field_validator("broker_url", "result_backend")
     @classmethod
@@ -71,7 +106,7 @@ class Settings(BaseSettings):
     def _known_broker(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(_BROKER_SCHEMES):
             raise ValueError(
-                f"unsupported broker URL {value!r}: use redis://host:port/db, or leave it unset "
+                f"unsupported broker URL {redact_url(value)!r}: use redis://host:port/db, or leave it unset "
                 "for the embedded SQLite broker"
             )
         return value
@@ -81,7 +116,7 @@ class Settings(BaseSettings):
     def _known_backend(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(_BACKEND_SCHEMES):
             raise ValueError(
-                f"unsupported result backend URL {value!r}: use redis://host:port/db or "
+                f"unsupported result backend URL {redact_url(value)!r}: use redis://host:port/db or "
                 "db+<sqlalchemy URL>, or leave it unset"
             )
         return value

@@ -11,8 +11,10 @@ import io
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,10 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from keras.utils import set_random_seed as keras_seed
 from kombu.exceptions import OperationalError
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.networks import build_generator
 from models.store import GENERATOR_FILE, METADATA_FILE, ModelStore
@@ -428,21 +432,181 @@ def test_colorize_applies_exif_orientation(client):
 
 def test_colorize_runs_the_model_off_the_event_loop(client, monkeypatch):
     engine = client.app.state.engine
-    original = engine.colorize
     seen = []
 
-    def spy(*args, **kwargs):
+    def where() -> str:
         try:
             asyncio.get_running_loop()
-            seen.append("event loop")
+            return "event loop"
         except RuntimeError:
-            seen.append("worker thread")
-        return original(*args, **kwargs)
+            return threading.current_thread().name
 
-    monkeypatch.setattr(engine, "colorize", spy)
+    def spy(name, original):
+        def wrapper(*args, **kwargs):
+            seen.append((name, where()))
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    serving = engine.model().serving
+    monkeypatch.setattr(engine, "prepare", spy("prepare", engine.prepare))
+    monkeypatch.setattr(engine, "finish", spy("finish", engine.finish))
+    monkeypatch.setattr(serving, "predict", spy("model", serving.predict))
     response = client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"})
     assert response.status_code == 200
-    assert seen == ["worker thread"]
+    assert [name for name, _ in seen] == ["prepare", "model", "finish"]
+    assert all(thread != "event loop" for _, thread in seen)
+    assert dict(seen)["model"] == "inference"  # the engine's one inference thread
+
+
+def test_colorize_batches_concurrent_requests_in_one_model_call(settings, start):
+    publish_tiny(settings)
+    client = start(changed(settings, batch_timeout_ms=3000, max_batch_size=4))
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="ready")
+    upload = encode(photo())
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(
+            pool.map(
+                lambda _: client.post("/colorize", content=upload, headers={"content-type": "image/png"}),
+                range(4),
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 4
+    assert len({r.content for r in responses}) == 1  # the same photograph, the same answer
+    registry = client.app.state.metrics.registry
+    assert registry.get_sample_value("colorizer_inference_batch_size_count") == 1
+    assert registry.get_sample_value("colorizer_inference_batch_size_sum") == 4
+
+
+def test_colorize_answers_503_with_retry_after_when_the_queue_is_full(settings, start):
+    publish_tiny(settings)
+    client = start(changed(settings, max_queue=1, max_batch_size=1, batch_timeout_ms=0))
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="ready")
+    engine = client.app.state.engine
+    model = engine.model()
+    entered, gate = threading.Event(), threading.Event()
+    run = engine.batcher._run
+
+    def held(key, payloads):
+        entered.set()
+        gate.wait(30)
+        return run(key, payloads)
+
+    engine.batcher._run = held
+    try:
+        inputs, _, size = engine.prepare(model, make_photo(40, 30, seed=1))
+        running = engine.submit(model, inputs, size)
+        assert entered.wait(30)
+        queued = engine.submit(model, inputs, size)  # the queue (of one) is now full
+        response = client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"})
+        assert_json_error(response, 503, "busy", "COLORIZER_MAX_QUEUE")
+        assert int(response.headers["retry-after"]) >= 1
+    finally:
+        gate.set()
+    running.result(30), queued.result(30)
+    ok = client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"})
+    assert ok.status_code == 200
+
+
+def _lively_tiny(settings: Settings) -> int:
+    """Publish a tiny generator with He-scaled weights: its dropout noise shows in the pixels."""
+    from tests.test_serving import lively
+
+    keras_seed(0)
+    generator = lively(build_generator(32, 1, 2, width=4))
+    return ModelStore(settings.models_dir).publish(generator, {"preset": "lab", "image_size": 32})
+
+
+def test_colorize_variations_returns_a_sheet_of_different_colorizations(settings, start):
+    _lively_tiny(settings)
+    client = start(settings)
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="ready")
+    upload = encode(photo())
+    url = "/colorize?variations=3&seed=42"
+    response = client.post(url, content=upload, headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-variations"] == "3" and response.headers["x-seed"] == "42"
+    sheet = np.asarray(decoded(response))
+    assert sheet.shape == (40, 150, 3)  # three 50x40 tiles side by side
+    tiles = [sheet[:, i * 50 : (i + 1) * 50].astype(int) for i in range(3)]
+    assert all(np.abs(tiles[i] - tiles[j]).mean() > 0.5 for i, j in ((0, 1), (0, 2), (1, 2)))
+    again = client.post(url, content=upload, headers={"content-type": "image/png"})
+    assert again.content == response.content  # the same seed, the same sheet
+    unseeded = client.post(
+        "/colorize?variations=2&format=jpeg", content=upload, headers={"content-type": "image/png"}
+    )
+    assert unseeded.status_code == 200 and int(unseeded.headers["x-seed"]) >= 0
+    assert decoded(unseeded).size == (100, 40)
+    plain = [
+        client.post("/colorize", content=upload, headers={"content-type": "image/png"}) for _ in range(2)
+    ]
+    assert plain[0].content == plain[1].content and "x-variations" not in plain[0].headers
+
+
+@pytest.mark.parametrize("query", ["variations=0", "variations=9", "seed=3"])
+def test_colorize_rejects_bad_variations_or_a_seed_alone(client, query):
+    response = client.post(
+        f"/colorize?{query}", content=encode(photo()), headers={"content-type": "image/png"}
+    )
+    body = assert_json_error(response, 422)
+    assert body["errors"][0]["loc"][0] == "query"
+
+
+# -- /metrics --------------------------------------------------------------------------------------
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample called ``name`` with these labels in a scrape, or None."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+def test_metrics_expose_requests_inference_model_and_memory(client):
+    before = client.get("/metrics")
+    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+    served = _metric(
+        before.text, "colorizer_http_requests_total", method="POST", route="/colorize", status="200"
+    )
+    assert served is None
+    for _ in range(3):
+        ok = client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"})
+        assert ok.status_code == 200
+    client.get("/jobs/0123456789abcdef0123456789abcdef")
+    client.get("/no/such/path")
+    text = client.get("/metrics").text
+    assert _metric(text, "colorizer_http_requests_total", method="POST", route="/colorize", status="200") == 3
+    assert (
+        _metric(text, "colorizer_http_request_duration_seconds_count", route="/colorize", status="200") == 3
+    )
+    assert _metric(text, "colorizer_http_requests_total", route="/jobs/{job_id}", status="404") == 1
+    assert _metric(text, "colorizer_http_requests_total", route="unmatched", status="404") == 1
+    assert "/no/such/path" not in text  # raw paths never become labels
+    assert _metric(text, "colorizer_inference_batch_size_sum") == 3
+    assert _metric(text, "colorizer_inference_seconds_count") == 3
+    assert _metric(text, "colorizer_inference_queue_depth") == 0
+    assert _metric(text, "colorizer_model_info", version="1", preset="lab") == 1
+    assert _metric(text, "colorizer_model_reloads_total") == 1
+    assert _metric(text, "colorizer_model_reload_failures_total") == 0
+    assert _metric(text, "process_resident_memory_bytes") > 10_000_000
+
+
+def test_metrics_count_a_version_that_fails_to_load(client, settings):
+    broken = settings.models_dir / "2"
+    broken.mkdir()
+    (broken / METADATA_FILE).write_text('{"preset": "lab", "image_size": 32}')
+    (broken / GENERATOR_FILE).write_bytes(b"garbage")
+    wait_for(lambda: 2 in client.app.state.engine.failed_versions(), what="version 2 tried")
+    text = client.get("/metrics").text
+    assert _metric(text, "colorizer_model_reload_failures_total") == 1
+    publish_tiny(settings)  # version 3
+    wait_for(lambda: client.get("/readyz").json()["model_version"] == 3, what="version 3 served")
+    text = client.get("/metrics").text
+    assert _metric(text, "colorizer_model_reloads_total") == 2
+    assert _metric(text, "colorizer_model_info", version="3") == 1
+    assert _metric(text, "colorizer_model_info", version="1") is None
 
 
 # -- API key -------------------------------------------------------------------------------------

@@ -76,9 +76,12 @@ def test_embedded_broker_lives_in_the_data_dir_which_is_created(tmp_path):
 
 def test_redis_broker_gets_the_visibility_timeout(tmp_path):
     settings = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/13", visibility_timeout=7200)
-    assert broker_transport_options(settings) == {"visibility_timeout": 7200}
+    assert broker_transport_options(settings)["visibility_timeout"] == 7200
     app = create_celery(settings)
     assert app.conf.result_backend == "redis://127.0.0.1:6379/13"
+    # Fail fast when Redis is down: a few quick retries, not Celery's 20 s of result-backend ones.
+    assert app.conf.task_publish_retry_policy["max_retries"] <= 3
+    assert app.conf.result_backend_transport_options["retry_policy"]["max_retries"] <= 3
     assert not (tmp_path / "broker.sqlite").exists()
 
 

@@ -5,8 +5,16 @@ expected failure (bad config, missing dataset, unknown ``init_from`` version, di
 unexpected error) ends as a ``failed`` record with a readable ``error`` and the task returns
 normally, so Celery acknowledges the message and the worker takes the next job. Only a worker
 that dies mid-job (killed, out of memory) leaves the message unacknowledged; it is then delivered
-again and the training run resumes from its ``BackupAndRestore`` checkpoint. ``MAX_ATTEMPTS``
-stops a job that keeps killing its worker from being retried forever.
+again (or re-queued by ``worker.recovery``) and the training run resumes from its last checkpoint.
+``MAX_ATTEMPTS`` stops a job that keeps killing its worker from being retried forever.
+
+One trainer at a time: a delivery first takes the job's lease (``JobStore.claim``, a ``flock`` the
+kernel drops when the process dies). A delivery that finds the lease held, because the broker
+handed out the message again while the job still trains, or recovery re-queued it, steps aside
+and is acknowledged. A SIGTERM to the training process (a warm or cold worker shutdown, Celery
+cancelling the job after losing the broker) stops training at the next step with a checkpoint of
+that step; the record goes back to ``queued`` and the job resumes from that step at its next
+delivery. Such clean interruptions do not count towards ``MAX_ATTEMPTS``.
 
 TensorFlow never reaches the worker's parent process: ``models.training`` (and with it TensorFlow)
 is imported inside the task body, which runs in a prefork pool child; with
@@ -18,14 +26,21 @@ CLI's ``colorizer train`` calls it in the foreground.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import logging
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_process_init, worker_shutting_down
 from pydantic import ValidationError
 
 from models.config import TrainConfig
@@ -38,7 +53,7 @@ log = logging.getLogger(__name__)
 
 # Seconds between progress writes to the job record (a publish is always written at once).
 PROGRESS_WRITE_INTERVAL = 0.5
-# Deliveries of one job before it is failed: each one beyond the first means a worker died with it.
+# Starts of one job whose worker died with it (not counting clean interruptions) before it is failed.
 MAX_ATTEMPTS = 3
 
 
@@ -62,6 +77,8 @@ def record_fields(progress: dict[str, Any]) -> dict[str, Any]:
         "losses": progress.get("losses") or {},
         "eta_seconds": progress.get("eta_seconds"),
         "published_versions": list(progress.get("published_versions") or []),
+        "resumed_from_step": progress.get("resumed_from_step"),
+        "heartbeat_at": time.time(),
     }
 
 
@@ -69,7 +86,8 @@ class ProgressWriter:
     """``on_progress`` for ``run_training``: copies progress into the job record, throttled.
 
     Writes at most every ``interval`` seconds, plus whenever a new version was published and at
-    the last step, so the record never misses a publish or the final numbers.
+    the last step, so the record never misses a publish or the final numbers. Each write stamps
+    ``heartbeat_at`` (when the trainer last reported).
     """
 
     def __init__(self, jobs: JobStore, job_id: str, interval: float = PROGRESS_WRITE_INTERVAL):
@@ -113,6 +131,15 @@ def _finish(jobs: JobStore, job_id: str, state: str, **fields: Any) -> dict[str,
     }
 
 
+def _summary(record: dict[str, Any], state: str | None = None) -> dict[str, Any]:
+    return {
+        "job_id": record["id"],
+        "state": state or record["state"],
+        "error": record.get("error"),
+        "published_versions": record.get("published_versions", []),
+    }
+
+
 def run_job(
     settings: Settings,
     job_id: str,
@@ -120,14 +147,17 @@ def run_job(
     *,
     verbose: int = 0,
     should_stop: Callable[[], bool] | None = None,
+    should_interrupt: Callable[[], bool] | None = None,
     dataset_path: Path | None = None,
 ) -> dict[str, Any]:
     """Run training job ``job_id`` to a final record state; returns a JSON summary of the outcome.
 
     Never raises for a failed job: the failure is written to the record. A record that is already
-    final (e.g. cancelled while queued) is left alone. ``should_stop`` is polled with the record's
-    cancel marker (the CLI uses it for Ctrl-C); ``dataset_path`` trains on a folder outside the
-    datasets directory (CLI only).
+    final (e.g. cancelled while queued) is left alone, and so is a job another process is training
+    (summary state ``duplicate``). ``should_stop`` is polled with the record's cancel marker (the
+    CLI uses it for Ctrl-C); ``should_interrupt`` true stops at the next step with a checkpoint and
+    puts the record back to ``queued`` to resume later (summary state ``interrupted``);
+    ``dataset_path`` trains on a folder outside the datasets directory (CLI only).
     """
     jobs = JobStore(settings.jobs_dir)
     try:
@@ -137,12 +167,32 @@ def run_job(
         return {"job_id": job_id, "state": "missing", "error": "no job record"}
     if record["state"] in FINAL_STATES:
         log.info("job %s is already %s; nothing to do", job_id, record["state"])
-        return {
-            "job_id": job_id,
-            "state": record["state"],
-            "error": record.get("error"),
-            "published_versions": record.get("published_versions", []),
-        }
+        return _summary(record)
+    lease = jobs.claim(job_id)
+    if lease is None:
+        log.warning("job %s is being trained by another process; this delivery steps aside", job_id)
+        return _summary(record, "duplicate")
+    with lease:
+        record = jobs.get(job_id)  # the previous holder may have finished it meanwhile
+        if record["state"] in FINAL_STATES:
+            log.info("job %s is already %s; nothing to do", job_id, record["state"])
+            return _summary(record)
+        return _run_claimed(
+            settings, jobs, record, config, verbose, should_stop, should_interrupt, dataset_path
+        )
+
+
+def _run_claimed(
+    settings: Settings,
+    jobs: JobStore,
+    record: dict[str, Any],
+    config: dict[str, Any],
+    verbose: int,
+    should_stop: Callable[[], bool] | None,
+    should_interrupt: Callable[[], bool] | None,
+    dataset_path: Path | None,
+) -> dict[str, Any]:
+    job_id = record["id"]
     if jobs.cancel_requested(job_id):
         return _finish(jobs, job_id, "cancelled")
 
@@ -154,19 +204,23 @@ def run_job(
         return _finish(jobs, job_id, "failed", error=reason)
 
     attempts = int(record.get("attempts") or 0) + 1
-    if attempts > MAX_ATTEMPTS:
+    interruptions = int(record.get("interruptions") or 0)
+    if attempts - interruptions > MAX_ATTEMPTS:
         reason = (
-            f"the job was started {attempts - 1} times and its worker never finished it "
+            f"the job was started {attempts - 1 - interruptions} times and its worker died each time "
             "(killed or out of memory?); not trying again"
         )
         log.error("job %s: %s", job_id, reason)
         return _finish(jobs, job_id, "failed", error=reason)
     if attempts > 1:
         log.warning("job %s: attempt %d, resuming from its last checkpoint", job_id, attempts)
+    now = time.time()
     jobs.update(
         job_id,
         state="running",
-        started_at=record.get("started_at") or time.time(),
+        started_at=record.get("started_at") or now,
+        claimed_at=now,
+        heartbeat_at=now,
         attempts=attempts,
         error=None,
     )
@@ -177,7 +231,7 @@ def run_job(
     try:
         _configure_device()
         from models.data import DatasetError  # lazy: the data pipeline brings TensorFlow
-        from models.training import run_training
+        from models.training import PublishError, run_training
     except Exception as exc:
         log.exception("job %s: cannot load the training code", job_id)
         return _finish(jobs, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -192,6 +246,7 @@ def run_job(
             job_id=job_id,
             on_progress=writer,
             should_cancel=should_cancel,
+            should_interrupt=should_interrupt,
             verbose=verbose,
             dataset_path=dataset_path,
         )
@@ -201,6 +256,9 @@ def run_job(
         error = f"unknown model version for init_from={train_config.init_from}: {exc}"
     except BrokenVersion as exc:
         error = f"model version for init_from={train_config.init_from} cannot be used: {exc}"
+    except PublishError as exc:
+        log.error("job %s: %s", job_id, exc)
+        error = str(exc)
     except OSError as exc:
         log.exception("job %s: disk trouble", job_id)
         error = f"cannot read or write the job's files or the model store: {exc}"
@@ -217,18 +275,68 @@ def run_job(
         )
         final = record_fields(writer.last) if writer.last else {}
         final["published_versions"] = list(result.published_versions)
+        if result.state == "interrupted":
+            # Back in the queue's hands: its next delivery (or worker.recovery) resumes it.
+            final["eta_seconds"] = None
+            record = jobs.update(job_id, state="queued", interruptions=interruptions + 1, **final)
+            return _summary(record, "interrupted")
         return _finish(jobs, job_id, result.state, **final)
     log.warning("job %s failed: %s", job_id, error)
     return _finish(jobs, job_id, "failed", error=error)
 
 
-@shared_task(name=TRAIN_TASK, bind=True, queue=TRAIN_QUEUE, acks_late=True)
+@worker_process_init.connect
+def _term_on_parent_death(**_kwargs: Any) -> None:
+    """In each pool child: when the thread that forked it ends, send SIGTERM, not billiard's
+    SIGKILL, so that a job in training stops with a checkpoint (an idle child just exits)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+@worker_shutting_down.connect
+def _interrupt_running_jobs(**_kwargs: Any) -> None:
+    """At a worker shutdown (warm or cold, in the main process), SIGTERM the pool children that
+    run a job.
+
+    Each then stops at its next step with a checkpoint, and the shutdown goes on as soon as the
+    task returns. Otherwise a warm shutdown would wait for the whole job (hours), and whatever
+    stops the worker in the end (a SIGKILL after a grace period) would lose the steps since the
+    last checkpoint.
+    """
+    from celery.worker.state import active_requests
+
+    for request in list(active_requests):
+        if request.worker_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(request.worker_pid, signal.SIGTERM)
+
+
+@shared_task(name=TRAIN_TASK, bind=True, queue=TRAIN_QUEUE, acks_late=True, ignore_result=True)
 def train(self, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Train job ``job_id`` with ``config`` (TrainConfig as plain JSON); see ``run_job``."""
+    """Train job ``job_id`` with ``config`` (TrainConfig as plain JSON); see ``run_job``.
+
+    In the pool child, SIGTERM (sent by a worker shutdown, or by Celery cancelling the job when
+    the broker connection drops) stops training at the next step with a checkpoint, and the job
+    goes back to the queue (see ``_term_on_parent_death`` for the child's death signal).
+    """
     log.info(
         "job %s: delivery %s (redelivered=%s)",
         job_id,
         self.request.id,
         bool((self.request.delivery_info or {}).get("redelivered")),
     )
-    return run_job(self.app.settings, job_id, config)
+    interrupt = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: interrupt.set())
+    try:
+        outcome = run_job(self.app.settings, job_id, config, should_interrupt=interrupt.is_set)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if outcome["state"] == "interrupted":
+        log.warning("job %s: stopped by SIGTERM with a checkpoint; it resumes at its next start", job_id)
+    return outcome

@@ -2,13 +2,17 @@
 
 The body is read in chunks and refused past ``max_upload_bytes``, whatever Content-Length says. The
 image's size is checked against ``max_image_pixels`` from its header, before any pixel is decoded.
-Decoding, the model and encoding run in a worker thread, never on the event loop.
+Decoding and preparing the model input run in a worker thread, the model in the engine's
+inference thread (batched with other requests), chroma joining and encoding in a worker thread
+again: never on the event loop, which only awaits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -60,13 +64,22 @@ _REQUEST_BODY_DOC = {
 
 _RESPONSES_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The colorized photograph, at the input's size.",
+        "description": "The colorized photograph, at the input's size (with variations=N, a sheet "
+        "of N colorizations side by side).",
         "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
         "headers": {
             "X-Model-Version": {
                 "description": 'The model version used: a number, or "default".',
                 "schema": {"type": "string"},
-            }
+            },
+            "X-Variations": {
+                "description": "With variations=N: N, the number of tiles in the sheet.",
+                "schema": {"type": "integer"},
+            },
+            "X-Seed": {
+                "description": "With variations: the seed used; send it again for the same sheet.",
+                "schema": {"type": "integer"},
+            },
         },
     },
     400: {"model": ErrorResponse, "description": "Empty, damaged or truncated image."},
@@ -75,7 +88,10 @@ _RESPONSES_DOC: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Upload or image too large."},
     415: {"model": ErrorResponse, "description": "Not an image."},
     422: {"model": ValidationErrorResponse, "description": "Bad format, render_size or missing field."},
-    503: {"model": ErrorResponse, "description": "No model loaded yet."},
+    503: {
+        "model": ErrorResponse,
+        "description": "No model loaded yet, or too many photographs waiting (see Retry-After).",
+    },
 }
 
 
@@ -243,23 +259,38 @@ def parse_version(model: str | None) -> int | str | None:
     return version_key(model)
 
 
-def colorize_upload(
+MAX_SEED = 2**31 - 1
+
+
+def prepare_upload(
     engine: Engine,
     data: bytes,
     version: int | str | None,
     render_size: int | None,
-    image_format: str,
     max_pixels: int,
-) -> tuple[bytes, LoadedModel]:
-    """Blocking: pick the model, check render_size, decode, colorize and encode one upload."""
+) -> tuple[LoadedModel, Any, Any, int]:
+    """Blocking: pick the model, check render_size and capacity, decode, prepare the model input.
+
+    Returns (model, model input, lightness, render side).
+    """
     model = engine.model(version)
     try:
         engine.check_render_size(model, render_size)
     except ValueError as exc:
         raise field_error("query", "render_size", str(exc), render_size) from exc
+    engine.check_capacity()  # refuse before decoding when the queue is full
     pixels = decode_image(data, max_pixels)
-    colored = engine.colorize(model, pixels, render_size)
-    return encode_image(colored, image_format), model
+    inputs, lum, size = engine.prepare(model, pixels, render_size)
+    return model, inputs, lum, size
+
+
+def finish_upload(
+    engine: Engine, model: LoadedModel, predictions: list[Any], lum: Any, image_format: str
+) -> bytes:
+    """Blocking: join each prediction's chroma with the photograph's lightness, side by side, encode."""
+    tiles = [engine.finish(model, prediction, lum) for prediction in predictions]
+    sheet = tiles[0] if len(tiles) == 1 else np.concatenate(tiles, axis=1)
+    return encode_image(sheet, image_format)
 
 
 @router.post("/colorize", response_class=Response, responses=_RESPONSES_DOC, openapi_extra=_REQUEST_BODY_DOC)
@@ -276,17 +307,43 @@ async def colorize(
         str | None,
         Query(description='A model version from GET /models, or "default". Default: the served one.'),
     ] = None,
+    variations: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=8,
+            description="Return N different plausible colorizations (the generator's dropout as noise) "
+            "side by side in one image, instead of the one deterministic colorization.",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_SEED, description="With variations: the same seed gives the same sheet."),
+    ] = None,
 ) -> Response:
-    """Colorize a photograph; the answer is the image, at the input's size, with X-Model-Version."""
+    """Colorize a photograph; the answer is the image, at the input's size, with X-Model-Version.
+
+    With ``variations`` N: N colorizations side by side (N times as wide), X-Variations and X-Seed.
+    """
     version = parse_version(model)
+    if seed is not None and variations is None:
+        raise field_error("query", "seed", "seed only applies with variations", seed)
     data = await read_upload(request, settings.max_upload_bytes)
     limiter = getattr(request.app.state, "inference_limiter", None)
-    encoded, used = await anyio.to_thread.run_sync(
-        partial(colorize_upload, engine, data, version, render_size, image_format, settings.max_image_pixels),
+    used, inputs, lum, size = await anyio.to_thread.run_sync(
+        partial(prepare_upload, engine, data, version, render_size, settings.max_image_pixels),
         limiter=limiter,
     )
-    return Response(
-        encoded,
-        media_type=FORMATS[image_format][1],
-        headers={"X-Model-Version": str(used.version), "Cache-Control": "no-store"},
+    headers = {"X-Model-Version": str(used.version), "Cache-Control": "no-store"}
+    if variations is None:
+        prediction = await asyncio.wrap_future(engine.submit(used, inputs, size))
+        predictions = [prediction]
+    else:
+        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+        future = engine.submit(used, inputs, size, variations=variations, seed=seed)
+        predictions = list(await asyncio.wrap_future(future))
+        headers.update({"X-Variations": str(variations), "X-Seed": str(seed)})
+    encoded = await anyio.to_thread.run_sync(
+        partial(finish_upload, engine, used, predictions, lum, image_format), limiter=limiter
     )
+    return Response(encoded, media_type=FORMATS[image_format][1], headers=headers)

@@ -21,6 +21,7 @@ from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVers
 from service.deps import CeleryDep, JobStoreDep, SettingsDep, StoreDep, require_api_key
 from service.errors import ApiError, field_error
 from service.schemas import ErrorResponse, JobQueueError, JobStatus, ValidationErrorResponse
+from service.settings import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +136,17 @@ def submit_job(
     try:
         from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK
 
-        celery_app.send_task(TRAIN_TASK, args=[record["id"], config_dict], queue=TRAIN_QUEUE)
+        # ignore_result: job state lives in the record; without it the Redis result backend
+        # would first retry its subscription for ~20 s when Redis is down.
+        celery_app.send_task(
+            TRAIN_TASK, args=[record["id"], config_dict], queue=TRAIN_QUEUE, ignore_result=True
+        )
     except Exception as exc:  # kombu OperationalError, ConnectionError, a missing worker package, ...
-        log.warning("job %s could not be queued: %r", record["id"], exc)
+        log.warning("job %s could not be queued: %s", record["id"], redact_url(repr(exc)))
         # Celery's Redis result backend gives up for good after its reconnect retries ("must be
         # restarted"): build a fresh Celery app for the next submission.
         request.app.state.celery = None
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = redact_url(" ".join(str(exc).split())) or type(exc).__name__
         record = jobs.update(
             record["id"],
             state="failed",

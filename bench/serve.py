@@ -1,0 +1,465 @@
+"""Serving throughput against the report's way and against the machine's compute limit.
+
+In one run, with the report's generator (the ``seed`` preset: 256x256, width 64, grayscale RGB
+in, RGB out; 54.4M parameters, random weights: speed does not depend on them):
+
+1. the report's way: Keras ``model.predict`` on one image at a time;
+2. the engine in this process: one request at a time (batch 1), and many at once (batches of up
+   to 8), model only and the whole colorize path (prepare, model, finish) from 16 threads, in
+   float32 and bfloat16;
+3. the HTTP service end to end: uvicorn in a subprocess serving one published 256 model, 1, 4
+   and 16 concurrent clients posting real photographs at 256x256 and at about 2 MP;
+4. the compute limit: a measured 2048^3 matmul (float32, bfloat16) and the model's FLOPs.
+
+Plus the 2 MP pre/post-processing time as a share of the model call. Prints Markdown tables.
+
+    python bench/serve.py            # about 6-8 minutes on 2 cores
+    python bench/serve.py --quick    # about 3 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import (
+    ROOT,
+    conv_flops,
+    jpeg,
+    machine,
+    matmul_gflops,
+    median,
+    megapixels,
+    percentile,
+    photographs,
+    square,
+    table,
+    timed,
+)
+
+PRESET = "seed"
+SIZE = 256
+WIDTH = 64
+
+
+def report_generator():
+    import keras
+
+    from models.networks import build_generator
+
+    keras.utils.set_random_seed(0)
+    return build_generator(SIZE, 3, 3, width=WIDTH)
+
+
+def limits() -> dict[str, float]:
+    from models.device import bfloat16_supported
+
+    found = {"float32": matmul_gflops("float32")}
+    if bfloat16_supported("CPU:0"):
+        found["bfloat16"] = matmul_gflops("bfloat16")
+    return found
+
+
+# -- (1) the report's way ------------------------------------------------------------------------------
+
+
+def report_predict(generator, inputs: list, count: int) -> dict:
+    batches = [x[None] for x in inputs]
+    generator.predict(batches[0], verbose=0)  # first call builds the predict function
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        generator.predict(batches[i % len(batches)], verbose=0)
+        times.append(time.perf_counter() - start)
+    return {"rate": 1.0 / median(times), "p50": median(times), "p99": percentile(times, 99)}
+
+
+# -- (2) the engine in process -------------------------------------------------------------------------
+
+
+def engine_runs(store, precision: str, photos256: list, counts: dict) -> dict:
+    from service.engine import Engine
+
+    engine = Engine(store, device_preference="cpu", precision=precision, max_batch_size=8, max_queue=1024)
+    started = time.perf_counter()
+    engine.refresh()
+    load_seconds = time.perf_counter() - started
+    model = engine.model()
+    prepared = [engine.prepare(model, p) for p in photos256]
+    inputs = [p[0] for p in prepared]
+    out: dict = {"load": load_seconds, "precision": model.serving.precision}
+
+    times = []
+    for i in range(counts["single"]):  # one at a time: every batch is a batch of one
+        start = time.perf_counter()
+        engine.submit(model, inputs[i % len(inputs)], SIZE).result()
+        times.append(time.perf_counter() - start)
+    out["batch1"] = {"rate": 1.0 / median(times), "p50": median(times), "p99": percentile(times, 99)}
+
+    n = counts["batched"]
+    rates, batches = [], 0
+    for _ in range(counts["rounds"]):  # the median of a few rounds: this machine's speed wanders
+        before = engine.batcher.batches_run
+        start = time.perf_counter()
+        futures = [engine.submit(model, inputs[i % len(inputs)], SIZE) for i in range(n)]
+        for f in futures:
+            f.result()
+        rates.append(n / (time.perf_counter() - start))
+        batches += engine.batcher.batches_run - before
+    out["batched"] = {"rate": median(rates), "mean_batch": n * counts["rounds"] / batches}
+
+    # 16 threads in a closed loop for a while, as the HTTP clients below
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + counts["seconds"]
+
+    def colorize_loop(index: int) -> None:
+        i = index
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            engine.colorize(model, photos256[i % len(photos256)])
+            i += 1
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    before = engine.batcher.batches_run
+    start = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(colorize_loop, range(16)))
+    elapsed = time.perf_counter() - start
+    out["threads16"] = {
+        "rate": len(latencies) / elapsed,
+        "p50": median(latencies),
+        "p99": percentile(latencies, 99),
+        "mean_batch": len(latencies) / max(1, engine.batcher.batches_run - before),
+    }
+    out["engine"] = engine
+    return out
+
+
+def pre_post_2mp(engine, photos2mp: list, repeat: int) -> dict:
+    """Medians (s) of each stage for a ~2 MP photograph."""
+    from service.routers.colorize import decode_image, encode_image
+
+    model = engine.model()
+    photo = photos2mp[0]
+    data = jpeg(photo)
+    inputs, lum, size = engine.prepare(model, photo)
+    prediction = model.serving.predict(inputs[None])[0]
+    colored = engine.finish(model, prediction, lum)
+    stages = {
+        "decode JPEG": timed(lambda: decode_image(data, 10**9), repeat),
+        "prepare (L, model input)": timed(lambda: engine.prepare(model, photo), repeat),
+        "finish (chroma up, join)": timed(lambda: engine.finish(model, prediction, lum), repeat),
+        "encode JPEG q90": timed(lambda: encode_image(colored, "jpeg"), repeat),
+        "encode PNG": timed(lambda: encode_image(colored, "png"), max(2, repeat // 2)),
+    }
+    return {name: median(t) for name, t in stages.items()} | {"pixels": photo.shape[0] * photo.shape[1]}
+
+
+# -- (3) HTTP end to end -------------------------------------------------------------------------------
+
+
+class Server:
+    """The API under uvicorn in a subprocess, on a free port."""
+
+    def __init__(self, data_dir: Path, **env: str):
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("COLORIZER_")}
+        environment.update(
+            COLORIZER_DATA_DIR=str(data_dir),
+            COLORIZER_DEVICE="cpu",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            CUDA_VISIBLE_DEVICES="-1",
+            **env,
+        )
+        self.log = open(data_dir / "server.log", "wb")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "service.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 300) -> dict:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {Path(self.log.name).read_text()[-3000:]}")
+            try:
+                response = httpx.get(f"{self.url}/readyz", timeout=5)
+                if response.status_code == 200:
+                    return response.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("the server did not become ready")
+
+    def rss(self) -> int:
+        """Resident memory of the server process, bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+def load(url: str, bodies: list[bytes], clients: int, seconds: float, fmt: str = "jpeg") -> dict:
+    """``clients`` threads posting ``bodies`` in turn for ``seconds``; throughput and latencies."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[int] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            i = index
+            while time.monotonic() < deadline:
+                body = bodies[i % len(bodies)]
+                i += 1
+                start = time.perf_counter()
+                try:
+                    response = http.post(
+                        f"{url}/colorize",
+                        params={"format": fmt},
+                        content=body,
+                        headers={"content-type": "image/jpeg"},
+                    )
+                    ok = response.status_code == 200
+                    status = response.status_code
+                except httpx.HTTPError:
+                    ok, status = False, -1
+                elapsed = time.perf_counter() - start
+                with lock:
+                    (latencies if ok else errors).append(elapsed if ok else status)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "rate": len(latencies) / elapsed,
+        "p50": median(latencies),
+        "p99": percentile(latencies, 99),
+        "done": len(latencies),
+        "errors": len(errors),
+    }
+
+
+def batch_counts(url: str) -> tuple[float, float]:
+    """(images, model calls) so far, from the server's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            values[sample.name] = sample.value
+    return values.get("colorizer_inference_batch_size_sum", 0.0), values.get(
+        "colorizer_inference_batch_size_count", 0.0
+    )
+
+
+def http_runs(data_dir: Path, sets: dict[str, list[bytes]], clients: list[int], seconds: float) -> dict:
+    server = Server(data_dir)
+    try:
+        ready = server.wait_ready()
+        results = {}
+        for name, bodies in sets.items():
+            load(server.url, bodies, 1, min(3.0, seconds))  # warm the path for this size
+            for c in clients:
+                before = batch_counts(server.url)
+                results[(name, c)] = load(server.url, bodies, c, seconds)
+                after = batch_counts(server.url)
+                results[(name, c)]["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+        return {"results": results, "ready": ready}
+    finally:
+        server.stop()
+
+
+# -- main ------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (about 3 minutes)")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP service runs")
+    args = parser.parse_args()
+    quick = args.quick
+    counts = {
+        "single": 6 if quick else 12,
+        "batched": 16 if quick else 32,
+        "rounds": 2 if quick else 3,
+        "seconds": 6.0 if quick else 15.0,
+    }
+    http_seconds = 6.0 if quick else 15.0
+    total_start = time.perf_counter()
+
+    from models.device import configure_tensorflow
+
+    configure_tensorflow("cpu")
+    from models.store import ModelStore
+
+    print(f"Machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}")
+    limit = limits()
+    generator = report_generator()
+    gflop = conv_flops(generator, [(SIZE, SIZE, 3)]) / 1e9
+    photos, source = photographs()
+    photos256 = [square(p, SIZE) for p in photos]
+    photos2mp = [megapixels(p, 2.0) for p in photos]
+    print(
+        f"Model: the report's generator (preset {PRESET}: {SIZE}x{SIZE}, width {WIDTH}, 3->3), "
+        f"{generator.count_params() / 1e6:.1f}M parameters, {gflop:.1f} GFLOP per image forward"
+    )
+    print(f"Photographs: {source}; 2 MP = {photos2mp[0].shape[1]}x{photos2mp[0].shape[0]}")
+    print("Limit: " + ", ".join(f"{k} matmul {v:.0f} GFLOP/s" for k, v in limit.items()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        store = ModelStore(data_dir / "models")
+        store.publish(generator, {"preset": PRESET, "image_size": SIZE, "width": WIDTH})
+        from service.engine import Engine
+
+        probe = Engine(store, device_preference="cpu", precision="float32")
+        probe.refresh()
+        inputs = [probe.prepare(probe.model(), p)[0] for p in photos256]
+        probe.stop()
+        del probe
+
+        report = report_predict(generator, inputs, counts["single"])
+        engines = {}
+        for precision in ["float32", *(["bfloat16"] if "bfloat16" in limit else [])]:
+            engines[precision] = engine_runs(store, precision, photos256, counts)
+        served = engines.get("bfloat16") or engines["float32"]
+        stages = pre_post_2mp(served["engine"], photos2mp, 3 if quick else 5)
+        for run in engines.values():
+            run["engine"].stop()
+        del generator
+
+        http = None
+        if not args.no_http:
+            sets = {"256x256": [jpeg(p) for p in photos256], "2 MP": [jpeg(p) for p in photos2mp]}
+            http = http_runs(data_dir, sets, [1, 4, 16], http_seconds)
+
+    base = report["rate"]
+    nan = float("nan")
+
+    def row(path, precision, batch, rate, p50=nan, p99=nan, errors=0):
+        share = rate * gflop / limit.get(precision, limit["float32"])
+        return [path, precision, batch, rate, rate / base, f"{100 * share:.0f}%", p50, p99, errors]
+
+    rows = [row("report: Keras model.predict, 1 image", "float32", 1, base, report["p50"], report["p99"])]
+    for precision, run in engines.items():
+        b1, bb, t16 = run["batch1"], run["batched"], run["threads16"]
+        rows.append(row("engine, one request at a time", precision, 1, b1["rate"], b1["p50"], b1["p99"]))
+        batch = f"{bb['mean_batch']:.1f}"
+        path = f"engine, model only, {counts['batched']} queued at once"
+        rows.append(row(path, precision, batch, bb["rate"]))
+        batch = f"{t16['mean_batch']:.1f}"
+        path = "engine, colorize 256x256 photos, 16 threads"
+        rows.append(row(path, precision, batch, t16["rate"], t16["p50"], t16["p99"]))
+    if http is not None:
+        for (name, clients), r in http["results"].items():
+            path = f"HTTP, {name} photos, {clients} clients"
+            batch = f"{r['mean_batch']:.1f}"
+            rows.append(row(path, served["precision"], batch, r["rate"], r["p50"], r["p99"], r["errors"]))
+    header = [
+        "path",
+        "precision",
+        "mean batch",
+        "images/s",
+        "x report",
+        "of limit",
+        "p50 s",
+        "p99 s",
+        "errors",
+    ]
+    print(table("Serving throughput (the model runs at 256x256)", header, rows))
+
+    model_call = served["batch1"]["p50"]
+    per_image = 1.0 / served["batched"]["rate"]
+    pre_post = stages["prepare (L, model input)"] + stages["finish (chroma up, join)"]
+    stage_rows = []
+    for name, seconds in [
+        *((k, v) for k, v in stages.items() if k != "pixels"),
+        ("prepare + finish", pre_post),
+    ]:
+        stage_rows.append(
+            [name, seconds * 1000, f"{100 * seconds / model_call:.0f}%", f"{100 * seconds / per_image:.0f}%"]
+        )
+    title = (
+        f"2 MP ({stages['pixels'] / 1e6:.1f} MP) pre/post-processing against the model call "
+        f"({served['precision']}: {model_call * 1000:.0f} ms at batch 1, "
+        f"{per_image * 1000:.0f} ms per image batched)"
+    )
+    header = ["stage", "ms", "of the batch-1 model call", "of the per-image batched model time"]
+    print(table(title, header, stage_rows))
+
+    if http is not None:
+        engine_rate = served["threads16"]["rate"]
+        model_rate = served["batched"]["rate"]
+        r16 = http["results"][("256x256", 16)]["rate"]
+        targets = [
+            [
+                "HTTP 16 clients / in-process engine colorize, 16 threads",
+                f"{100 * r16 / engine_rate:.0f}%",
+                ">= 85%",
+            ],
+            [
+                "HTTP 16 clients / in-process engine, model only",
+                f"{100 * r16 / model_rate:.0f}%",
+                "(reference)",
+            ],
+            ["HTTP 16 clients / report's predict rate", f"{r16 / base:.1f}x", ">= 4x"],
+            ["2 MP prepare + finish / batch-1 model call", f"{100 * pre_post / model_call:.0f}%", "< 30%"],
+        ]
+        print(table("Targets (256x256 photos)", ["measure", "value", "target"], targets))
+    print(f"\nTotal benchmark time: {time.perf_counter() - total_start:.0f} s; ", end="")
+    print(f"load average at the end {os.getloadavg()[0]:.2f} (the benchmark's own work included)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Dynamic batching (TensorFlow Serving / Triton style): one thread, a bounded queue, futures.
+
+Callers ``submit(key, payload)`` and get a ``concurrent.futures.Future``. One thread takes the
+oldest request and every queued request with the same key, up to ``max_batch_size``; if fewer
+are there it waits for more until ``timeout`` seconds after the oldest one was queued, then runs
+``run(key, payloads)`` once for the whole batch and hands each caller its result. Requests with
+other keys keep their place in the queue. Past ``max_queue`` waiting requests, ``submit`` raises
+QueueFull at once instead of building a backlog.
+
+This module knows nothing of TensorFlow or HTTP; the engine supplies ``run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[Any, Sequence[Any]], Sequence[Any]]
+BatchObserver = Callable[[int, float, float], None]  # (batch size, run seconds, oldest wait seconds)
+
+
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Batch sizes a batch is padded to: powers of two below ``max_batch_size``, and it."""
+    if max_batch_size < 1:
+        raise ValueError("max_batch_size must be at least 1")
+    sizes = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+def bucket_for(count: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket holding ``count`` items (``count`` itself past the largest)."""
+    for size in buckets:
+        if size >= count:
+            return size
+    return count
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue holds ``max_queue`` requests already."""
+
+
+class BatcherStopped(RuntimeError):
+    """The batcher was stopped before the request ran."""
+
+
+@dataclass
+class _Request:
+    key: Hashable
+    payload: Any
+    batchable: bool
+    future: Future = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    """Groups requests with the same key into batches run by one thread."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_size: int = 8,
+        timeout: float = 0.005,
+        max_queue: int = 64,
+        name: str = "inference",
+        on_batch: BatchObserver | None = None,
+    ):
+        if max_batch_size < 1 or max_queue < 1 or timeout < 0:
+            raise ValueError("max_batch_size and max_queue must be positive and timeout not negative")
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.timeout = timeout
+        self.max_queue = max_queue
+        self.name = name
+        self._on_batch = on_batch
+        self._queue: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.batches_run = 0  # how many times ``run`` was called
+        self.last_batch_seconds = 0.0
+
+    def depth(self) -> int:
+        """Requests waiting (not counting the batch running)."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread (idempotent)."""
+        with self._cond:
+            if self.running:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the running batch finish, fail the requests still queued, and stop the thread."""
+        with self._cond:
+            self._stopping = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        for request in pending:
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(BatcherStopped("the inference engine stopped"))
+        if thread is not None:
+            thread.join(timeout)
+
+    def full(self) -> bool:
+        return len(self._queue) >= self.max_queue
+
+    def submit(self, key: Hashable, payload: Any, *, batchable: bool = True) -> Future:
+        """Queue ``payload``; the future resolves to its item of ``run(key, payloads)``.
+
+        ``batchable=False`` runs it alone. Raises QueueFull when ``max_queue`` requests wait.
+        """
+        request = _Request(key, payload, batchable)
+        with self._cond:
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"{len(self._queue)} requests are waiting for the model")
+            self._queue.append(request)
+            if not self.running:
+                self.start()
+            self._cond.notify_all()
+        return request.future
+
+    # -- the inference thread --------------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            head = self._queue[0]
+            if not head.batchable:
+                return [self._queue.popleft()]
+            deadline = head.queued_at + self.timeout
+            while not self._stopping:
+                same = sum(1 for r in self._queue if r.key == head.key)
+                remaining = deadline - time.monotonic()
+                if same >= self.max_batch_size or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch = [r for r in self._queue if r.key == head.key and r.batchable][: self.max_batch_size]
+            taken = set(map(id, batch))
+            self._queue = deque(r for r in self._queue if id(r) not in taken)
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            started = time.monotonic()
+            try:
+                results = self._run(batch[0].key, [r.payload for r in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the batch of {len(batch)} gave {len(results)} results")
+            except BaseException as exc:  # every caller must hear about it, whatever it is
+                log.exception("a batch of %d failed", len(batch))
+                for request in batch:
+                    request.future.set_exception(exc)
+                continue
+            finally:
+                seconds = time.monotonic() - started
+                self.batches_run += 1
+                self.last_batch_seconds = seconds
+            for request, result in zip(batch, results, strict=True):
+                request.future.set_result(result)
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(len(batch), seconds, started - batch[0].queued_at)
+                except Exception:  # metrics must never stop inference
+                    log.exception("the batch observer failed")

@@ -1,0 +1,384 @@
+"""Serving: batch independence, determinism, variations, bfloat16, the dynamic batcher, no retracing.
+
+Generators here are tiny (32 px, width 4) with lively weights (He-scaled instead of pix2pix's
+N(0, 0.02)), so that their outputs, and their dropout noise, show in the pixels; one check runs a
+256 px U-Net at width 16.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from models.colorize import _pixels_lightness, _pixels_rgb, colorize_array, finish, pixel_bucket, prepare
+from models.networks import build_generator
+from models.serving import InferenceModel
+from models.store import LoadedModel, ModelStore
+from service.batcher import BatcherStopped, DynamicBatcher, QueueFull, batch_buckets, bucket_for
+from service.engine import Engine
+from service.errors import EngineBusy
+from service.metrics import ServiceMetrics
+from tests.conftest import make_photo
+
+
+def lively(generator: keras.Model, seed: int = 0) -> keras.Model:
+    """Give every kernel He-scaled random weights, so the untrained output is far from gray."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for w in generator.get_weights():
+        if w.ndim == 4:  # conv kernels: (kh, kw, in, out) or (kh, kw, out, in) for transposed
+            fan_in = w.shape[0] * w.shape[1] * w.shape[2]
+            w = rng.normal(0.0, np.sqrt(2.0 / fan_in), w.shape).astype(np.float32)
+        weights.append(w)
+    generator.set_weights(weights)
+    return generator
+
+
+def lively_model(image_size: int = 32, width: int = 4, seed: int = 0) -> LoadedModel:
+    keras.utils.set_random_seed(seed)
+    generator = lively(build_generator(image_size, 1, 2, width=width), seed)
+    return LoadedModel(1, generator, "lab", image_size, {"width": width})
+
+
+def photos(count: int, base: int = 40) -> list[np.ndarray]:
+    return [make_photo(base + 7 * i, base + 3 * i, seed=i) for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return lively_model()
+
+
+def publish_lively(store: ModelStore) -> int:
+    keras.utils.set_random_seed(0)
+    generator = lively(build_generator(32, 1, 2, width=4))
+    return store.publish(generator, {"preset": "lab", "image_size": 32})
+
+
+# -- inference model -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_an_image_is_colorized_the_same_alone_and_in_a_batch_of_eight(model, precision):
+    serving = InferenceModel(model, precision)
+    prepared = [prepare(model, p) for p in photos(8)]
+    inputs = np.stack([p[0] for p in prepared])
+    together = serving.predict(inputs)
+    alone = np.concatenate([serving.predict(inputs[i : i + 1]) for i in range(8)])
+    padded = serving.predict(inputs[:3], pad_to=4)  # as the engine pads 3 requests to a bucket of 4
+    assert padded.shape == (3, 32, 32, 2)
+    assert np.abs(padded - together[:3]).max() < (1e-5 if precision == "float32" else 2e-2)
+    assert together.shape == (8, 32, 32, 2)
+    assert np.abs(together - alone).max() < (1e-5 if precision == "float32" else 2e-2)
+    for (_, lum, _), a, b in zip(prepared, alone, together, strict=True):
+        diff = np.abs(finish(model, a, lum).astype(int) - finish(model, b, lum))
+        assert diff.max() <= (1 if precision == "float32" else 2) and diff.mean() < 0.05
+    assert not np.allclose(together[0], together[1])  # different photographs, different outputs
+
+
+def test_the_same_photograph_gives_the_same_colorization(model):
+    serving = InferenceModel(model)
+    photo = make_photo(70, 50, seed=3)
+    inputs, lum, _ = prepare(model, photo)
+    first = finish(model, serving.predict(inputs[None])[0], lum)
+    again = finish(model, serving.predict(inputs[None])[0], lum)
+    assert np.array_equal(first, again)
+    assert np.array_equal(first, colorize_array(model, photo))  # the CLI's path, the same pixels
+    assert np.abs(first.astype(int) - photo).mean() > 5  # colour changed: a lively model
+
+
+def test_variations_differ_from_each_other_and_repeat_for_a_seed(model):
+    serving = InferenceModel(model)
+    inputs, lum, _ = prepare(model, make_photo(60, 40, seed=2))
+    batch = np.repeat(inputs[None], 4, axis=0)
+    tiles = [finish(model, p, lum) for p in serving.predict_noisy(batch, seed=11)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert np.abs(tiles[i].astype(int) - tiles[j]).mean() > 0.5, (i, j)
+    again = [finish(model, p, lum) for p in serving.predict_noisy(batch, seed=11)]
+    assert all(np.array_equal(a, b) for a, b in zip(tiles, again, strict=True))
+    other = finish(model, serving.predict_noisy(batch, seed=12)[0], lum)
+    assert not np.array_equal(other, tiles[0])
+    plain = finish(model, serving.predict(inputs[None])[0], lum)  # the noise does not leak
+    assert np.array_equal(plain, finish(model, serving.predict(inputs[None])[0], lum))
+
+
+def _mad(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b).mean())
+
+
+def test_bfloat16_stays_within_one_level_of_float32_on_a_photograph(model):
+    photo = make_photo(96, 64, seed=4)
+    inputs, lum, _ = prepare(model, photo)
+    f32 = finish(model, InferenceModel(model, "float32").predict(inputs[None])[0], lum)
+    bf16_model = InferenceModel(model, "bfloat16")
+    assert bf16_model.precision == "bfloat16"
+    bf16 = finish(model, bf16_model.predict(inputs[None])[0], lum)
+    assert _mad(f32, bf16) < 1.0  # 1/255 in [0, 1] units
+
+
+def test_bfloat16_stays_within_one_level_of_float32_for_a_256_pixel_unet():
+    model = lively_model(256, width=16, seed=1)
+    photo = make_photo(300, 260, seed=6)
+    inputs, lum, _ = prepare(model, photo)
+    f32 = finish(model, InferenceModel(model, "float32").predict(inputs[None])[0], lum)
+    bf16 = finish(model, InferenceModel(model, "bfloat16").predict(inputs[None])[0], lum)
+    assert _mad(f32, photo) > 5  # the model does colour the photograph
+    assert _mad(f32, bf16) < 1.0
+
+
+def test_a_generator_that_is_not_our_unet_is_served_in_float32():
+    inputs = keras.Input((None, None, 1))
+    generator = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="only")(inputs))
+    serving = InferenceModel(LoadedModel(1, generator, "lab", 32, {}), "bfloat16")
+    assert serving.precision == "float32"
+    assert serving.predict(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 32, 32, 2)
+
+
+# -- the dynamic batcher ----------------------------------------------------------------------------
+
+
+def test_batch_buckets_are_powers_of_two_up_to_the_largest_batch():
+    assert batch_buckets(8) == (1, 2, 4, 8)
+    assert batch_buckets(6) == (1, 2, 4, 6)
+    assert batch_buckets(1) == (1,)
+    assert [bucket_for(n, (1, 2, 4, 8)) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 9]
+
+
+class Recorder:
+    """A run function that records its batches and can be held until released."""
+
+    def __init__(self, hold: bool = False):
+        self.batches: list[tuple[object, list]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, key, payloads):
+        self.entered.set()
+        self.release.wait(30)
+        self.batches.append((key, list(payloads)))
+        return [p * 10 for p in payloads]
+
+
+@pytest.fixture
+def make_batcher():
+    made: list[DynamicBatcher] = []
+
+    def _make(run, **options) -> DynamicBatcher:
+        batcher = DynamicBatcher(run, **options)
+        made.append(batcher)
+        return batcher
+
+    yield _make
+    for batcher in made:
+        batcher.stop()
+
+
+def test_concurrent_submits_are_served_in_one_batch(make_batcher):
+    run = Recorder()
+    batcher = make_batcher(run, max_batch_size=4, timeout=5.0)
+    results = [None] * 4
+
+    def client(i):
+        results[i] = batcher.submit("a", i).result(30)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [0, 10, 20, 30]
+    assert [len(p) for _, p in run.batches] == [4]  # one call, not before the batch was full
+
+
+def test_a_lone_request_runs_once_the_timeout_has_passed(make_batcher):
+    run = Recorder()
+    batcher = make_batcher(run, max_batch_size=8, timeout=0.05)
+    started = time.monotonic()
+    assert batcher.submit("a", 1).result(30) == 10
+    assert time.monotonic() - started >= 0.05
+    assert [len(p) for _, p in run.batches] == [1]
+
+
+def test_batches_hold_one_key_and_other_keys_keep_their_turn(make_batcher):
+    run = Recorder(hold=True)
+    batcher = make_batcher(run, max_batch_size=8, timeout=0.0)
+    first = batcher.submit("a", 0)
+    assert run.entered.wait(30)  # the thread is busy with the first request
+    futures = [batcher.submit(key, i) for i, key in enumerate("abab", start=1)]
+    lone = batcher.submit("a", 9, batchable=False)
+    run.release.set()
+    assert [f.result(30) for f in (first, *futures, lone)] == [0, 10, 20, 30, 40, 90]
+    assert [(key, payloads) for key, payloads in run.batches] == [
+        ("a", [0]),
+        ("a", [1, 3]),
+        ("b", [2, 4]),
+        ("a", [9]),
+    ]
+
+
+def test_submit_past_max_queue_raises_queue_full(make_batcher):
+    run = Recorder(hold=True)
+    batcher = make_batcher(run, max_batch_size=1, timeout=0.0, max_queue=2)
+    running = batcher.submit("a", 0)
+    assert run.entered.wait(30)
+    queued = [batcher.submit("a", i) for i in (1, 2)]
+    assert batcher.full() and batcher.depth() == 2
+    with pytest.raises(QueueFull):
+        batcher.submit("a", 3)
+    run.release.set()
+    assert [f.result(30) for f in (running, *queued)] == [0, 10, 20]
+
+
+def test_a_failing_batch_fails_each_of_its_requests_and_the_thread_goes_on(make_batcher):
+    calls = []
+
+    def run(key, payloads):
+        calls.append(list(payloads))
+        if key == "bad":
+            raise ValueError("broken generator")
+        return payloads
+
+    batcher = make_batcher(run, max_batch_size=4, timeout=0.0)
+    with pytest.raises(ValueError, match="broken generator"):
+        batcher.submit("bad", 1).result(30)
+    assert batcher.submit("good", 2).result(30) == 2
+
+
+def test_stop_fails_the_requests_still_queued(make_batcher):
+    run = Recorder(hold=True)
+    batcher = make_batcher(run, max_batch_size=1, timeout=0.0)
+    running = batcher.submit("a", 0)
+    assert run.entered.wait(30)
+    queued = batcher.submit("a", 1)
+    threading.Timer(0.2, run.release.set).start()
+    batcher.stop()
+    assert running.result(30) == 0
+    with pytest.raises(BatcherStopped):
+        queued.result(30)
+
+
+# -- the engine -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    store = ModelStore(tmp_path / "models")
+    publish_lively(store)
+    metrics = ServiceMetrics(max_batch_size=8)
+    engine = Engine(store, precision="float32", batch_timeout=5.0, observer=metrics)
+    engine.metrics = metrics
+    assert engine.refresh() == 1
+    yield engine
+    engine.stop()
+
+
+def _sample(metrics: ServiceMetrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+def test_the_engine_batches_concurrent_photographs_into_one_model_call(engine):
+    model = engine.model()
+    prepared = [engine.prepare(model, p) for p in photos(8)]
+    futures = [engine.submit(model, inputs, size) for inputs, _, size in prepared]
+    predictions = [f.result(60) for f in futures]
+    assert _sample(engine.metrics, "colorizer_inference_batch_size_count") == 1
+    assert _sample(engine.metrics, "colorizer_inference_batch_size_sum") == 8
+    alone = [engine.colorize(model, p) for p in photos(8)]  # each alone: timeout, batch of one
+    for (_, lum, _), prediction, single in zip(prepared, predictions, alone, strict=True):
+        assert np.abs(engine.finish(model, prediction, lum).astype(int) - single).max() <= 1
+
+
+def test_no_retracing_across_photographs_of_many_sizes(engine):
+    model = engine.model()
+    serving = model.serving
+    engine.batcher.timeout = 0.0
+    sizes = [(20 + 13 * i, 90 - 5 * i) for i in range(12)]
+    colour_fns = (_pixels_lightness, _pixels_rgb)
+
+    def traces() -> tuple[int, ...]:
+        return (serving.tracing_count(), *(fn.experimental_get_tracing_count() for fn in colour_fns))
+
+    def colorize_all(shapes, shift: int = 0) -> None:
+        for i, (w, h) in enumerate(shapes):
+            photo = make_photo(w, h, seed=i + shift)
+            out = engine.colorize(model, photo if i % 3 else photo[..., 0])
+            assert out.shape[:2] == photo.shape[:2]
+
+    assert serving.tracing_count() == 1  # one signature per (model, render size), traced at warm-up
+    colorize_all(sizes)
+    seen = traces()
+    assert seen[0] == 1
+    # other photographs, other sizes, the same pixel buckets: nothing is traced or compiled again
+    others = [(w + 1, h) for w, h in sizes if pixel_bucket((w + 1) * h) == pixel_bucket(w * h)]
+    assert len(others) >= 8
+    colorize_all(others, shift=100)
+    assert traces() == seen
+    engine.colorize(model, make_photo(50, 40, seed=1), render_size=64)  # a new size: one more trace
+    engine.colorize(model, make_photo(80, 30, seed=2), render_size=64)
+    assert serving.tracing_count() == 2
+
+
+def test_the_engine_answers_busy_when_its_queue_is_full(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    publish_lively(store)
+    engine = Engine(store, precision="float32", max_batch_size=1, batch_timeout=0.0, max_queue=1)
+    try:
+        engine.refresh()
+        model = engine.model()
+        gate = threading.Event()
+        entered = threading.Event()
+        run = engine.batcher._run
+
+        def held(key, payloads):
+            entered.set()
+            gate.wait(30)
+            return run(key, payloads)
+
+        engine.batcher._run = held
+        inputs, _, size = engine.prepare(model, make_photo(40, 30, seed=1))
+        running = engine.submit(model, inputs, size)
+        assert entered.wait(30)
+        queued = engine.submit(model, inputs, size)
+        with pytest.raises(EngineBusy) as busy:
+            engine.submit(model, inputs, size)
+        assert busy.value.status_code == 503 and int(busy.value.headers["Retry-After"]) >= 1
+        with pytest.raises(EngineBusy):
+            engine.check_capacity()
+        gate.set()
+        assert running.result(30).shape == queued.result(30).shape == (32, 32, 2)
+    finally:
+        engine.stop()
+
+
+def test_the_engine_serves_variations_through_its_queue(engine):
+    model = engine.model()
+    photo = make_photo(48, 40, seed=8)
+    sheet = engine.colorize_variations(model, photo, 3, seed=5)
+    assert len(sheet) == 3 and all(tile.shape == photo.shape for tile in sheet)
+    assert not np.array_equal(sheet[0], sheet[1])
+    again = engine.colorize_variations(model, photo, 3, seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip(sheet, again, strict=True))
+
+
+def test_the_engine_picks_bfloat16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
+    import models.device
+
+    store = ModelStore(tmp_path / "models")
+    publish_lively(store)
+    monkeypatch.setattr(models.device, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    with_bf16 = Engine(store)
+    with_bf16.refresh()
+    assert with_bf16.precision == "bfloat16" and with_bf16.model().serving.precision == "bfloat16"
+    monkeypatch.setattr(models.device, "cpu_flags", lambda: {"avx2"})
+    without = Engine(store)
+    without.refresh()
+    assert without.precision == "float32" and without.describe()["precision"] == "float32"
