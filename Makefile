@@ -1,18 +1,20 @@
 # make run   create .venv if missing, install (only when pyproject.toml changed), start API + worker
-# make test  same install, then the test suite
+# make test  same install (and Debian's chromium for the browser tests, when missing), then the test suite
 # make lint  ruff
 # make default-model  rebuild the shipped default model (see MODEL_CARD.md)
-# make bench-serve / bench-train  the benchmarks in bench/ (README "Performance"); minutes each
+# make bench-serve / bench-train / bench-folder  the benchmarks in bench/ (README "Performance"); minutes each
 # Every COLORIZER_* variable in the environment reaches the service unchanged.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test lint install default-model bench-serve bench-train
+.PHONY: run test lint install default-model bench-serve bench-train bench-folder
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +29,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/colorizer up
 
-test: $(STAMP)
+test: $(STAMP) | $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# tests/test_web.py drives Debian's Chromium with Playwright (never `playwright install`: its own
+# browser download does not work here). Installed only when missing; without apt-get the browser
+# tests skip (and fail under CI=1).
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	else \
+		echo "warning: $@ is missing and there is no apt-get to install it: the browser tests will skip"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -46,3 +59,7 @@ bench-serve: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python bench/train.py $(BENCH_ARGS)
+
+# colorizer colorize on folders of 256x256 and 2 MP photographs: images/s against the old loop.
+bench-folder: $(STAMP)
+	$(BIN)/python bench/folder.py $(BENCH_ARGS)

@@ -25,6 +25,21 @@ RECIPE_PHOTOS = ROOT / "var" / "default-model" / "validation"
 
 # -- timing ------------------------------------------------------------------------------------------
 
+# The report's generator: preset seed (grayscale RGB in, RGB out), 256x256, width 64.
+PRESET = "seed"
+SIZE = 256
+WIDTH = 64
+
+
+def report_generator():
+    """The report-size generator with fixed random weights (speed does not depend on them)."""
+    import keras
+
+    from models.networks import build_generator
+
+    keras.utils.set_random_seed(0)
+    return build_generator(SIZE, 3, 3, width=WIDTH)
+
 
 def timed(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:
     """Seconds per call of ``fn`` over ``repeat`` calls after ``warmup`` calls."""

@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from common import jpeg, machine, photographs, table
-from serve import PRESET, SIZE, WIDTH, Server, report_generator
+from common import PRESET, SIZE, WIDTH, jpeg, machine, photographs, report_generator, table
+from serve import Server
 
 
 def main() -> None:

@@ -26,11 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, conv_flops, machine, matmul_gflops, median, table
-
-SIZE = 256
-WIDTH = 64
-PRESET = "seed"
+from common import PRESET, ROOT, SIZE, WIDTH, conv_flops, machine, matmul_gflops, median, table
 
 
 def dataset_files(tmp: Path) -> tuple[list[Path], str]:

@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models.presets import DEFAULT_PRESET, PRESETS, levels_for
 
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A dataset is a folder name: jobs, uploads (service/datasets.py) and the OpenAPI schema share it.
+DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DATASET_NAME = re.compile(DATASET_NAME_PATTERN)
 
 
 class TrainConfig(BaseModel):
@@ -28,6 +30,19 @@ class TrainConfig(BaseModel):
     d_learning_rate: float = Field(2e-4, gt=0, le=1)
     beta_1: float = Field(0.5, ge=0, lt=1)
     l1_weight: float = Field(100.0, ge=0, le=10_000)
+    decoder: Literal["transpose", "resize"] | None = Field(
+        None,
+        description="How the generator's decoder upsamples: transpose (ConvTranspose 4x4, the report's) "
+        "or resize (bilinear then Conv 3x3: no checkerboard pattern). Default: the init_from model's, "
+        "else transpose.",
+    )
+    max_aspect: float = Field(
+        1.0,
+        ge=1.0,
+        le=4.0,
+        description="Training crops get a random aspect ratio up to this (either way), squeezed to a square "
+        "as serving squeezes a whole photograph; 1: square crops only (the report's).",
+    )
     sample_every: int = Field(500, ge=1, description="Steps between sample plots.")
     publish_every: int = Field(500, ge=1, description="Steps between published generators.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
@@ -51,7 +66,7 @@ class TrainConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset_name(cls, value: str) -> str:
-        if not _DATASET_NAME.match(value) or ".." in value:
+        if not DATASET_NAME.match(value) or ".." in value:
             raise ValueError(
                 "dataset must be a folder name under the datasets directory: letters, digits, "
                 "'.', '_' or '-', no path separators"

@@ -66,6 +66,10 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
+# Written by POST /datasets at the top of a dataset folder (service/datasets.py): not a photograph.
+DATASET_MANIFEST = "dataset.json"
+
+
 def scan_images(folder: Path, min_side: int) -> DatasetScan:
     """Find usable images (jpg, png, webp; recursive) at least ``min_side`` pixels on the short side.
 
@@ -74,9 +78,12 @@ def scan_images(folder: Path, min_side: int) -> DatasetScan:
     folder = Path(folder)
     root = folder.resolve()
     scan = DatasetScan(folder, [])
-    for dirpath, _, names in os.walk(folder):
+    for dirpath, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in sorted(names):
             path = Path(dirpath) / name
+            if name.startswith(".") or (dirpath == str(folder) and name == DATASET_MANIFEST):
+                continue  # hidden files, and the manifest an upload writes beside its photographs
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 scan.skipped["not an image file type"] += 1
                 continue
@@ -125,14 +132,27 @@ def load_photo(path: Path, short_side: int) -> np.ndarray | None:
         return None
 
 
-def random_view(image, image_size: int):
-    """A random square crop of side in [image_size, short side], resized, randomly flipped."""
+def random_view(image, image_size: int, max_aspect: float = 1.0):
+    """A random crop resized to a square of ``image_size``, randomly flipped.
+
+    Its short side is in [image_size, the photograph's short side]; with ``max_aspect`` > 1 its
+    aspect ratio is random up to that, either way (log-uniform), and the resize squeezes it, as
+    serving squeezes a whole photograph to the model's square: the model then learns textures as
+    they look at inference. ``max_aspect`` 1 gives square crops (the report's).
+    """
     import tensorflow as tf
 
     shape = tf.shape(image)
     short = tf.minimum(shape[0], shape[1])
     side = tf.random.uniform((), image_size, short + 1, dtype=tf.int32)
-    crop = tf.image.random_crop(image, tf.stack([side, side, 3]))
+    if max_aspect > 1.0:
+        log_aspect = tf.random.uniform((), -np.log(max_aspect), np.log(max_aspect))
+        long = tf.cast(tf.round(tf.cast(side, tf.float32) * tf.exp(tf.abs(log_aspect))), tf.int32)
+        height, width = tf.cond(log_aspect > 0, lambda: (long, side), lambda: (side, long))
+        height, width = tf.minimum(height, shape[0]), tf.minimum(width, shape[1])
+    else:
+        height = width = side
+    crop = tf.image.random_crop(image, tf.stack([height, width, 3]))
     crop = tf.image.resize(tf.cast(crop, tf.float32) / 255.0, (image_size, image_size), method="area")
     return tf.image.random_flip_left_right(tf.clip_by_value(crop, 0.0, 1.0))
 
@@ -168,13 +188,20 @@ def make_dataset(
     batch_size: int,
     preset_name: str,
     cache_scale: float = 2.0,
+    max_aspect: float = 1.0,
 ):
     """An endless, shuffled, batched, prefetched tf.data.Dataset of (input, target) batches.
 
     Photographs are decoded once with their short side at ``cache_scale * image_size`` and cached
-    in memory; crops are then taken at scales between that and the crop size.
+    in memory; crops are then taken at scales between that and the crop size, with aspect ratios
+    up to ``max_aspect`` (see ``random_view``).
     """
     import tensorflow as tf
+
+    # Imported here, eagerly: imported first inside to_pair's trace below, models.color's
+    # module-level constants would belong to that one dataset's graph, and a second dataset
+    # would fail to capture them.
+    from models import color  # noqa: F401
 
     short_side = max(image_size, int(round(image_size * cache_scale)))
 
@@ -186,7 +213,7 @@ def make_dataset(
 
     ds = tf.data.Dataset.from_generator(photos, output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
     ds = ds.cache().shuffle(max(1, len(files)), reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda img: random_view(img, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda img: random_view(img, image_size, max_aspect), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda rgb: to_pair(rgb, preset_name), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

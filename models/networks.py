@@ -33,11 +33,43 @@ def downsample(x, filters: int, batchnorm: bool = True, name: str | None = None,
     return layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act", dtype=dtype)(x)
 
 
-def upsample(x, skip, filters: int, dropout: bool, name: str | None = None, dtype=None):
-    """Decoder block: ConvTranspose 4x4 stride 2 -> BatchNorm -> Dropout 0.5 -> concat skip -> ReLU."""
-    x = layers.Conv2DTranspose(
-        filters, 4, strides=2, padding="same", kernel_initializer=init(), name=f"{name}_deconv", dtype=dtype
+DECODERS = ("transpose", "resize")
+
+
+def up_conv(x, filters: int, decoder: str = "transpose", name: str | None = None, dtype=None):
+    """Double the resolution: ConvTranspose 4x4 stride 2 (the report's, ``transpose``), or bilinear
+    upsampling then Conv 3x3 (``resize``), which cannot make ConvTranspose's checkerboard pattern
+    (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
+    if decoder == "transpose":
+        return layers.Conv2DTranspose(
+            filters,
+            4,
+            strides=2,
+            padding="same",
+            kernel_initializer=init(),
+            name=f"{name}_deconv",
+            dtype=dtype,
+        )(x)
+    if decoder != "resize":
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize", dtype=dtype)(x)
+    return layers.Conv2D(
+        filters, 3, padding="same", kernel_initializer=init(), name=f"{name}_upconv", dtype=dtype
     )(x)
+
+
+def decoder_of(generator: keras.Model) -> str:
+    """Which decoder a generator ``build_generator`` made was built with."""
+    names = {layer.name for layer in generator.layers}
+    return "resize" if "out_upconv" in names else "transpose"
+
+
+def upsample(
+    x, skip, filters: int, dropout: bool, name: str | None = None, dtype=None, decoder: str = "transpose"
+):
+    """Decoder block: up_conv (ConvTranspose 4x4 stride 2 in the report) -> BatchNorm -> Dropout 0.5
+    -> concat skip -> ReLU."""
+    x = up_conv(x, filters, decoder, name=name, dtype=dtype)
     x = layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
     if dropout:
         x = layers.Dropout(0.5, name=f"{name}_dropout", dtype=dtype)(x)
@@ -51,12 +83,14 @@ def build_generator(
     out_channels: int = 3,
     width: int = 64,
     dtype: str | None = None,
+    decoder: str = "transpose",
 ) -> keras.Model:
     """U-Net generator. At 256, width 64, 3->3 channels it is the report's (54,429,315 params).
 
     ``dtype`` is a Keras dtype policy for every layer but the output ("mixed_bfloat16",
     "mixed_float16"; None: the global policy, float32 by default); the output stays float32.
-    Raises ValueError for an image size that is not a power of two in range.
+    ``decoder`` is how the decoder upsamples (see ``up_conv``; "transpose" is the report's).
+    Raises ValueError for an image size that is not a power of two in range or an unknown decoder.
     """
     depth = levels_for(image_size)
     filters = encoder_filters(depth, width)
@@ -81,10 +115,8 @@ def build_generator(
     x = layers.Activation("relu", name="bottleneck_act", dtype=dtype)(x)
     # Decoder mirrors the encoder: (bs, 2, 2, 1024) -> ... -> (bs, 128, 128, 128) at 256.
     for i, (f, skip) in enumerate(zip(reversed(filters[:-1]), reversed(skips), strict=True)):
-        x = upsample(x, skip, f, dropout=i < 3, name=f"dec{i + 1}", dtype=dtype)
-    x = layers.Conv2DTranspose(
-        out_channels, 4, strides=2, padding="same", kernel_initializer=init(), name="out_deconv", dtype=dtype
-    )(x)
+        x = upsample(x, skip, f, dropout=i < 3, name=f"dec{i + 1}", dtype=dtype, decoder=decoder)
+    x = up_conv(x, out_channels, decoder, name="out", dtype=dtype)
     outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="generator")
 

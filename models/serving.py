@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from models.networks import build_generator, dropout_layers, noisy_twin
+from models.networks import build_generator, decoder_of, dropout_layers, noisy_twin
 from models.presets import get_preset
 from models.store import LoadedModel
 
@@ -45,7 +45,12 @@ def precision_twin(model: LoadedModel, policy: str) -> Any:
     except (ValueError, AttributeError) as exc:
         raise ValueError(f"the generator is not a U-Net this code builds: {exc}") from exc
     twin = build_generator(
-        model.image_size, preset.in_channels, preset.out_channels, width=width, dtype=policy
+        model.image_size,
+        preset.in_channels,
+        preset.out_channels,
+        width=width,
+        dtype=policy,
+        decoder=decoder_of(generator),
     )
     twin.set_weights(generator.get_weights())  # raises ValueError when the shapes differ
     return twin

@@ -127,7 +127,13 @@ def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: 
         width = int(metadata["width"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BrokenVersion(f"{path}: metadata lacks the generator width: {exc}") from exc
-    generator = build_generator(image_size, preset.in_channels, preset.out_channels, width=width)
+    decoder = metadata.get("decoder", "transpose")  # versions before the option: the report's
+    try:
+        generator = build_generator(
+            image_size, preset.in_channels, preset.out_channels, width=width, decoder=decoder
+        )
+    except ValueError as exc:
+        raise BrokenVersion(f"{path}: {exc}") from exc
     with np.load(path / WEIGHTS_FILE, allow_pickle=False) as archive:
         weights = [archive[f"arr_{i}"].astype(np.float32) for i in range(len(archive.files))]
     generator.set_weights(weights)

@@ -37,7 +37,7 @@ from models.data import (
     split_validation,
     to_pair,
 )
-from models.networks import build_discriminator, build_generator
+from models.networks import build_discriminator, build_generator, decoder_of
 from models.pix2pix import Pix2Pix, adam
 from models.presets import get_preset
 from models.store import BrokenVersion, LoadedModel, ModelStore
@@ -438,7 +438,8 @@ def build_pix2pix(config: TrainConfig, policy: str | None = None) -> Pix2Pix:
     dtype = None if policy == "float32" else policy
     preset = get_preset(config.preset)
     shape = (config.image_size, preset.in_channels, preset.out_channels)
-    generator = build_generator(*shape, width=config.width, dtype=dtype)
+    decoder = config.decoder or "transpose"
+    generator = build_generator(*shape, width=config.width, dtype=dtype, decoder=decoder)
     discriminator = build_discriminator(*shape, width=config.width, dtype=dtype)
     model = Pix2Pix(generator, discriminator)
     loss_scale = policy == "mixed_float16"
@@ -467,16 +468,35 @@ def float32_generator(generator: keras.Model) -> keras.Model:
     return copy
 
 
-def init_generator(model: Pix2Pix, config: TrainConfig, store: ModelStore) -> None:
-    """Start from a published version; raises UnknownVersion or BrokenVersion if it cannot."""
+def init_source(config: TrainConfig, store: ModelStore) -> LoadedModel:
+    """The version ``config.init_from`` names; raises UnknownVersion or BrokenVersion if unusable."""
     loaded = store.load(config.init_from)
     if loaded.preset != config.preset:
         raise BrokenVersion(
             f"init_from version {config.init_from} is a {loaded.preset!r} model, "
             f"the job asks for {config.preset!r}"
         )
+    return loaded
+
+
+def resolve_decoder(config: TrainConfig, source: LoadedModel | None) -> TrainConfig:
+    """``config`` with its decoder set: as asked, else the init_from model's, else the report's."""
+    if config.decoder is not None:
+        return config
+    decoder = decoder_of(source.generator) if source is not None else "transpose"
+    return config.model_copy(update={"decoder": decoder})
+
+
+def init_generator(model: Pix2Pix, config: TrainConfig, source: LoadedModel) -> None:
+    """Start the generator from ``source`` (``init_source``); BrokenVersion if it does not fit."""
+    decoder = decoder_of(source.generator)
+    if decoder != config.decoder:
+        raise BrokenVersion(
+            f"init_from version {config.init_from} has a {decoder!r} decoder, the job asks for "
+            f"{config.decoder!r} (leave decoder out to take the model's)"
+        )
     try:
-        model.generator.set_weights(loaded.generator.get_weights())
+        model.generator.set_weights(source.generator.get_weights())
     except ValueError as exc:
         raise BrokenVersion(
             f"init_from version {config.init_from} does not fit this job's image_size/width: {exc}"
@@ -530,12 +550,16 @@ def run_training(
     if job_id is not None:
         # A worker killed between a publish and its ledger write: the store knows better.
         state.published.update(published_steps(store, job_id))
+    source = init_source(config, store) if config.init_from is not None else None
+    config = resolve_decoder(config, source)
     _save_resolved_config(job_dir, config, scan, state, validation_files)
 
     model = build_pix2pix(config)
-    if config.init_from is not None:
-        init_generator(model, config, store)
-    dataset = make_dataset(train_files, config.image_size, config.batch_size, config.preset)
+    if source is not None:
+        init_generator(model, config, source)
+    dataset = make_dataset(
+        train_files, config.image_size, config.batch_size, config.preset, max_aspect=config.max_aspect
+    )
     validation = [
         (p.name, image)
         for p in validation_files
@@ -615,6 +639,7 @@ def _metadata(config: TrainConfig, job_id: str | None, scan: DatasetScan) -> dic
         "preset": config.preset,
         "image_size": config.image_size,
         "width": config.width,
+        "decoder": config.decoder,
         "job_id": job_id,
         "config": config.model_dump(),
         "dataset": {"name": config.dataset, **scan.summary()},

@@ -21,7 +21,7 @@ from models.store import ModelStore
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
-from service.routers import colorize, health, jobs, metrics, models
+from service.routers import batch, colorize, datasets, health, jobs, metrics, models, web
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     app.state.celery = None  # created on first use by service.deps.get_celery
     install_error_handlers(app)
-    for module in (health, colorize, models, jobs, metrics):
+    for module in (health, colorize, batch, models, jobs, datasets, metrics, web):
         app.include_router(module.router)
     return app

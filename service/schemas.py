@@ -19,6 +19,25 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
+def upload_body_doc(
+    description: str,
+    field: str,
+    media_types: tuple[str, ...],
+    form_fields: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a route that reads its upload itself (streamed, size-limited):
+    a multipart file ``field`` (plus ``form_fields``), or the raw file with one of ``media_types``."""
+    binary = {"type": "string", "format": "binary"}
+    extra = form_fields or {}
+    multipart = {
+        "type": "object",
+        "required": [field, *extra],
+        "properties": {field: binary, **extra},
+    }
+    content = {"multipart/form-data": {"schema": multipart}} | {t: {"schema": binary} for t in media_types}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 

@@ -50,7 +50,32 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image (width x height) accepted."
     )
+    min_image_side: int = Field(
+        8, ge=1, le=4096, description="Shortest image side accepted (a 1-pixel strip is not a photograph)."
+    )
     max_render_size: int = Field(1024, ge=16, description="Largest render_size a request may ask.")
+    max_dataset_bytes: int = Field(
+        1024**3, ge=1024, description="Largest dataset archive upload (POST /datasets), streamed to disk."
+    )
+    max_batch_bytes: int = Field(
+        200 * 1024**2,
+        ge=1024,
+        description="Largest archive upload to POST /colorize/batch, streamed to disk.",
+    )
+    max_archive_entries: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="Most entries (files, folders, links) an uploaded archive may hold.",
+    )
+    max_unpacked_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024,
+        description="Most bytes an uploaded archive may unpack to, counted while reading (zip-bomb guard).",
+    )
+    max_batch_files: int = Field(
+        100, ge=1, le=100_000, description="Most files one POST /colorize/batch archive may hold."
+    )
     reload_interval: float = Field(
         2.0, gt=0, description="Seconds between looks at the model store for a new version."
     )

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # no GPU here; skip the CUDA probe noise
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -44,12 +45,34 @@ def dataset_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_packaged_default(tmp_path_factory, monkeypatch):
-    """In-process tests start without the shipped default model unless a test installs one.
-
-    (Tests that want a default point ``models.store.DEFAULT_MODEL_DIR`` at their own; the
+def no_default(tmp_path_factory, monkeypatch) -> Path:
+    """In-process tests start without the shipped default model unless a test installs one; the
+    missing folder ``models.store.DEFAULT_MODEL_DIR`` points at. (A test names this fixture to say
+    it relies on there being no default; tests that want one point the setting at their own; the
     end-to-end tests run real processes and see the real one.)
     """
     import models.store
 
-    monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", tmp_path_factory.mktemp("nodefault") / "missing")
+    missing = tmp_path_factory.mktemp("nodefault") / "missing"
+    monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", missing)
+    return missing
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Iterator[Path]:
+    """COLORIZER_DATA_DIR=<tmp>/data for in-process CLI calls (the cached settings are reset)."""
+    from service.settings import get_settings
+
+    for key in list(os.environ):
+        if key.startswith("COLORIZER_"):
+            monkeypatch.delenv(key)
+    data = tmp_path / "data"
+    monkeypatch.setenv("COLORIZER_DATA_DIR", str(data))
+    get_settings.cache_clear()
+    yield data
+    get_settings.cache_clear()
+
+
+# The in-process API fixtures (settings, start, client, fake_celery, keyed_client), for every test
+# module; imported last, as tests.apptest uses make_photo above.
+from tests.apptest import client, fake_celery, keyed_client, settings, start  # noqa: E402, F401

@@ -12,131 +12,34 @@ import logging
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from keras.utils import set_random_seed as keras_seed
 from kombu.exceptions import OperationalError
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.networks import build_generator
-from models.store import GENERATOR_FILE, METADATA_FILE, ModelStore
+from models.store import GENERATOR_FILE, METADATA_FILE
 from service.app import create_app
 from service.deps import get_celery
-from service.routers.colorize import to_array
-from service.settings import Settings
+from service.images import to_array
+from tests.apptest import (
+    TINY_JOB,
+    FakeCelery,
+    assert_json_error,
+    changed,
+    decoded,
+    encode,
+    photo,
+    png_declaring,
+    publish_lively_tiny,
+    publish_tiny,
+    wait_for,
+)
 from tests.conftest import make_photo
-
-TINY_JOB = {"dataset": "tiny", "preset": "lab", "image_size": 32, "width": 4, "steps": 4}
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def publish_tiny(settings: Settings, preset: str = "lab") -> int:
-    """Publish a tiny untrained generator (32 px, width 4) and return its version."""
-    channels = {"lab": (1, 2), "seed": (3, 3)}[preset]
-    generator = build_generator(32, *channels, width=4)
-    return ModelStore(settings.models_dir).publish(generator, {"preset": preset, "image_size": 32})
-
-
-def changed(settings: Settings, **changes: Any) -> Settings:
-    """The same settings with some fields changed, validated again."""
-    return Settings(**{**dict(settings), **changes})
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def photo(width: int = 50, height: int = 40, mode: str = "RGB") -> Image.Image:
-    return Image.fromarray(make_photo(width, height, seed=1)).convert(mode)
-
-
-def decoded(response) -> Image.Image:
-    return Image.open(io.BytesIO(response.content))
-
-
-def assert_json_error(response, status: int, *words: str) -> dict:
-    """The response is a JSON error with ``status`` whose detail sentence mentions ``words``."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert isinstance(body["detail"], str) and body["detail"]
-    for word in words:
-        assert word in body["detail"], body
-    return body
-
-
-class FakeCelery:
-    """Records send_task calls; raises ``error`` when given, like an unreachable broker."""
-
-    def __init__(self, error: Exception | None = None):
-        self.calls: list[dict[str, Any]] = []
-        self.error = error
-
-    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> None:
-        self.calls.append({"name": name, "args": args, "kwargs": kwargs, **options})
-        if self.error is not None:
-            raise self.error
-
-
-# -- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def settings(dataset_dir: Path) -> Settings:
-    """A fresh data directory with the ``tiny`` dataset, looked at every 0.2 s."""
-    return Settings(data_dir=dataset_dir, reload_interval=0.2)
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[[Settings], TestClient]]:
-    """Start an app (lifespan included) for some settings; every one is stopped at the end."""
-    with ExitStack() as stack:
-
-        def _start(settings: Settings) -> TestClient:
-            return stack.enter_context(TestClient(create_app(settings)))
-
-        yield _start
-
-
-@pytest.fixture
-def client(settings: Settings, start) -> TestClient:
-    """An app serving version 1 (a tiny lab generator), ready."""
-    publish_tiny(settings)
-    client = start(settings)
-    wait_for(lambda: client.get("/readyz").status_code == 200, what="version 1 served")
-    return client
-
-
-@pytest.fixture
-def fake_celery(client: TestClient) -> FakeCelery:
-    fake = FakeCelery()
-    client.app.dependency_overrides[get_celery] = lambda: fake
-    return fake
-
 
 # -- import hygiene ------------------------------------------------------------------------------
 
@@ -384,6 +287,7 @@ def _rgba() -> Image.Image:
 
 def _palette_with_transparency() -> Image.Image:
     image = photo().convert("P")
+    image.paste(0, (0, 0, 10, 10))  # a corner in palette index 0, the transparent one
     image.info["transparency"] = 0
     return image
 
@@ -508,17 +412,8 @@ def test_colorize_answers_503_with_retry_after_when_the_queue_is_full(settings, 
     assert ok.status_code == 200
 
 
-def _lively_tiny(settings: Settings) -> int:
-    """Publish a tiny generator with He-scaled weights: its dropout noise shows in the pixels."""
-    from tests.test_serving import lively
-
-    keras_seed(0)
-    generator = lively(build_generator(32, 1, 2, width=4))
-    return ModelStore(settings.models_dir).publish(generator, {"preset": "lab", "image_size": 32})
-
-
 def test_colorize_variations_returns_a_sheet_of_different_colorizations(settings, start):
-    _lively_tiny(settings)
+    publish_lively_tiny(settings)
     client = start(settings)
     wait_for(lambda: client.get("/readyz").status_code == 200, what="ready")
     upload = encode(photo())
@@ -610,15 +505,6 @@ def test_metrics_count_a_version_that_fails_to_load(client, settings):
 
 
 # -- API key -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def keyed_client(settings, start) -> TestClient:
-    publish_tiny(settings)
-    client = start(changed(settings, api_key="s3cret-key"))
-    wait_for(lambda: client.get("/readyz").status_code == 200, what="ready")
-    client.app.dependency_overrides[get_celery] = lambda: FakeCelery()
-    return client
 
 
 def test_jobs_need_the_api_key_when_one_is_set(keyed_client):
@@ -758,3 +644,153 @@ def test_latest_sample_is_404_until_one_is_written(client, fake_celery, settings
 )
 def test_unknown_job_is_404_json(client, method, path):
     assert_json_error(client.request(method, path), 404, "does not exist")
+
+
+# -- bad input to /colorize: every one a 4xx with a sentence ---------------------------------------
+
+
+@pytest.mark.parametrize("how", ["raw", "multipart"])
+def test_colorize_rejects_an_empty_upload(client, how):
+    if how == "raw":
+        response = client.post("/colorize", content=b"", headers={"content-type": "image/png"})
+    else:
+        response = client.post("/colorize", files={"image": ("empty.png", b"", "image/png")})
+    assert_json_error(response, 400, "empty")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>",
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="50" height="40">'
+        b'<rect width="50" height="40" fill="red"/></svg>',
+    ],
+    ids=["random-bytes", "html-as-png", "svg-as-png"],
+)
+def test_colorize_rejects_a_file_that_is_not_an_image_even_when_named_png(client, payload):
+    response = client.post("/colorize", files={"image": ("photo.png", payload, "image/png")})
+    assert_json_error(response, 415, "not an image")
+
+
+def test_colorize_rejects_truncated_jpeg(client):
+    whole = encode(photo(120, 90), "JPEG", quality=95)
+    response = client.post(
+        "/colorize", content=whole[: len(whole) * 2 // 3], headers={"content-type": "image/jpeg"}
+    )
+    assert_json_error(response, 400, "truncated")
+
+
+def test_colorize_refuses_a_decompression_bomb_from_its_header_alone(client):
+    bomb = png_declaring(50_000, 50_000)  # 2.5 gigapixels declared in under 100 bytes
+    assert len(bomb) < 100
+    response = client.post("/colorize", content=bomb, headers={"content-type": "image/png"})
+    assert_json_error(response, 413, "2500000000 pixels", "COLORIZER_MAX_IMAGE_PIXELS")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (20000, 1), (3, 500)], ids=["1x1", "20000x1", "3x500"])
+def test_colorize_rejects_an_image_too_thin_to_be_a_photograph(client, size):
+    response = client.post(
+        "/colorize", content=encode(Image.new("L", size, 90)), headers={"content-type": "image/png"}
+    )
+    body = assert_json_error(response, 422, f"{size[0]}x{size[1]}", "at least 8 pixels")
+    assert body["errors"][0]["loc"] == ["body", "image"]
+
+
+def test_the_smallest_accepted_image_is_colorized(client):
+    response = client.post(
+        "/colorize", content=encode(photo(8, 8, "L")), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 200, response.text
+    assert decoded(response).size == (8, 8)
+
+
+# -- unusual but valid images ----------------------------------------------------------------------
+
+
+def _colorized(client, data: bytes, fmt: str = "png") -> Image.Image:
+    response = client.post(
+        f"/colorize?format={fmt}", files={"image": ("in", data, "application/octet-stream")}
+    )
+    assert response.status_code == 200, response.text
+    return decoded(response)
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_colorize_carries_transparency_through_to_png_and_webp(client, fmt, mode):
+    source = _rgba().convert(mode)
+    result = _colorized(client, encode(source), fmt)
+    assert result.mode == "RGBA" and result.size == source.size
+    expected = np.asarray(source.getchannel("A"), np.int16)
+    got = np.asarray(result.getchannel("A"), np.int16)
+    tolerance = 0 if fmt == "png" else 8  # lossy WebP may round alpha a little
+    assert np.abs(got - expected).max() <= tolerance
+
+
+def test_colorize_keeps_a_palette_images_transparent_index(client):
+    source = _palette_with_transparency()
+    result = _colorized(client, encode(source))
+    expected = np.asarray(source.convert("RGBA").getchannel("A"))
+    assert result.mode == "RGBA"
+    assert np.array_equal(np.asarray(result.getchannel("A")), expected)
+    assert (expected == 0).any() and (expected == 255).any()
+
+
+def test_colorize_to_jpeg_drops_transparency_and_keeps_the_size(client):
+    result = _colorized(client, encode(_rgba()), "jpeg")
+    assert result.mode == "RGB" and result.size == (50, 40)
+
+
+def test_an_opaque_rgba_image_comes_back_without_an_alpha_channel(client):
+    result = _colorized(client, encode(photo(mode="RGBA")))
+    assert result.mode == "RGB"
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_colorize_uses_the_first_frame_of_an_animation(client, fmt):
+    first = photo(mode="L").convert("RGB")
+    second = Image.fromarray(255 - np.asarray(first))
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    animation = encode(first, fmt, save_all=True, append_images=[second], duration=100, loop=0, **options)
+    with Image.open(io.BytesIO(animation)) as check:
+        assert check.n_frames == 2
+        check.seek(0)
+        first_as_decoded = encode(check.convert("RGB"))
+    from_animation = np.asarray(_colorized(client, animation), np.int16)
+    from_first_frame = np.asarray(_colorized(client, first_as_decoded), np.int16)
+    assert np.abs(from_animation - from_first_frame).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("JPEG", {"progressive": True, "quality": 90}),
+        ("TIFF", {}),
+        ("BMP", {}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+    ],
+    ids=["progressive-jpeg", "tiff", "bmp", "tiff-lzw"],
+)
+def test_colorize_reads_progressive_jpeg_tiff_and_bmp(client, fmt, options):
+    data = encode(photo(64, 48), fmt, **options)
+    with Image.open(io.BytesIO(data)) as check:
+        assert check.format == fmt and (fmt != "JPEG" or check.info.get("progressive"))
+        same_pixels_as_png = encode(check.convert("RGB"))
+    result = _colorized(client, data)
+    assert result.size == (64, 48)
+    reference = _colorized(client, same_pixels_as_png)
+    assert np.abs(np.asarray(result, np.int16) - np.asarray(reference, np.int16)).max() <= 1
+
+
+def test_an_srgb_profile_changes_nothing_and_a_broken_profile_does_not_cost_the_photo():
+    from PIL import ImageCms
+
+    from service.images import decode_image
+
+    source = photo(32, 24)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tagged = decode_image(encode(source, icc_profile=srgb), 10**6).pixels
+    assert np.abs(tagged.astype(np.int16) - np.asarray(source, np.int16)).max() <= 1
+    broken = decode_image(encode(source, icc_profile=b"not a profile"), 10**6).pixels
+    assert np.array_equal(broken, np.asarray(source))

@@ -7,8 +7,7 @@ never at the checkout's models/default/.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -29,11 +28,9 @@ from models.store import (
     export_float16,
 )
 from models.training import run_training
-from service.app import create_app
 from service.deps import get_celery
 from service.engine import Engine, version_key
-from service.settings import Settings
-from tests.test_api import FakeCelery, assert_json_error, encode, photo, wait_for
+from tests.apptest import FakeCelery, assert_json_error, encode, photo, wait_for
 
 TINY_JOB = {"dataset": "tiny", "preset": "lab", "image_size": 32, "width": 4, "steps": 4}
 DEFAULT_METRICS = {"validation": {"images": 4, "ciede2000": 9.5, "grayscale_ciede2000": 14.25}}
@@ -71,13 +68,6 @@ def default_dir(tmp_path, monkeypatch) -> Path:
     )
     monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", folder)
     return folder
-
-
-@pytest.fixture
-def no_default(tmp_path, monkeypatch) -> Path:
-    missing = tmp_path / "no-default-model"
-    monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", missing)
-    return missing
 
 
 @pytest.fixture
@@ -157,17 +147,6 @@ def test_without_a_default_an_empty_store_serves_nothing(store, no_default):
 # -- API ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def settings(dataset_dir: Path) -> Settings:
-    return Settings(data_dir=dataset_dir, reload_interval=0.2)
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[[Settings], TestClient]]:
-    with ExitStack() as stack:
-        yield lambda settings: stack.enter_context(TestClient(create_app(settings)))
-
-
 def colorize(client: TestClient, query: str = ""):
     return client.post(f"/colorize{query}", content=encode(photo()), headers={"content-type": "image/png"})
 
@@ -242,6 +221,9 @@ def test_a_job_from_the_default_without_one_installed_is_422_naming_init_from(jo
         ({"preset": "seed", "width": 4}, {}, "preset 'seed'"),
         ({"preset": "lab", "width": 8}, {}, "width 8"),
         ({"preset": "lab", "width": 4}, {"image_size": 64}, "image_size 32"),
+        # A version from before the decoder option has the report's ConvTranspose decoder.
+        ({"preset": "lab", "width": 4}, {"decoder": "resize"}, "decoder 'transpose'"),
+        ({"preset": "lab", "width": 4, "decoder": "resize"}, {"decoder": "transpose"}, "decoder 'resize'"),
     ],
 )
 def test_a_job_from_a_version_of_another_shape_is_422_naming_init_from(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from PIL import Image
 from skimage.color import rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-import models.store
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import load_photo
@@ -33,7 +31,7 @@ from models.store import ModelStore
 from models.training import run_training
 from service.app import create_app
 from service.cli import main
-from service.settings import Settings, get_settings
+from service.settings import Settings
 from tests.conftest import make_photo
 
 # Observed on this machine: |tf - skimage| at most 6e-6 for SSIM and 3e-6 dB for PSNR (TensorFlow
@@ -154,14 +152,6 @@ def test_evaluate_images_scores_the_grayscale_baseline_beside_the_model():
 # -- validation metrics of published versions ---------------------------------------------------
 
 
-@pytest.fixture
-def no_default(tmp_path, monkeypatch) -> Path:
-    """No packaged default model, whatever models/default/ holds in this checkout."""
-    missing = tmp_path / "no-default-model"
-    monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", missing)
-    return missing
-
-
 def test_a_published_version_carries_validation_metrics_and_get_models_shows_them(
     dataset_dir, tmp_path, no_default
 ):
@@ -206,19 +196,6 @@ def test_a_published_version_carries_validation_metrics_and_get_models_shows_the
 
 
 # -- colorizer evaluate ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch, no_default) -> Path:
-    """COLORIZER_DATA_DIR=<tmp>/data for in-process CLI calls (the cached settings are reset)."""
-    for key in list(os.environ):
-        if key.startswith("COLORIZER_"):
-            monkeypatch.delenv(key)
-    data = tmp_path / "data"
-    monkeypatch.setenv("COLORIZER_DATA_DIR", str(data))
-    get_settings.cache_clear()
-    yield data
-    get_settings.cache_clear()
 
 
 @pytest.fixture

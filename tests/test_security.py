@@ -14,13 +14,13 @@ from models.jobs import JobStore
 from service.app import create_app
 from service.deps import get_celery
 from service.settings import Settings, redact_url
+from tests.apptest import FakeCelery
 from tests.procs import colorizer_env
-from tests.test_api import FakeCelery
 
 KEY = "k3y-" + "9f2c" * 6
 TINY_JOB = {"dataset": "tiny", "image_size": 32, "steps": 2, "width": 4, "batch_size": 2}
 # Routes that change nothing on the server and stay open with a key (README: only /jobs needs it).
-OPEN_POSTS = {("POST", "/colorize")}
+OPEN_POSTS = {("POST", "/colorize"), ("POST", "/colorize/batch")}
 
 
 @pytest.fixture
@@ -45,14 +45,20 @@ def test_every_state_changing_route_refuses_a_request_without_the_key(keyed):
     for method, path in changing:
         if (method, path) in OPEN_POSTS:
             continue
-        url = path.replace("{job_id}", "0123456789abcdef0123456789abcdef")
+        url = path.replace("{job_id}", "0123456789abcdef0123456789abcdef").replace("{name}", "tiny")
         for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
             response = client.request(method, url, json=TINY_JOB, headers=headers)
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.json()["detail"]
         checked.add((method, path))
     # The routes there are today; a new one must be added here or to OPEN_POSTS on purpose.
-    assert checked == {("POST", "/jobs"), ("POST", "/jobs/{job_id}/cancel")}
+    assert checked == {
+        ("POST", "/jobs"),
+        ("POST", "/jobs/{job_id}/cancel"),
+        ("POST", "/datasets"),
+        ("DELETE", "/datasets/{name}"),
+    }
+    assert (settings.datasets_dir / "tiny").is_dir()  # the DELETE without a key deleted nothing
     assert fake.calls == [] and JobStore(settings.jobs_dir).list() == []
 
 
@@ -149,3 +155,43 @@ def test_cli_errors_name_the_bad_settings_without_their_secret_values(tmp_path):
     assert out.returncode != 0
     assert "COLORIZER_PORT" in out.stderr and "COLORIZER_BROKER_URL" in out.stderr
     assert KEY not in out.stdout + out.stderr and "hunter2-pw" not in out.stdout + out.stderr
+
+
+def test_the_api_key_is_compared_in_constant_time(keyed, monkeypatch):
+    import service.deps
+
+    client, _, _ = keyed
+    compared: list[tuple[bytes, bytes]] = []
+    real = service.deps.secrets.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(service.deps.secrets, "compare_digest", spy)
+    assert client.get("/jobs", headers={"X-API-Key": "k3y-wrong"}).status_code == 401
+    assert client.get("/jobs", headers={"X-API-Key": KEY}).status_code == 200
+    assert compared == [(b"k3y-wrong", KEY.encode()), (KEY.encode(), KEY.encode())]
+
+
+def test_a_version_whose_keras_file_carries_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    import keras
+
+    from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, ModelStore
+
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("COLORIZER_TEST_MARKER", str(marker))
+    # A Lambda layer is arbitrary Python stored in the file: loading it unsafely would run it.
+    inputs = keras.Input((32, 32, 1))
+    touch_marker = lambda x: (open(__import__("os").environ["COLORIZER_TEST_MARKER"], "w").close(), x)[1]  # noqa: E731
+    outputs = keras.layers.Lambda(touch_marker)(inputs)
+    outputs = keras.layers.Conv2D(2, 1)(outputs)
+    folder = tmp_path / "models" / "1"
+    folder.mkdir(parents=True)
+    keras.Model(inputs, outputs).save(folder / GENERATOR_FILE)
+    (folder / METADATA_FILE).write_text('{"preset": "lab", "image_size": 32}')
+    marker.unlink(missing_ok=True)  # building the model ran the lambda once, here, on purpose
+
+    with pytest.raises(BrokenVersion, match="(?i)unsafe|lambda|safe_mode"):
+        ModelStore(tmp_path / "models").load(1)
+    assert not marker.exists()

@@ -85,7 +85,7 @@ def _init_from_metadata(store: ModelStore, init_from: int | str) -> tuple[str, d
 
 
 def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
-    """422 naming init_from unless it exists and has the job's preset, image_size and width.
+    """422 naming init_from unless it exists and has the job's preset, image_size, width and decoder.
 
     A field missing from the version's metadata is not checked (the worker still refuses weights
     of the wrong shape).
@@ -94,15 +94,19 @@ def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
         return
     name, metadata = _init_from_metadata(store, config.init_from)
     wanted = {"preset": config.preset, "image_size": config.image_size, "width": config.width}
-    differ = [key for key, value in wanted.items() if key in metadata and str(metadata[key]) != str(value)]
+    known = dict(metadata)
+    if config.decoder is not None:  # left out, the job takes the model's decoder
+        wanted["decoder"] = config.decoder
+        known.setdefault("decoder", "transpose")  # versions from before the option
+    differ = [key for key, value in wanted.items() if key in known and str(known[key]) != str(value)]
     if differ:
-        has = ", ".join(f"{key} {metadata[key]!r}" for key in differ)
+        has = ", ".join(f"{key} {known[key]!r}" for key in differ)
         asks = ", ".join(f"{key} {wanted[key]!r}" for key in differ)
         raise field_error(
             "body",
             "init_from",
             f"{name} has {has} but this job asks for {asks}: init_from needs a model with the job's "
-            "preset, image_size and width (change them to match, or leave init_from out)",
+            "preset, image_size, width and decoder (change them to match, or leave init_from out)",
             config.init_from,
         )
 

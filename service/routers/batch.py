@@ -1,0 +1,416 @@
+"""POST /colorize/batch: an archive of photographs in, a zip of colorized photographs out.
+
+The archive (zip or tar, multipart field ``archive`` or a raw body) is streamed to a temporary
+folder in the data directory, then read one member at a time: at most a window of photographs
+(``max_batch_size``, and never more than ``max_queue``) is held decoded or waiting for the model,
+so a batch neither fills memory nor trips the engine's own queue limit (when other requests fill
+the queue, an entry waits and retries). The whole batch uses one model version, picked once.
+
+The answer is a zip with each colorized photograph under its own path (its extension changed only
+when the output format differs) and ``manifest.json`` listing every member: name, output,
+status (``ok``, ``error``, ``skipped``), the error sentence, the model version. A bad file costs
+its own entry, never the batch; only a batch with nothing colorized at all is an error (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from models.store import LoadedModel
+from service.archives import ArchiveReader, EntryTooLarge, EntryUnreadable, is_hidden, safe_path
+from service.deps import EngineDep, SettingsDep
+from service.engine import Engine
+from service.errors import ApiError, EngineBusy, field_error, summarize_validation_errors
+from service.images import decode_image
+from service.routers.colorize import ModelQuery, RenderSizeQuery, finish_upload, parse_version
+from service.schemas import ErrorResponse, ValidationErrorResponse, upload_body_doc
+from service.settings import Settings
+from service.uploads import receive_archive
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["colorize"])
+
+BatchFormat = Literal["png", "jpeg", "jpg", "webp"]
+MANIFEST_NAME = "manifest.json"
+# Output format for an input whose own format cannot be written (TIFF, BMP, GIF, ...).
+FALLBACK_FORMAT = "png"
+# An input's suffix -> the format that keeps it (jpg and jpeg are the same format).
+_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+_SAME_FORMAT = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+# How long one entry keeps retrying while other requests fill the engine's queue.
+BUSY_PATIENCE_S = 60.0
+
+_REQUEST_BODY_DOC = upload_body_doc(
+    "A zip (or tar) of photographs: multipart field `archive`, or the raw archive (application/zip). "
+    "Paths inside are kept in the answer.",
+    "archive",
+    ("application/zip",),
+)
+
+_RESPONSES_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A zip: each colorized photograph under its own path, and manifest.json.",
+        "content": {"application/zip": {}},
+        "headers": {
+            "X-Model-Version": {"description": "The model version used.", "schema": {"type": "string"}},
+            "X-Batch-Colorized": {"description": "Files colorized.", "schema": {"type": "integer"}},
+            "X-Batch-Failed": {"description": "Files in error or skipped.", "schema": {"type": "integer"}},
+        },
+    },
+    400: {"model": ErrorResponse, "description": "Damaged archive or interrupted upload."},
+    404: {"model": ErrorResponse, "description": "No such model version."},
+    409: {"model": ErrorResponse, "description": "That model version cannot be loaded."},
+    413: {
+        "model": ErrorResponse,
+        "description": "Upload, file count, entries or unpacked size over a limit.",
+    },
+    415: {"model": ErrorResponse, "description": "Not a zip or tar archive."},
+    422: {"model": ValidationErrorResponse, "description": "Bad query, or no file could be colorized."},
+    503: {"model": ErrorResponse, "description": "No model loaded yet, or the server stayed busy."},
+}
+
+
+@dataclass
+class ManifestEntry:
+    """One archive member in manifest.json."""
+
+    name: str
+    output: str | None = None
+    status: Literal["ok", "error", "skipped"] = "ok"
+    error: str | None = None
+    format: str | None = None
+    renamed: bool = False
+    model_version: int | str | None = None
+
+
+def output_name(name: str, requested: str | None) -> tuple[str, str]:
+    """(the output path, the format) for input path ``name``: the same path when the format is its
+    own (``requested`` None keeps each file's format where it can be written), else the same path
+    with the format's extension."""
+    path = PurePosixPath(name)
+    own = _SUFFIX_FORMATS.get(path.suffix.lower())
+    fmt = _SAME_FORMAT[requested] if requested is not None else (own or FALLBACK_FORMAT)
+    if own == fmt:
+        return name, fmt
+    extension = ".jpg" if fmt == "jpeg" else f".{fmt}"
+    return str(path.with_suffix(extension)), fmt
+
+
+def _sentence(exc: Exception) -> str:
+    if isinstance(exc, ApiError):
+        return exc.detail
+    if isinstance(exc, RequestValidationError):
+        return summarize_validation_errors(exc.errors()).removeprefix("invalid request: ")
+    return str(exc)
+
+
+class _Batch:
+    """One batch being colorized: the model, the output zip, the window of photographs in flight."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model: LoadedModel,
+        settings: Settings,
+        out: zipfile.ZipFile,
+        image_format: str | None,
+        render_size: int | None,
+        limiter: anyio.CapacityLimiter | None,
+    ):
+        self.engine = engine
+        self.model = model
+        self.settings = settings
+        self.out = out
+        self.image_format = image_format
+        self.render_size = render_size
+        self.limiter = limiter
+        self.window = anyio.Semaphore(max(1, min(settings.max_batch_size, settings.max_queue)))
+        self.write_lock = anyio.Lock()
+        self.entries: list[ManifestEntry] = []
+        self.outputs: set[str] = {MANIFEST_NAME}
+        self.inputs: set[str] = set()
+        self.busy = 0
+
+    def _decode_and_prepare(self, data: bytes) -> tuple[Any, Any, int, Any]:
+        photo = decode_image(data, self.settings.max_image_pixels, self.settings.min_image_side)
+        inputs, lum, size = self.engine.prepare(self.model, photo.pixels, self.render_size)
+        return inputs, lum, size, photo.alpha
+
+    async def _wait_for_room(self, deadline: float) -> None:
+        """Return when the engine's queue has room; raises EngineBusy after ``deadline``."""
+        delay = 0.05
+        while True:
+            try:
+                self.engine.check_capacity()
+                return
+            except EngineBusy:
+                if time.monotonic() > deadline:
+                    raise
+                await anyio.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+    async def colorize(self, entry: ManifestEntry, data: bytes) -> None:
+        """Colorize one photograph into the output zip; its errors go to ``entry``. Releases the window."""
+        try:
+            deadline = time.monotonic() + BUSY_PATIENCE_S
+            await self._wait_for_room(deadline)  # before decoding: no work spent while the queue is full
+            inputs, lum, size, alpha = await anyio.to_thread.run_sync(
+                self._decode_and_prepare, data, limiter=self.limiter
+            )
+            del data
+            while True:
+                try:
+                    future = self.engine.submit(self.model, inputs, size)
+                    break
+                except EngineBusy:
+                    await self._wait_for_room(deadline)
+            prediction = await asyncio.wrap_future(future)
+            encoded = await anyio.to_thread.run_sync(
+                partial(finish_upload, self.engine, self.model, [prediction], lum, entry.format, alpha),
+                limiter=self.limiter,
+            )
+            async with self.write_lock:
+                await anyio.to_thread.run_sync(partial(self.out.writestr, entry.output, encoded))
+        except EngineBusy as exc:
+            self.busy += 1
+            self._fail(entry, exc)
+        except (ApiError, RequestValidationError, ValueError) as exc:
+            self._fail(entry, exc)
+        except Exception as exc:  # one photograph must not cost the batch; the log keeps the trace
+            log.exception("colorizing batch member %r failed", entry.name)
+            self._fail(entry, RuntimeError(f"internal error ({type(exc).__name__}); the server log has it"))
+        finally:
+            self.window.release()
+
+    def _fail(
+        self, entry: ManifestEntry, exc: Exception, status: Literal["error", "skipped"] = "error"
+    ) -> None:
+        entry.status = status
+        entry.error = _sentence(exc)
+        entry.output = None
+        entry.format = None
+        entry.renamed = False
+
+    async def run(self, reader: ArchiveReader) -> None:
+        """Read every member and colorize the photographs, a window at a time."""
+        settings = self.settings
+        files = reader.count_files()
+        if files is not None and files > settings.max_batch_files:
+            raise _too_many_files(settings.max_batch_files)
+        # A zip's names are known up front: a renamed output must not take another file's name.
+        self.inputs = {path for path in map(safe_path, reader.member_names()) if path is not None}
+        failure: Exception | None = None
+        async with anyio.create_task_group() as group:
+            try:
+                await self._feed(reader, group)
+            except Exception as exc:  # raised as itself below, not wrapped in the task group's ExceptionGroup
+                failure = exc
+                group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _feed(self, reader: ArchiveReader, group: anyio.abc.TaskGroup) -> None:
+        """Read members one by one and start a colorization per photograph, within the window."""
+        settings = self.settings
+        seen_files = 0
+        entries = reader.entries()
+        while True:
+            entry = await anyio.to_thread.run_sync(next, entries, None)
+            if entry is None:
+                break
+            if entry.kind == "dir":
+                continue
+            seen_files += 1
+            if seen_files > settings.max_batch_files:  # a tar: only known while reading
+                raise _too_many_files(settings.max_batch_files)
+            item = ManifestEntry(entry.name, model_version=self.model.version)
+            self.entries.append(item)
+            skip = _skip_reason(entry.kind, entry.path)
+            if skip is not None:
+                self._fail(item, ValueError(skip), "skipped")
+                continue
+            assert entry.path is not None
+            item.output, item.format = output_name(entry.path, self.image_format)
+            item.renamed = item.output != entry.path
+            self.inputs.add(entry.path)
+            if item.renamed and (item.output in self.outputs or item.output in self.inputs):
+                # a.tif would become a.png, the name of another file: a.tif.png instead
+                item.output = f"{entry.path}{PurePosixPath(item.output).suffix}"
+            if item.output in self.outputs:
+                self._fail(item, ValueError("another file in the archive has the same name"), "skipped")
+                continue
+            self.outputs.add(item.output)
+            await self.window.acquire()
+            try:
+                data = await anyio.to_thread.run_sync(entry.read, reader.budget, settings.max_upload_bytes)
+            except EntryTooLarge:
+                self.window.release()
+                self._fail(
+                    item,
+                    ValueError(
+                        f"the file is larger than {settings.max_upload_bytes} bytes "
+                        "(COLORIZER_MAX_UPLOAD_BYTES): send a smaller photograph"
+                    ),
+                )
+                continue
+            except EntryUnreadable as exc:
+                self.window.release()
+                self._fail(item, ValueError(f"the file cannot be read from the archive ({exc})"))
+                continue
+            except BaseException:
+                self.window.release()
+                raise
+            group.start_soon(self.colorize, item, data)
+
+    def manifest(self) -> dict[str, Any]:
+        counts = {
+            status: sum(1 for e in self.entries if e.status == status)
+            for status in ("ok", "error", "skipped")
+        }
+        return {
+            "model_version": self.model.version,
+            "format": self.image_format or "each file's own (png when it cannot be written)",
+            "render_size": self.render_size,
+            "counts": counts,
+            "files": [asdict(e) for e in self.entries],
+        }
+
+
+def _too_many_files(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"the archive holds more than {limit} files (COLORIZER_MAX_BATCH_FILES): "
+        "split it into smaller batches",
+    )
+
+
+def _skip_reason(kind: str, path: str | None) -> str | None:
+    if path is None:
+        return "unsafe path (absolute, '..' or a drive letter): not colorized"
+    if kind == "link":
+        return "a link, not a file: not colorized"
+    if kind == "special":
+        return "not a regular file: not colorized"
+    if is_hidden(path):
+        return "a hidden or system file: not colorized"
+    return None
+
+
+def _write_manifest(out: zipfile.ZipFile, manifest: dict[str, Any]) -> None:
+    out.writestr(MANIFEST_NAME, json.dumps(manifest, indent=2), compress_type=zipfile.ZIP_DEFLATED)
+    out.close()
+
+
+@router.post(
+    "/colorize/batch",
+    response_class=FileResponse,
+    responses=_RESPONSES_DOC,
+    openapi_extra=_REQUEST_BODY_DOC,
+)
+async def colorize_batch(
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    image_format: Annotated[
+        BatchFormat | None,
+        Query(alias="format", description="Output format for every file. Default: each file's own."),
+    ] = None,
+    render_size: RenderSizeQuery = None,
+    model: ModelQuery = None,
+) -> FileResponse:
+    """Colorize every photograph of a zip; the answer is a zip of the results plus manifest.json."""
+    version = parse_version(model)
+    used = await anyio.to_thread.run_sync(engine.model, version)  # one version for the whole batch
+    try:
+        engine.check_render_size(used, render_size)
+    except ValueError as exc:
+        raise field_error("query", "render_size", str(exc), render_size) from exc
+    staging = Path(tempfile.mkdtemp(prefix=".batch-", dir=settings.data_dir))
+    cleanup = partial(shutil.rmtree, staging, ignore_errors=True)
+    try:
+        received = await receive_archive(
+            request, staging / "upload", settings.max_batch_bytes, setting="COLORIZER_MAX_BATCH_BYTES"
+        )
+        reader = await anyio.to_thread.run_sync(
+            partial(
+                ArchiveReader,
+                received.path,
+                max_entries=settings.max_archive_entries,
+                max_unpacked_bytes=settings.max_unpacked_bytes,
+            )
+        )
+        result = staging / "colorized.zip"
+        with await anyio.to_thread.run_sync(reader.__enter__), zipfile.ZipFile(result, "w") as out:
+            batch = _Batch(
+                engine,
+                used,
+                settings,
+                out,
+                image_format,
+                render_size,
+                getattr(request.app.state, "inference_limiter", None),
+            )
+            await batch.run(reader)
+            manifest = batch.manifest()
+            counts = manifest["counts"]
+            if counts["ok"] == 0:
+                _refuse_empty(batch, manifest)
+            await anyio.to_thread.run_sync(_write_manifest, out, manifest)
+    except BaseException as exc:
+        await anyio.to_thread.run_sync(cleanup)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ApiError(507, "the server's disk is full: retry later or send a smaller batch") from exc
+        raise
+    log.info("batch colorized with version %s: %s", used.version, counts)
+    headers = {
+        "X-Model-Version": str(used.version),
+        "X-Batch-Colorized": str(counts["ok"]),
+        "X-Batch-Failed": str(counts["error"] + counts["skipped"]),
+        "Cache-Control": "no-store",
+    }
+    # The zip streams from disk; the temporary folder goes once it is sent (or the client left).
+    return FileResponse(
+        result,
+        media_type="application/zip",
+        filename="colorized.zip",
+        headers=headers,
+        background=BackgroundTask(cleanup),
+    )
+
+
+def _refuse_empty(batch: _Batch, manifest: dict[str, Any]) -> None:
+    """Raise the error for a batch where nothing was colorized: 503 if only the queue was in the way,
+    else 422 with the manifest's entries."""
+    files = manifest["files"]
+    if not files:
+        raise ApiError(422, "the archive holds no file at all: put photographs in it", files=files)
+    if batch.busy and batch.busy == manifest["counts"]["error"]:
+        raise ApiError(
+            503,
+            "the server stayed too busy to colorize this batch: retry in a while",
+            headers={"Retry-After": "10"},
+            files=files,
+        )
+    reasons = "; ".join(f"{f['name']}: {f['error']}" for f in files[:5])
+    more = f" (and {len(files) - 5} more)" if len(files) > 5 else ""
+    raise ApiError(422, f"no file of the archive could be colorized: {reasons}{more}", files=files)
