@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from models.presets import levels_for
+from models.presets import DECODERS, REPORT_DECODER, levels_for
 
 
 def init() -> keras.initializers.Initializer:
@@ -33,14 +33,11 @@ def downsample(x, filters: int, batchnorm: bool = True, name: str | None = None,
     return layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act", dtype=dtype)(x)
 
 
-DECODERS = ("transpose", "resize")
-
-
-def up_conv(x, filters: int, decoder: str = "transpose", name: str | None = None, dtype=None):
+def up_conv(x, filters: int, decoder: str = REPORT_DECODER, name: str | None = None, dtype=None):
     """Double the resolution: ConvTranspose 4x4 stride 2 (the report's, ``transpose``), or bilinear
     upsampling then Conv 3x3 (``resize``), which cannot make ConvTranspose's checkerboard pattern
     (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
-    if decoder == "transpose":
+    if decoder == REPORT_DECODER:
         return layers.Conv2DTranspose(
             filters,
             4,
@@ -61,11 +58,11 @@ def up_conv(x, filters: int, decoder: str = "transpose", name: str | None = None
 def decoder_of(generator: keras.Model) -> str:
     """Which decoder a generator ``build_generator`` made was built with."""
     names = {layer.name for layer in generator.layers}
-    return "resize" if "out_upconv" in names else "transpose"
+    return "resize" if "out_upconv" in names else REPORT_DECODER
 
 
 def upsample(
-    x, skip, filters: int, dropout: bool, name: str | None = None, dtype=None, decoder: str = "transpose"
+    x, skip, filters: int, dropout: bool, name: str | None = None, dtype=None, decoder: str = REPORT_DECODER
 ):
     """Decoder block: up_conv (ConvTranspose 4x4 stride 2 in the report) -> BatchNorm -> Dropout 0.5
     -> concat skip -> ReLU."""
@@ -83,7 +80,7 @@ def build_generator(
     out_channels: int = 3,
     width: int = 64,
     dtype: str | None = None,
-    decoder: str = "transpose",
+    decoder: str = REPORT_DECODER,
 ) -> keras.Model:
     """U-Net generator. At 256, width 64, 3->3 channels it is the report's (54,429,315 params).
 

@@ -9,6 +9,11 @@ from typing import Literal
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024
 
+# How a generator's decoder upsamples (models.networks.up_conv); versions and jobs that name none
+# have the report's.
+REPORT_DECODER = "transpose"
+DECODERS = (REPORT_DECODER, "resize")
+
 
 def levels_for(image_size: int) -> int:
     """Number of stride-2 levels for a square image; raises ValueError unless a power of two."""

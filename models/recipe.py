@@ -18,6 +18,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,7 @@ def train_and_score(workdir: Path, name: str, config: TrainConfig, validation: l
         snapshots.append({"version": v, "step": meta["step"], **meta["metrics"]["validation"]})
     run = {
         "name": name,
-        "config": config.model_dump(),
+        "config": config.model_dump(mode="json"),
         "steps": result.steps,
         "seconds": round(seconds, 1),
         "snapshots": snapshots,
@@ -254,15 +255,19 @@ def score_snapshots(store: ModelStore, run: dict[str, Any], validation: list[Pat
     log.info("%s: keeps version %s: %s", run["name"], chosen["version"], summary(run["report"], "full"))
 
 
+def lowest_ciede(
+    items: list[dict[str, Any]], metrics: Callable[[dict[str, Any]], dict[str, float]]
+) -> dict[str, Any]:
+    """The item of lowest mean CIEDE2000 among those at least half as colourful as the ground truth
+    (among all of them, if none is): the recipe's one rule for candidates and snapshots."""
+    colourful = [i for i in items if metrics(i)["colourfulness"] >= 0.5 * metrics(i)["colourfulness_gt"]]
+    return min(colourful or items, key=lambda i: metrics(i)["ciede2000"])
+
+
 def best_snapshot(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
-    """Lowest CIEDE2000 among snapshots at least half as colourful as the ground truth (all, if none
-    is), on the whole photographs where scored (``whole``), else on the training's own metrics."""
-
-    def metrics(snapshot: dict[str, Any]) -> dict[str, float]:
-        return snapshot.get("whole", snapshot)
-
-    colourful = [s for s in snapshots if metrics(s)["colourfulness"] >= 0.5 * metrics(s)["colourfulness_gt"]]
-    return min(colourful or snapshots, key=lambda s: metrics(s)["ciede2000"])
+    """``lowest_ciede`` on the whole photographs where scored (``whole``), else on the training's
+    own metrics."""
+    return lowest_ciede(snapshots, lambda s: s.get("whole", s))
 
 
 def shippable(name: str) -> bool:
@@ -273,16 +278,14 @@ def shippable(name: str) -> bool:
     return CANDIDATES[name].get("decoder") == "resize"
 
 
+def _full(run: dict[str, Any]) -> dict[str, float]:
+    """A run's mean metrics at full resolution."""
+    return run["report"]["mean"]["full"]["model"]
+
+
 def choose(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Lowest mean CIEDE2000 among shippable candidates at least half as colourful as the ground
-    truth (among all shippable ones if none is that colourful)."""
-
-    def full(r: dict[str, Any]) -> dict[str, float]:
-        return r["report"]["mean"]["full"]["model"]
-
-    allowed = [r for r in results if shippable(r["name"])]
-    colourful = [r for r in allowed if full(r)["colourfulness"] >= 0.5 * full(r)["colourfulness_gt"]]
-    return min(colourful or allowed, key=lambda r: full(r)["ciede2000"])
+    """``lowest_ciede`` at full resolution among the shippable candidates."""
+    return lowest_ciede([r for r in results if shippable(r["name"])], _full)
 
 
 def scored_run(workdir: Path, name: str, config: TrainConfig, validation: list[Path]) -> dict[str, Any]:
@@ -292,7 +295,7 @@ def scored_run(workdir: Path, name: str, config: TrainConfig, validation: list[P
     saved = workdir / "results" / f"{name}.json"
     if saved.is_file():
         result = json.loads(saved.read_text())
-        if result.get("config") == json.loads(json.dumps(config.model_dump(), default=_json_default)):
+        if result.get("config") == config.model_dump(mode="json"):
             log.info("%s: reusing the trained run in %s", name, saved)
             score_snapshots(ModelStore(workdir / "models"), result, validation)
             saved.write_text(json.dumps(result, indent=2, default=_json_default))
@@ -354,10 +357,6 @@ def write_sheets(workdir: Path, docs_dir: Path, runs: list[dict[str, Any]], vali
         sheet.convert("RGB").save(docs_dir / f"sheet-{run['name']}.jpg", "JPEG", quality=85, optimize=True)
 
 
-def _ciede(result: dict[str, Any]) -> float:
-    return result["report"]["mean"]["full"]["model"]["ciede2000"]
-
-
 def export_default(
     workdir: Path, comparison: dict[str, Any], out_dir: Path = DEFAULT_MODEL_DIR, docs_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -371,7 +370,7 @@ def export_default(
     validation = sorted((workdir / "validation").glob("*.jpg"))
     winner = next(r for r in comparison["candidates"] if r["name"] == comparison["winner"])
     final = comparison["final"]
-    shipped = final if _ciede(final) <= _ciede(winner) else winner
+    shipped = final if _full(final)["ciede2000"] <= _full(winner)["ciede2000"] else winner
     store = ModelStore(workdir / "models")
     staging = workdir / "default-export"
     shutil.rmtree(staging, ignore_errors=True)

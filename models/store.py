@@ -122,12 +122,13 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
 def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: dict[str, Any]) -> Any:
     """Rebuild the generator named by ``metadata`` and load float16 weights (no pickle) as float32."""
     from models.networks import build_generator
+    from models.presets import REPORT_DECODER
 
     try:
         width = int(metadata["width"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BrokenVersion(f"{path}: metadata lacks the generator width: {exc}") from exc
-    decoder = metadata.get("decoder", "transpose")  # versions before the option: the report's
+    decoder = metadata.get("decoder") or REPORT_DECODER  # versions from before the option
     try:
         generator = build_generator(
             image_size, preset.in_channels, preset.out_channels, width=width, decoder=decoder

@@ -39,7 +39,7 @@ from models.data import (
 )
 from models.networks import build_discriminator, build_generator, decoder_of
 from models.pix2pix import Pix2Pix, adam
-from models.presets import get_preset
+from models.presets import REPORT_DECODER, get_preset
 from models.store import BrokenVersion, LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ def build_pix2pix(config: TrainConfig, policy: str | None = None) -> Pix2Pix:
     dtype = None if policy == "float32" else policy
     preset = get_preset(config.preset)
     shape = (config.image_size, preset.in_channels, preset.out_channels)
-    decoder = config.decoder or "transpose"
+    decoder = config.decoder or REPORT_DECODER
     generator = build_generator(*shape, width=config.width, dtype=dtype, decoder=decoder)
     discriminator = build_discriminator(*shape, width=config.width, dtype=dtype)
     model = Pix2Pix(generator, discriminator)
@@ -483,7 +483,7 @@ def resolve_decoder(config: TrainConfig, source: LoadedModel | None) -> TrainCon
     """``config`` with its decoder set: as asked, else the init_from model's, else the report's."""
     if config.decoder is not None:
         return config
-    decoder = decoder_of(source.generator) if source is not None else "transpose"
+    decoder = decoder_of(source.generator) if source is not None else REPORT_DECODER
     return config.model_copy(update={"decoder": decoder})
 
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 import models.store as store_module
 from models.config import TrainConfig
+from models.presets import REPORT_DECODER
 from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion, read_metadata
 from service.deps import CeleryDep, JobStoreDep, SettingsDep, StoreDep, require_api_key
 from service.errors import ApiError, field_error
@@ -97,7 +98,7 @@ def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
     known = dict(metadata)
     if config.decoder is not None:  # left out, the job takes the model's decoder
         wanted["decoder"] = config.decoder
-        known.setdefault("decoder", "transpose")  # versions from before the option
+        known["decoder"] = known.get("decoder") or REPORT_DECODER  # versions from before the option
     differ = [key for key, value in wanted.items() if key in known and str(known[key]) != str(value)]
     if differ:
         has = ", ".join(f"{key} {known[key]!r}" for key in differ)
