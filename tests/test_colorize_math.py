@@ -2,8 +2,9 @@
 
 The reference is models.color (TensorFlow's pow, the textbook formulas, shared with training):
 ``rgb_to_lab`` for the lightness ``prepare`` keeps, and bilinear resize + ``lab_to_rgb`` for what
-``finish`` writes. The fast path (table lookups, root-and-polynomial powers, bucketed XLA loops)
-must agree to well under one uint8 level on average, and never by more than one.
+``finish`` writes (in a wide photograph, horizontal pixel pairs share one chroma value). The fast
+path (table lookups, fitted polynomials, bucketed XLA loops) must agree to well under one uint8
+level on average, and never by more than one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ import pytest
 import tensorflow as tf
 
 from models import color
-from models.colorize import gray_luminance, join_chroma, luminance, pixel_bucket
+from models.colorize import (
+    PAIR_FACTOR,
+    _gray_fy,
+    chroma_sharing,
+    gray_luminance,
+    gray_model_input,
+    join_chroma,
+    luminance,
+    model_input,
+    pixel_bucket,
+    shrink,
+)
 from tests.conftest import make_photo
 
 
@@ -21,8 +33,14 @@ def reference_lightness(rgb: np.ndarray) -> np.ndarray:
     return color.rgb_to_lab(tf.constant(rgb, tf.float32) / 255.0)[..., :1].numpy()
 
 
-def reference_join(chroma: np.ndarray, lum: np.ndarray) -> np.ndarray:
-    ab = tf.image.resize(tf.constant(chroma, tf.float32), lum.shape[:2], method="bilinear")
+def reference_join(chroma: np.ndarray, lum: np.ndarray, shared: bool = True) -> np.ndarray:
+    """Bilinear chroma joined with ``lum`` by the textbook formulas; ``shared``: at half the width
+    where the fast path shares it between pixel pairs (``chroma_sharing``), each value repeated."""
+    height, width = lum.shape[:2]
+    share = chroma_sharing(width, chroma.shape[1]) if shared else 1
+    size = (height, -(-width // share))  # an odd width: the chroma over one more pixel
+    ab = tf.image.resize(tf.constant(chroma, tf.float32), size, method="bilinear").numpy()
+    ab = np.repeat(ab, share, axis=1)[:, :width]
     rgb = color.lab_to_rgb(tf.concat([tf.constant(lum, tf.float32), ab], axis=-1)).numpy()
     return np.round(rgb * 255.0).astype(np.uint8)
 
@@ -54,6 +72,13 @@ def test_every_gray_level_has_the_reference_lightness_by_either_path():
     expected = reference_lightness(np.repeat(levels[..., None], 3, axis=-1))
     assert np.abs(gray_luminance(levels) - expected).max() < 2e-3
     assert np.abs(luminance(np.repeat(levels[..., None], 3, axis=-1)) - expected).max() < 2e-3
+    # the join's own f(Y) of a level (fitted polynomials, no lookup)
+    fy = tf.function(_gray_fy, jit_compile=True)(tf.constant(levels.reshape(-1)))
+    assert np.abs(116.0 * fy.numpy() - 16.0 - expected.reshape(-1)).max() < 2e-3
+    # a gray photograph's model input, by either path
+    for preset in ("seed", "lab"):
+        direct = gray_model_input(levels, preset)
+        np.testing.assert_allclose(direct, np.asarray(model_input(gray_luminance(levels), preset)), atol=1e-4)
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -88,3 +113,62 @@ def test_a_photograph_and_its_padding_bucket_neighbour_give_the_same_pixels():
     whole = join_chroma(chroma, lum)
     assert whole.shape == (60, 70, 3)
     np.testing.assert_array_equal(join_chroma(chroma, lum), whole)
+
+
+def test_pixel_pairs_share_chroma_only_in_photographs_much_wider_than_the_model_output():
+    assert chroma_sharing(1632, 256) == 2  # a 2 MP photograph, the report's model
+    assert chroma_sharing(1633, 256) == 2  # an odd width: rows are extended by a pixel
+    assert chroma_sharing(PAIR_FACTOR * 256, 256) == 2
+    assert chroma_sharing(PAIR_FACTOR * 256 - 2, 256) == 1  # chroma would vary too much across a pair
+    # the shared value is the bilinear chroma at the pair's centre: the pixels of a pair move by
+    # half a pixel's chroma step. Here a steep chroma field (ab +-60, from 6x6 to 32x32, 8x up):
+    rng = np.random.default_rng(7)
+    coarse = rng.uniform(-60.0, 60.0, (6, 6, 2)).astype(np.float32)
+    chroma = tf.image.resize(coarse, (32, 32), method="bilinear").numpy()
+    width = PAIR_FACTOR * 32 * 2
+    lum = reference_lightness(make_photo(width, 90, seed=7))
+    out = join_chroma(chroma, lum)
+    assert np.abs(out.astype(int) - reference_join(chroma, lum)).max() <= 1
+    assert not np.array_equal(out[:, 0::2], out[:, 1::2])  # each pixel keeps its own lightness
+
+    def lab(rgb: np.ndarray) -> np.ndarray:
+        return color.rgb_to_lab(tf.constant(rgb, tf.float32) / 255.0).numpy()
+
+    # against every pixel's own bilinear chroma: below 1 (not perceptible) on average, and the
+    # worst are out-of-gamut colours whose clipped channel moves (seen: mean 0.49, max 2.0)
+    shift = np.linalg.norm(lab(out) - lab(reference_join(chroma, lum, shared=False)), axis=-1)
+    assert shift.mean() < 0.6 and shift.max() < 2.5
+    assert np.abs(lab(out)[..., 0] - lum[..., 0]).mean() < 0.5  # the lightness is the photograph's
+    # an odd width: the same, the last pixel of each row alone in its pair
+    odd = join_chroma(chroma, lum[:, :-1])
+    assert odd.shape == (90, width - 1, 3)
+    assert np.abs(odd.astype(int) - reference_join(chroma, lum[:, :-1])).max() <= 1
+
+
+@pytest.mark.parametrize("width", [63, PAIR_FACTOR * 16 * 2 + 1])  # 63: no sharing
+def test_a_gray_photograph_joins_by_its_own_levels_like_by_its_lightness(width):
+    # the gray path computes L of each level inside the loop: it must agree with the table and
+    # the reference for all 256 levels, with and without chroma sharing
+    levels = np.tile(np.arange(256, dtype=np.uint8), 64 * width // 256 + 1)[: 64 * width].reshape(64, width)
+    chroma = np.random.default_rng(width).uniform(-80.0, 80.0, (16, 16, 2)).astype(np.float32)
+    by_levels = join_chroma(chroma, levels)
+    by_lightness = join_chroma(chroma, gray_luminance(levels))
+    assert by_levels.shape == (64, width, 3)
+    difference = np.abs(by_levels.astype(int) - by_lightness.astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01
+    reference = reference_join(chroma, reference_lightness(np.repeat(levels[..., None], 3, axis=-1)))
+    assert np.abs(by_levels.astype(int) - reference.astype(int)).max() <= 1
+    neutral = join_chroma(np.zeros((4, 4, 2), np.float32), levels)  # no chroma: the levels back
+    assert np.abs(neutral.astype(int) - levels[..., None].astype(int)).max() <= 1
+
+
+def test_shrink_averages_areas_like_tensorflow():
+    lum = reference_lightness(make_photo(512, 384, seed=2))
+    small = shrink(lum, 64)
+    assert small.shape == (64, 64, 1) and small.dtype == np.float32
+    # whole-number ratios: the same means as TensorFlow's area resize
+    exact = tf.image.resize(lum[:, 64:448], (64, 64), method="area").numpy()
+    assert np.abs(shrink(lum[:, 64:448], 64) - exact).max() < 1e-3
+    # other ratios: border pixels counted whole or not at all, not by their overlap
+    near = tf.image.resize(lum, (64, 64), method="area").numpy()
+    assert np.abs(small - near).mean() < 0.3 and np.abs(small - near).max() < 5

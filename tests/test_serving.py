@@ -15,7 +15,16 @@ import keras
 import numpy as np
 import pytest
 
-from models.colorize import _pixels_lightness, _pixels_rgb, colorize_array, finish, pixel_bucket, prepare
+from models.colorize import (
+    _gray_pixels_rgb,
+    _pixels_lightness,
+    _pixels_rgb,
+    chroma_sharing,
+    colorize_array,
+    finish,
+    pixel_bucket,
+    prepare,
+)
 from models.networks import build_generator
 from models.serving import InferenceModel
 from models.store import LoadedModel, ModelStore
@@ -301,14 +310,14 @@ def test_no_retracing_across_photographs_of_many_sizes(engine):
     model = engine.model()
     serving = model.serving
     engine.batcher.timeout = 0.0
-    sizes = [(20 + 13 * i, 90 - 5 * i) for i in range(12)]
-    colour_fns = (_pixels_lightness, _pixels_rgb)
+    sizes = [(i, 20 + 13 * i, 90 - 5 * i) for i in range(12)]
+    colour_fns = (_pixels_lightness, _pixels_rgb, _gray_pixels_rgb)
 
     def traces() -> tuple[int, ...]:
         return (serving.tracing_count(), *(fn.experimental_get_tracing_count() for fn in colour_fns))
 
     def colorize_all(shapes, shift: int = 0) -> None:
-        for i, (w, h) in enumerate(shapes):
+        for i, w, h in shapes:  # every third one gray: a gray photograph has its own join
             photo = make_photo(w, h, seed=i + shift)
             out = engine.colorize(model, photo if i % 3 else photo[..., 0])
             assert out.shape[:2] == photo.shape[:2]
@@ -317,8 +326,15 @@ def test_no_retracing_across_photographs_of_many_sizes(engine):
     colorize_all(sizes)
     seen = traces()
     assert seen[0] == 1
+
     # other photographs, other sizes, the same pixel buckets: nothing is traced or compiled again
-    others = [(w + 1, h) for w, h in sizes if pixel_bucket((w + 1) * h) == pixel_bucket(w * h)]
+    # (wide photographs share chroma across pixel pairs, odd widths in rows one pixel longer: the
+    # join's compiled shape is its bucket and its sharing)
+    def shapes(w: int, h: int) -> tuple[int, int, int]:
+        share = chroma_sharing(w, model.image_size)
+        return pixel_bucket(w * h), pixel_bucket(h * (w + w % share)), share
+
+    others = [(i, w + 2, h) for i, w, h in sizes if shapes(w + 2, h) == shapes(w, h)]
     assert len(others) >= 8
     colorize_all(others, shift=100)
     assert traces() == seen
