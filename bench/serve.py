@@ -154,12 +154,14 @@ def pre_post_2mp(engine, photos2mp: list, repeat: int) -> dict:
     prediction = model.serving.predict(inputs[None])[0]
     colored = engine.finish(model, prediction, lum)
     gray_light = engine.prepare(model, gray)[1]  # a gray photograph's lightness is its own levels
+    gray_rgb = np.repeat(gray[..., None], 3, axis=-1)  # a black-and-white scan saved as RGB
     stages = {
         "model call, batch 1 (same rounds)": lambda: model.serving.predict(inputs[None]),
         "decode JPEG": lambda: decode_image(data, 10**9),
         "prepare (L, model input)": lambda: engine.prepare(model, photo),
         "decode gray JPEG": lambda: decode_image(gray_data, 10**9),
         "prepare, gray photograph": lambda: engine.prepare(model, gray),
+        "prepare, gray photograph in an RGB file": lambda: engine.prepare(model, gray_rgb),
         "finish (chroma up, join)": lambda: engine.finish(model, prediction, lum),
         "finish, gray photograph": lambda: engine.finish(model, prediction, gray_light),
         "encode JPEG q90": lambda: encode_image(colored, "jpeg"),

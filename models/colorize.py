@@ -382,6 +382,17 @@ def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray
     return rgb if row == width else rgb[:, :width]
 
 
+def neutral_levels(rgb: np.ndarray) -> np.ndarray | None:
+    """The gray levels (H, W) of an RGB uint8 image whose every pixel has R = G = B (a black-and-white
+    scan saved as RGB: JPEG decodes one exactly so), else None. 2 ms at 2 MP when it is gray; a
+    colour photograph is told from its first rows."""
+    for part in (rgb[:8], rgb):  # (comparing channel pairs as one (H, W, 2) view is 8x slower)
+        red = part[..., 0]
+        if not (np.array_equal(red, part[..., 1]) and np.array_equal(red, part[..., 2])):
+            return None
+    return np.ascontiguousarray(rgb[..., 0])
+
+
 def shrink_gray(gray: np.ndarray, size: int) -> np.ndarray:
     """A gray uint8 photograph (H, W) shrunk to (size, size) by Pillow's box filter: the mean level
     of each area, rounded as a gray image of that size stores it (1.6 ms at 2 MP; the L of every
@@ -416,6 +427,10 @@ def prepare(
         raise ValueError(f"expected an RGB or gray image array, got shape {image.shape}")
     if min(image.shape[:2]) == 0:
         raise ValueError(f"the image has no pixels (shape {image.shape})")
+    if image.ndim == 3:
+        levels = neutral_levels(image)
+        if levels is not None:
+            image = levels  # the gray path below: the same lightness, a third of the work
     if image.ndim == 3:
         light = luminance(image)
         return np.asarray(model_input(shrink(light, size), model.preset), np.float32), light, size

@@ -23,7 +23,9 @@ from models.colorize import (
     join_chroma,
     luminance,
     model_input,
+    neutral_levels,
     pixel_bucket,
+    prepare,
     shrink,
 )
 from tests.conftest import make_photo
@@ -172,3 +174,24 @@ def test_shrink_averages_areas_like_tensorflow():
     # other ratios: border pixels counted whole or not at all, not by their overlap
     near = tf.image.resize(lum, (64, 64), method="area").numpy()
     assert np.abs(small - near).mean() < 0.3 and np.abs(small - near).max() < 5
+
+
+def test_a_gray_photograph_saved_as_rgb_takes_the_gray_path():
+    gray = make_photo(120, 90, seed=4)[..., 1]
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(neutral_levels(rgb), gray)
+    colour = rgb.copy()
+    colour[-1, -1, 2] += 1  # one pixel off neutral, in the last row: checked to the end
+    assert neutral_levels(colour) is None
+    assert neutral_levels(make_photo(120, 90, seed=4)) is None
+
+    class Model:  # what prepare reads of a loaded model
+        image_size, levels, preset = 32, 5, "lab"
+
+    inputs, light, size = prepare(Model, rgb)
+    gray_inputs, gray_light, _ = prepare(Model, gray)
+    assert light.dtype == np.uint8 and light.shape == (90, 120)
+    np.testing.assert_array_equal(light, gray_light)
+    np.testing.assert_array_equal(inputs, gray_inputs)
+    # and the lightness of the RGB path is the same as the gray one's
+    np.testing.assert_allclose(luminance(rgb), gray_luminance(gray), atol=2e-3)
