@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -98,3 +99,42 @@ def test_gray_input_keeps_lab_luminance():
     gray_lum = color.rgb_to_lab(tf.concat([gray] * 3, -1))[..., 0].numpy()
     assert np.abs(lum - gray_lum).max() < 1e-2
     assert color.normalize_ab(tf.constant([500.0, -500.0])).numpy().tolist() == [1.0, -1.0]
+
+
+def _applier(optimizer, variables):
+    def apply(grads):
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+
+    return apply
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_adam_updates_like_keras_adam(compiled, monkeypatch):
+    keras_steps = []
+    keras_update = keras.optimizers.Adam.update_step
+    monkeypatch.setattr(
+        keras.optimizers.Adam,
+        "update_step",
+        lambda self, *args: keras_steps.append(type(self).__name__) or keras_update(self, *args),
+    )
+    rng = np.random.default_rng(3)
+    shapes = [(3, 3, 4, 8), (8,), (17,)]
+    start = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    steps = [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(5)]
+    results = []
+    for optimizer in (keras.optimizers.Adam(2e-4, beta_1=0.5), adam()):
+        assert type(optimizer).__name__ == ("FusedAdam" if results else "Adam")
+        variables = [keras.Variable(v) for v in start]
+        optimizer.build(variables)
+
+        run = _applier(optimizer, variables)
+        run = tf.function(run) if compiled else run
+        for grads in steps:
+            run([tf.constant(g) for g in grads])
+        results.append([np.asarray(v) for v in [*variables, *optimizer.variables]])
+    keras_adam, fused = results
+    assert set(keras_steps) == {"Adam"}  # FusedAdam never fell back to Keras's update
+    assert len(keras_adam) == len(fused)  # the same slots: checkpoints are interchangeable
+    for expected, got in zip(keras_adam, fused, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(fused[0], start[0])  # it did train
