@@ -5,7 +5,8 @@ The report's loop (reimplemented here as the report wrote it, with Keras 3): per
 fake pair, then ``GAN.train_on_batch`` on the composite model (D frozen inside it, losses BCE and
 MAE weighted 1 and 100). Its batches come from arrays in memory, as the report's did.
 
-Ours: ``Pix2Pix.train_step`` (one compiled two-tape step, the step ``fit`` runs) fed by the
+Ours: ``Pix2Pix.train_step`` (one compiled two-tape step, the step ``fit`` runs, its optimiser
+``FusedAdam``: Keras's Adam through TensorFlow's fused kernel) fed by the
 training input pipeline (``models.data.make_dataset``); the time spent waiting for the next batch
 is measured apart from the step. A ``fit`` run at batch 1 checks that fit costs the same.
 

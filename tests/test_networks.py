@@ -138,3 +138,22 @@ def test_fused_adam_updates_like_keras_adam(compiled, monkeypatch):
     for expected, got in zip(keras_adam, fused, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(fused[0], start[0])  # it did train
+
+
+def test_a_checkpoint_written_with_keras_adam_resumes_with_fused_adam(tmp_path):
+    # a job checkpointed before the optimiser changed resumes with its moments and step count
+    def pix2pix(optimizer) -> Pix2Pix:
+        keras.utils.set_random_seed(0)
+        model = Pix2Pix(build_generator(32, 1, 2, width=8), build_discriminator(32, 1, 2, width=8))
+        model.compile(optimizer(), optimizer())
+        return model
+
+    before = pix2pix(lambda: keras.optimizers.Adam(2e-4, beta_1=0.5))
+    batch = (tf.random.uniform((2, 32, 32, 1)), tf.random.uniform((2, 32, 32, 2)))
+    before.train_step(batch)
+    before.save_weights(tmp_path / "checkpoint.weights.h5")
+    after = pix2pix(adam)
+    after.load_weights(tmp_path / "checkpoint.weights.h5")
+    assert int(after.g_optimizer.iterations) == 1
+    for old, new in zip(before.g_optimizer.variables, after.g_optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
