@@ -205,13 +205,19 @@ def make_dataset(
 
     short_side = max(image_size, int(round(image_size * cache_scale)))
 
-    def photos():
-        for path in files:
-            image = load_photo(path, short_side)
-            if image is not None and min(image.shape[:2]) >= image_size:
-                yield image
+    def decode(path: bytes) -> np.ndarray:
+        image = load_photo(Path(path.decode()), short_side)
+        return image if image is not None else np.zeros((0, 0, 3), np.uint8)  # filtered out below
 
-    ds = tf.data.Dataset.from_generator(photos, output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
+    # Not Dataset.from_generator: once a from_generator dataset has run in a process, every
+    # training step there is about 1.4x slower (0.55 s against 0.39 s at 256, batch 1, bfloat16,
+    # measured with the iterator alive or long gone); a numpy_function map does not do that.
+    ds = tf.data.Dataset.from_tensor_slices([str(path) for path in files])
+    ds = ds.map(
+        lambda path: tf.ensure_shape(tf.numpy_function(decode, [path], tf.uint8), [None, None, 3]),
+        num_parallel_calls=tf.data.AUTOTUNE,  # Pillow decodes without the GIL
+    )
+    ds = ds.filter(lambda image: tf.reduce_min(tf.shape(image)[:2]) >= image_size)
     ds = ds.cache().shuffle(max(1, len(files)), reshuffle_each_iteration=True).repeat()
     ds = ds.map(lambda img: random_view(img, image_size, max_aspect), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda rgb: to_pair(rgb, preset_name), num_parallel_calls=tf.data.AUTOTUNE)
