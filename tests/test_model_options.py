@@ -232,3 +232,35 @@ def test_a_job_from_a_resize_model_takes_its_decoder_unless_it_asks_for_another(
     # Without init_from, the report's decoder.
     fresh = run_training(_init_config(), data_dir=dataset_dir, job_dir=tmp_path / "c", store=store)
     assert store.get(fresh.published_versions[-1]).metadata["decoder"] == "transpose"
+
+
+def test_the_training_input_pipeline_crops_decodable_photographs_only(tmp_path):
+    from PIL import Image
+
+    from models.data import make_dataset
+
+    colours = {(200, 30, 30), (30, 200, 30), (30, 30, 200)}
+    files = []
+    for i, (colour, size) in enumerate(zip(sorted(colours), [(80, 48), (48, 64), (100, 100)], strict=True)):
+        path = tmp_path / f"good{i}.png"
+        Image.new("RGB", size, colour).save(path)
+        files.append(path)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30), (255, 255, 0)).save(small)  # under the crop size: left out
+    broken = tmp_path / "broken.jpg"
+    buffer = tmp_path / "whole.jpg"
+    Image.new("RGB", (64, 64), (0, 255, 255)).save(buffer)
+    broken.write_bytes(buffer.read_bytes()[:200])  # a header, no pixels: fails to decode
+    dataset = make_dataset([*files, small, broken], 32, 2, "seed")
+    seen = set()
+    for source, target in dataset.take(12):
+        assert source.shape == (2, 32, 32, 3) and target.shape == (2, 32, 32, 3)
+        assert source.dtype == tf.float32
+        rgb = np.round((target.numpy() + 1.0) * 127.5).reshape(2, -1, 3)
+        for pixels in rgb:
+            colour = tuple(int(v) for v in np.median(pixels, axis=0))
+            assert colour in colours, colour  # only the decodable photographs, whole crops of them
+            seen.add(colour)
+        # the input is the target's gray, in all three channels
+        assert np.allclose(source.numpy()[..., 0], source.numpy()[..., 2])
+    assert seen == colours  # every usable photograph comes round
