@@ -150,7 +150,7 @@ def pre_post_2mp(engine, photos2mp: list, repeat: int) -> dict:
     # What the service is for: a black-and-white photograph, stored as a gray (one-channel) JPEG.
     gray = np.ascontiguousarray(grayscale_of(photo)[..., 0])
     gray_data = jpeg(gray)
-    inputs, lum, size = engine.prepare(model, photo)
+    inputs, lum, _ = engine.prepare(model, photo)
     prediction = model.serving.predict(inputs[None])[0]
     colored = engine.finish(model, prediction, lum)
     gray_light = engine.prepare(model, gray)[1]  # a gray photograph's lightness is its own levels

@@ -99,8 +99,8 @@ def predict(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
 # - TensorFlow's bilinear resize costs about 4 ns per output pixel whatever the method: in a wide
 #   photograph, horizontal pixel pairs share one chroma value (``chroma_sharing``) and the join
 #   broadcasts it, halving that cost (2 MP: 9 ms -> 4.5 ms).
-# - The model input is shrunk with Pillow's box filter on the float lightness (2 MP: 1.8 ms
-#   against 3.1 ms for TensorFlow's area resize; the same area weights).
+# - The model input is shrunk with Pillow's box filter (2 MP: 1.8 ms on the float lightness
+#   against 3.1 ms for TensorFlow's area resize; see ``shrink``), a gray photograph as its levels.
 # Tried and dropped: chroma upsampling fused into the join with gathers (10x slower, scalar
 # loop); Pillow's "F" resize and XLA's resize for upsampling (3-5x slower than TensorFlow's kernel);
 # TensorFlow repeat or broadcast_to to replicate half-resolution chroma (slower than the resize);
@@ -151,13 +151,17 @@ _CUBE_ROOT = _root_power_coefficients(_F_EPS, 1.0 / 3.0)
 _GAMMA = _root_power_coefficients(_GAMMA_KNEE, 1.0 / 2.4)
 
 
+def _horner(t: tf.Tensor, coefficients: list[float]) -> tf.Tensor:
+    """The polynomial with power-basis ``coefficients`` (lowest first, at least two) at ``t``."""
+    value = coefficients[-1] * t + coefficients[-2]
+    for c in coefficients[-3::-1]:
+        value = value * t + c
+    return value
+
+
 def _root_power(x: tf.Tensor, coefficients: list[float]) -> tf.Tensor:
     """x**p for x in the fitted range, from three square roots and a Horner polynomial."""
-    q = tf.sqrt(tf.sqrt(tf.sqrt(x)))
-    value = coefficients[-1] * q + coefficients[-2]
-    for c in coefficients[-3::-1]:
-        value = value * q + c
-    return value
+    return _horner(tf.sqrt(tf.sqrt(tf.sqrt(x))), coefficients)
 
 
 # Y of each uint8 level of R, G and B (rows), computed in float64: a pixel's Y is three lookups.
@@ -234,43 +238,33 @@ def _pixels_rgb(lum: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
 
 # A gray level's f(Y) = (L + 16) / 116, computed in the loop instead of looked up (a lookup makes
 # XLA's loop scalar; one in numpy first costs 2 ms and 8 MB at 2 MP). f is piecewise smooth in the
-# level v: linear up to level 10 (sRGB's toe), then Lab's toe, then x**0.8 (x = (v + 0.055) / 1.055)
-# from level 24 on. Each smooth piece is a least-squares polynomial through its levels (no square
-# roots: 1 ms less at 2 MP), its error at every level below 2e-4 in L (tested).
-_GRAY_Y = _W_R + _W_G + _W_B  # Y of R = G = B = 1: 1 up to rounding
+# level: linear up to level 10 (sRGB's toe), then Lab's toe up to level 23, then x**0.8 (x =
+# (v + 0.055) / 1.055). Each piece is a least-squares polynomial through the levels of the
+# ``_GRAY_LIGHTNESS`` table (defined below, with ``gray_luminance``), no square roots (1 ms less at
+# 2 MP); its error at every level is below 2e-4 in L (tested).
+_GRAY_PIECES = ((0, 10, 1), (11, 23, 3), (24, 255, 10))  # first level, last level, degree
 
 
-def _gray_fy_exact(v: np.ndarray) -> np.ndarray:
-    x = (v + 0.055) / 1.055
-    y = np.where(v > 0.04045, x**2.4, v / 12.92) * _GRAY_Y
-    return np.where(y > _F_EPS, np.cbrt(y), 7.787 * y + 16.0 / 116.0)
-
-
-def _level_fit(first: int, last: int, degree: int) -> tuple[list[float], float, float]:
-    """Coefficients in t = v * scale + offset (t in [-1, 1]) fitting f(Y) of levels first..last."""
-    v = np.arange(first, last + 1) / 255.0
-    fit = Polynomial.fit(v, _gray_fy_exact(v), degree)
-    low, high = fit.domain
-    return [float(c) for c in fit.coef], float(-(low + high) / (high - low)), float(2.0 / (high - low))
-
-
-_GRAY_MIDDLE = _level_fit(11, 23, 3)
-_GRAY_HIGH = _level_fit(24, 255, 10)
-
-
-def _horner(v: tf.Tensor, fit: tuple[list[float], float, float]) -> tf.Tensor:
-    coefficients, offset, scale = fit
-    t = v * scale + offset
-    value = coefficients[-1] * t + coefficients[-2]
-    for c in coefficients[-3::-1]:
-        value = value * t + c
-    return value
+def _gray_fits() -> list[tuple[int, list[float], float, float]]:
+    """(last level, coefficients in t, offset, scale) per piece, t = v * scale + offset in [-1, 1]."""
+    fy = (_GRAY_LIGHTNESS.astype(np.float64) + 16.0) / 116.0
+    fits = []
+    for first, last, degree in _GRAY_PIECES:
+        v = np.arange(first, last + 1) / 255.0
+        fit = Polynomial.fit(v, fy[first : last + 1], degree)
+        low, high = (float(x) for x in fit.domain)
+        fits.append((last, [float(c) for c in fit.coef], -(low + high) / (high - low), 2.0 / (high - low)))
+    return fits
 
 
 def _gray_fy(gray: tf.Tensor) -> tf.Tensor:
+    """f(Y) of uint8 gray levels, piece by piece (``_gray_fits``)."""
     v = tf.cast(gray, tf.float32) / 255.0
-    low = 7.787 * _GRAY_Y / 12.92 * v + 16.0 / 116.0
-    return tf.where(gray > 23, _horner(v, _GRAY_HIGH), tf.where(gray > 10, _horner(v, _GRAY_MIDDLE), low))
+    value = None
+    for last, coefficients, offset, scale in reversed(_GRAY_FITS):
+        piece = _horner(v * scale + offset, coefficients)
+        value = piece if value is None else tf.where(gray > last, value, piece)
+    return value
 
 
 @tf.function(jit_compile=True)
@@ -298,6 +292,9 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
 
 # L of every gray level: a gray photograph's luminance is one table lookup per pixel.
 _GRAY_LIGHTNESS = _lightness(_linear(tf.range(256, dtype=tf.float32) / 255.0) * (_W_R + _W_G + _W_B)).numpy()
+
+
+_GRAY_FITS = _gray_fits()
 
 
 def gray_luminance(gray: np.ndarray) -> np.ndarray:
@@ -405,7 +402,7 @@ def gray_model_input(levels: np.ndarray, preset_name: str) -> np.ndarray:
     """``model_input`` of the lightness of gray levels (s, s): for RGB presets the gray image in
     [-1, 1] directly (L -> sRGB of a neutral colour gives the level back)."""
     if get_preset(preset_name).space == "lab":
-        return np.asarray(color.normalize_l(gray_luminance(levels)), np.float32)
+        return np.asarray(model_input(gray_luminance(levels), preset_name), np.float32)
     gray = levels.astype(np.float32) / 127.5 - 1.0
     return np.repeat(gray[..., None], 3, axis=-1)
 
@@ -427,10 +424,8 @@ def prepare(
         raise ValueError(f"expected an RGB or gray image array, got shape {image.shape}")
     if min(image.shape[:2]) == 0:
         raise ValueError(f"the image has no pixels (shape {image.shape})")
-    if image.ndim == 3:
-        levels = neutral_levels(image)
-        if levels is not None:
-            image = levels  # the gray path below: the same lightness, a third of the work
+    if image.ndim == 3 and (levels := neutral_levels(image)) is not None:
+        image = levels  # the gray path below: the same lightness, a third of the work
     if image.ndim == 3:
         light = luminance(image)
         return np.asarray(model_input(shrink(light, size), model.preset), np.float32), light, size
