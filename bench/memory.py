@@ -9,6 +9,7 @@ is shown too.
 
     python bench/memory.py                   # 2,000 requests, about 3 minutes on 2 cores
     python bench/memory.py --requests 400    # a quick look
+    python bench/memory.py --megapixels 2 --requests 500   # photographs of about 2 MP instead
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import PRESET, SIZE, WIDTH, jpeg, machine, photographs, report_generator, table
+from common import PRESET, SIZE, WIDTH, jpeg, machine, megapixels, photographs, report_generator, table
 from serve import Server
 
 
@@ -31,6 +32,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--every", type=int, default=100, help="requests between RSS samples")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--megapixels", type=float, default=0.0, help="post photographs of about this size (default 96x64)"
+    )
     args = parser.parse_args()
     import httpx
     import numpy as np
@@ -40,7 +44,10 @@ def main() -> None:
 
     print(f"Machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}")
     photos, source = photographs()
-    bodies = [jpeg(np.asarray(Image.fromarray(p).resize((96, 64)))) for p in photos]
+    if args.megapixels:
+        bodies = [jpeg(megapixels(p, args.megapixels)) for p in photos]
+    else:
+        bodies = [jpeg(np.asarray(Image.fromarray(p).resize((96, 64)))) for p in photos]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)

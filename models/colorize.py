@@ -12,14 +12,20 @@ shape-agnostic signatures: a photograph of a new size does not trace them again.
 
 from __future__ import annotations
 
+import sys
+
+import cv2
 import numpy as np
 import tensorflow as tf
 from numpy.polynomial import Polynomial, chebyshev
 from PIL import Image
 
 from models import color
+from models.device import prefer_wide_vectors
 from models.presets import get_preset
 from models.store import LoadedModel
+
+prefer_wide_vectors()  # before this module's XLA loops compile (models/device.py says why)
 
 
 def check_render_size(model: LoadedModel, render_size: int | None) -> int:
@@ -61,12 +67,12 @@ def _gray_rgb_input(lum_small: tf.Tensor) -> tf.Tensor:
 @tf.function(jit_compile=True)
 def _rgb_output_chroma(prediction: tf.Tensor) -> tf.Tensor:
     """ab of RGB in [-1, 1]: color.rgb_to_lab's formulas, per channel."""
-    rgb = _linear((prediction + 1.0) / 2.0)
+    rgb = _fitted_linear((prediction + 1.0) / 2.0)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     (xr, xg, xb), (yr, yg, yb), (zr, zg, zb) = _RGB_TO_XYZ
-    fx = _f_from_xyz((xr * r + xg * g + xb * b) / _WHITE_X)
-    fy = _f_from_xyz(yr * r + yg * g + yb * b)
-    fz = _f_from_xyz((zr * r + zg * g + zb * b) / _WHITE_Z)
+    fx = _fitted_f((xr * r + xg * g + xb * b) / _WHITE_X)
+    fy = _fitted_f(yr * r + yg * g + yb * b)
+    fz = _fitted_f((zr * r + zg * g + zb * b) / _WHITE_Z)
     return tf.stack([500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
 
@@ -94,18 +100,29 @@ def predict(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
 # - sRGB -> linear of uint8 is a 256-entry table: Y of a pixel is three table lookups. XLA
 #   compiles a lookup as a scalar loop, which would also make the cube root after it scalar, so
 #   Y and L are two compiled calls (a 2 MP photograph: 13 ms -> 5 ms).
-# - The sRGB output is computed on an (n, 3) shape by broadcasting (no stack of three channels):
-#   XLA then writes interleaved uint8 in one vectorised loop (22 ms -> 10 ms).
-# - TensorFlow's bilinear resize costs about 4 ns per output pixel whatever the method: in a wide
-#   photograph, horizontal pixel pairs share one chroma value (``chroma_sharing``) and the join
-#   broadcasts it, halving that cost (2 MP: 9 ms -> 4.5 ms).
+# - The sRGB output is one uint32 per pixel, its three levels packed into it (``_srgb_of``): one
+#   vectorised loop writes RGBX pixels, which Pillow encodes in place (a stack of three channels
+#   took 22 ms, an (n, 3) broadcast 10 ms, then 2.8; packed 2.4 ms, and Pillow's repacking of
+#   (H, W, 3) arrays, 1.2 ms, is gone).
+# - In a wide photograph, horizontal pixel pairs share one chroma value (``chroma_sharing``) and
+#   the join broadcasts it: the upsampled chroma is half the size.
+# - The chroma is upsampled by OpenCV's bilinear resize straight into the padded buffer (2 MP:
+#   0.3 ms; TensorFlow's resize costs about 4 ns an output pixel, 2.4 ms, and its pad 0.6 more).
+# - Buffers go to the loops and back as DLPack tensors that share their memory (``_tensor``,
+#   ``_host_array``): TensorFlow copies numpy arrays in and ``.numpy()`` copies out (1.3 ms).
+# - XLA vectorises for 512-bit registers on CPUs with AVX-512 (``models.device.prefer_wide_vectors``:
+#   the 2 MP join loop 3.5 -> 2.3 ms on a Zen 5 EPYC).
 # - The model input is shrunk with Pillow's box filter (2 MP: 1.8 ms on the float lightness
 #   against 3.1 ms for TensorFlow's area resize; see ``shrink``), a gray photograph as its levels.
 # Tried and dropped: chroma upsampling fused into the join with gathers (10x slower, scalar
-# loop); Pillow's "F" resize and XLA's resize for upsampling (3-5x slower than TensorFlow's kernel);
-# TensorFlow repeat or broadcast_to to replicate half-resolution chroma (slower than the resize);
-# Pillow 8-bit chroma upsampling (4 ms a channel) or a YCbCr join handed to the JPEG encoder (its
-# encoding from YCbCr is no faster than from RGB).
+# loop), or as a blend of two rows of a horizontally resized chroma in a 2-D loop (XLA compiles
+# 2-D shapes with small inner dimensions badly: 30 ms); Pillow's "F" resize, XLA's resize and
+# TensorFlow's ScaleAndTranslate for upsampling (all slower than TensorFlow's resize); TensorFlow
+# repeat or broadcast_to to replicate half-resolution chroma; Pillow 8-bit chroma upsampling (4 ms
+# a channel); a YCbCr join handed to the JPEG encoder (no faster than RGB); a bit-trick pow
+# (log2/exp2 polynomials) instead of the square roots (slower); XLA's fast-math flag (10% of
+# the loop, not worth exact-formula drift); OpenCV's Lab conversion for the rgb preset's small
+# output (0.2 ms faster, but its constants differ from models.color by up to 0.55 in ab).
 
 _MIN_PIXEL_BUCKET = 1 << 12
 _W_R, _W_G, _W_B = (float(w) for w in color._RGB_TO_XYZ.numpy()[1])  # Y of D65 white is 1
@@ -149,6 +166,8 @@ def _root_power_coefficients(low: float, p: float) -> list[float]:
 
 _CUBE_ROOT = _root_power_coefficients(_F_EPS, 1.0 / 3.0)
 _GAMMA = _root_power_coefficients(_GAMMA_KNEE, 1.0 / 2.4)
+_LINEAR_LOW = (0.04045 + 0.055) / 1.055  # above it, sRGB's decoding is a power
+_POWER_0_4 = _root_power_coefficients(_LINEAR_LOW, 0.4)
 
 
 def _horner(t: tf.Tensor, coefficients: list[float]) -> tf.Tensor:
@@ -181,11 +200,22 @@ def _pixels_y(rgb: tf.Tensor) -> tf.Tensor:
     return red + green + blue
 
 
+def _fitted_f(t: tf.Tensor) -> tf.Tensor:
+    """``_f_from_xyz`` with the cube root from ``_root_power``."""
+    return tf.where(t > _F_EPS, _root_power(tf.maximum(t, _F_EPS), _CUBE_ROOT), 7.787 * t + 16.0 / 116.0)
+
+
+def _fitted_linear(v: tf.Tensor) -> tf.Tensor:
+    """``_linear`` with x**2.4 = x * x * x**0.4, the last from ``_root_power``: the rgb preset's output
+    chroma at 256x256 in 0.43 ms instead of 0.6 with exp and log."""
+    x = tf.maximum((v + 0.055) / 1.055, _LINEAR_LOW)
+    return tf.where(v > 0.04045, x * x * _root_power(x, _POWER_0_4), v / 12.92)
+
+
 @tf.function(jit_compile=True)
 def _pixels_lightness(y: tf.Tensor) -> tf.Tensor:
     """(n,) L of (n,) Y."""
-    f = tf.where(y > _F_EPS, _root_power(tf.maximum(y, _F_EPS), _CUBE_ROOT), 7.787 * y + 16.0 / 116.0)
-    return 116.0 * f - 16.0
+    return 116.0 * _fitted_f(y) - 16.0
 
 
 def _xyz_from_f(f: tf.Tensor) -> tf.Tensor:
@@ -217,22 +247,31 @@ def _shared(ab: tf.Tensor, count: int) -> tf.Tensor:
     return tf.reshape(tf.broadcast_to(ab[:, None, :], [rows, count // rows, 2]), [count, 2])
 
 
+# A pixel's sRGB levels packed in one uint32, R in the lowest byte (``_BYTE_SHIFTS``): in memory an
+# RGBX pixel on a little-endian machine, the layout Pillow keeps RGB images in, so JPEG encoding
+# wraps the result without repacking it (``service.images.encode_image``).
+_BYTE_SHIFTS = (0, 8, 16, 24) if sys.byteorder == "little" else (24, 16, 8, 0)
+
+
 def _srgb_of(fy: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
-    """(n, 3) uint8 sRGB of (n,) f(Y) = (L + 16) / 116 and (n, 2) ab: color.lab_to_rgb's formulas."""
+    """(n,) uint32 sRGB pixels (R, G, B, 255 by byte, ``_BYTE_SHIFTS``) of (n,) f(Y) = (L + 16) / 116
+    and (n, 2) ab: color.lab_to_rgb's formulas."""
     x = _xyz_from_f(fy + ab[:, 0] / 500.0) * _WHITE_X
     y = _xyz_from_f(fy)
     z = _xyz_from_f(tf.maximum(fy - ab[:, 1] / 200.0, 0.0)) * _WHITE_Z
-    matrix = tf.constant(_XYZ_TO_RGB, tf.float32)  # row c: the weights of x, y, z in channel c
-    linear = x[:, None] * matrix[:, 0] + y[:, None] * matrix[:, 1] + z[:, None] * matrix[:, 2]
-    linear = tf.maximum(linear, 0.0)
-    gamma = 1.055 * _root_power(tf.maximum(linear, _GAMMA_KNEE), _GAMMA) - 0.055
-    srgb = tf.minimum(tf.where(linear > _GAMMA_KNEE, gamma, 12.92 * linear), 1.0)
-    return tf.cast(srgb * 255.0 + 0.5, tf.uint8)  # srgb >= 0: + 0.5 and truncation round it
+    word = tf.bitwise.left_shift(tf.constant(255, tf.uint32), _BYTE_SHIFTS[3])  # X: opaque
+    for m, shift in zip(_XYZ_TO_RGB, _BYTE_SHIFTS[:3], strict=True):  # m: the weights of x, y, z
+        linear = tf.maximum(m[0] * x + m[1] * y + m[2] * z, 0.0)
+        gamma = 1.055 * _root_power(tf.maximum(linear, _GAMMA_KNEE), _GAMMA) - 0.055
+        srgb = tf.minimum(tf.where(linear > _GAMMA_KNEE, gamma, 12.92 * linear), 1.0)
+        level = tf.cast(srgb * 255.0 + 0.5, tf.uint32)  # srgb >= 0: + 0.5 and truncation round it
+        word = tf.bitwise.bitwise_or(word, tf.bitwise.left_shift(level, shift))
+    return word
 
 
 @tf.function(jit_compile=True)
 def _pixels_rgb(lum: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
-    """(n, 3) uint8 sRGB of (n,) L and (n / k, 2) ab, k = 1 or 2 neighbouring pixels a row."""
+    """(n,) packed sRGB (``_srgb_of``) of (n,) L and (n / k, 2) ab, k = 1 or 2 neighbouring pixels a row."""
     return _srgb_of((lum + 16.0) / 116.0, _shared(ab, lum.shape[0]))
 
 
@@ -269,17 +308,50 @@ def _gray_fy(gray: tf.Tensor) -> tf.Tensor:
 
 @tf.function(jit_compile=True)
 def _gray_pixels_rgb(gray: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
-    """(n, 3) uint8 sRGB of (n,) uint8 gray levels and (n / k, 2) ab, k = 1 or 2."""
+    """(n,) packed sRGB (``_srgb_of``) of (n,) uint8 gray levels and (n / k, 2) ab, k = 1 or 2."""
     return _srgb_of(_gray_fy(gray), _shared(ab, gray.shape[0]))
 
 
-def _padded(values: np.ndarray, count: int, dtype: type) -> np.ndarray:
+# Buffers handed to the compiled loops are allocated here, aligned, and passed as DLPack tensors
+# that share their memory: TensorFlow copies a numpy array it is given (1 ms for the 10 MB a 2 MP
+# gray photograph's join reads), and XLA's CPU loops crash outright on a buffer that is not
+# aligned, so ``_tensor`` checks.
+_ALIGN = 64  # bytes
+
+
+def _aligned_empty(rows: int, dtype: type, channels: int = 1) -> np.ndarray:
+    """An uninitialised C-contiguous (rows,) or (rows, channels) array whose data is 64-byte aligned."""
+    itemsize = np.dtype(dtype).itemsize
+    size = rows * channels * itemsize
+    raw = np.empty(size + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    array = raw[start : start + size].view(dtype)
+    return array if channels == 1 else array.reshape(rows, channels)
+
+
+def _tensor(array: np.ndarray) -> tf.Tensor:
+    """A tensor sharing ``array``'s memory (no copy); ``array`` is from ``_aligned_empty``."""
+    if not array.flags.c_contiguous or array.ctypes.data % _ALIGN:
+        raise ValueError("a compiled loop's input must be a C-contiguous, 64-byte aligned array")
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+def _host_array(tensor: tf.Tensor) -> np.ndarray:
+    """A tensor's values as numpy: its own memory, read-only, when it is in host memory (``.numpy()``
+    copies: 0.3 ms for a 2 MP photograph's pixels); a copy from a GPU's."""
+    if "GPU" in tensor.device.upper():
+        return tensor.numpy()
+    return np.from_dlpack(tensor)
+
+
+def _padded(values: np.ndarray, count: int, dtype: type) -> tf.Tensor:
     """``values`` as ``count`` rows, zero rows appended up to the bucket size."""
     flat = np.asarray(values, dtype).reshape(count, -1)
-    padded = np.empty((pixel_bucket(count), flat.shape[1]), dtype)
+    padded = _aligned_empty(pixel_bucket(count), dtype, flat.shape[1])
+    padded = padded.reshape(len(padded), -1)
     padded[:count] = flat
     padded[count:] = 0
-    return padded if flat.shape[1] > 1 else padded[:, 0]
+    return _tensor(padded if flat.shape[1] > 1 else padded[:, 0])
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -313,22 +385,18 @@ def shrink(lum: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BOX))[..., None]
 
 
-@tf.function(
-    input_signature=[
-        tf.TensorSpec([None, None, 2], tf.float32),
-        tf.TensorSpec([], tf.int32),
-        tf.TensorSpec([], tf.int32),
-        tf.TensorSpec([], tf.int32),
-    ]
-)
-def _grow(chroma: tf.Tensor, height: tf.Tensor, width: tf.Tensor, padded: tf.Tensor) -> tf.Tensor:
-    """(padded, 2) ab: ``chroma`` resized to height x width, flattened, zero rows appended.
+def _upsample(chroma: np.ndarray, height: int, width: int, rows: int) -> np.ndarray:
+    """(rows, 2) ab: ``chroma`` (h, w, 2) resized bilinearly to height x width (half-pixel centres,
+    edges clamped: TensorFlow's "bilinear"), flattened, zero rows appended.
 
-    Padded here, in the graph, the tensor goes straight to ``_pixels_rgb``: no numpy round trip
-    and no second copy of 16 MB for a 2 MP photograph.
+    OpenCV's resize writes straight into the padded buffer: 0.3 ms for a 2 MP photograph's chroma,
+    where TensorFlow's resize and pad took 3 ms (its resize costs about 4 ns an output pixel).
     """
-    ab = tf.reshape(tf.image.resize(chroma, tf.stack([height, width]), method="bilinear"), [-1, 2])
-    return tf.pad(ab, tf.stack([tf.stack([0, padded - height * width]), tf.constant([0, 0])]))
+    ab = _aligned_empty(rows, np.float32, 2)
+    grid = ab[: height * width].reshape(height, width, 2)
+    cv2.resize(chroma, (width, height), dst=grid, interpolation=cv2.INTER_LINEAR)
+    ab[height * width :] = 0
+    return ab
 
 
 # Chroma is shared by horizontal pixel pairs once the photograph is at least this many times wider
@@ -349,7 +417,7 @@ def _rows(plane: np.ndarray, row: int, bucket: int, dtype: type) -> np.ndarray:
     """(bucket,) flat copy of ``plane`` (H, W) with rows ``row`` >= W long (the last pixel of a row
     repeated) and zeros after the last row."""
     height, width = plane.shape
-    flat = np.empty(bucket, dtype)
+    flat = _aligned_empty(bucket, dtype)
     grid = flat[: height * row].reshape(height, row)
     grid[:, :width] = plane
     grid[:, width:] = plane[:, -1:]
@@ -360,6 +428,8 @@ def _rows(plane: np.ndarray, row: int, bucket: int, dtype: type) -> np.ndarray:
 def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray:
     """sRGB uint8 (H, W, 3) from chroma ab at any size and the photograph's lightness: L float32
     (H, W, 1), or the gray uint8 photograph (H, W) itself (its L is computed in the same loop).
+    The result is a view of 4-byte RGBX pixels (strides (4 * row, 4, 1)), not a copy: read-only
+    where the loop ran on the CPU (``_host_array``).
 
     Where pixel pairs share chroma and the width is odd, rows are extended by one pixel (pairs never
     straddle two rows) and the chroma is spread over W + 1 pixels: a stretch of under one
@@ -367,16 +437,16 @@ def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray
     """
     gray = light.ndim == 2
     height, width = int(light.shape[0]), int(light.shape[1])
-    chroma = tf.convert_to_tensor(chroma, tf.float32)
-    share = chroma_sharing(width, int(chroma.shape[1]))
+    chroma = np.ascontiguousarray(chroma, np.float32)  # a tensor's numpy view, or a copy off a GPU
+    share = chroma_sharing(width, chroma.shape[1])
     row = width + width % share
     count = height * row
     bucket = pixel_bucket(count)  # even: a bucket holds whole pairs
     plane = light if gray else light.reshape(height, width)
     flat = _rows(plane, row, bucket, np.uint8 if gray else np.float32)
-    ab = _grow(chroma, tf.constant(height), tf.constant(row // share), tf.constant(bucket // share))
-    rgb = (_gray_pixels_rgb if gray else _pixels_rgb)(flat, ab).numpy()[:count].reshape(height, row, 3)
-    return rgb if row == width else rgb[:, :width]
+    ab = _upsample(chroma, height, row // share, bucket // share)
+    words = _host_array((_gray_pixels_rgb if gray else _pixels_rgb)(_tensor(flat), _tensor(ab)))[:count]
+    return words.view(np.uint8).reshape(height, row, 4)[:, :width, :3]  # a view: no copy
 
 
 def neutral_levels(rgb: np.ndarray) -> np.ndarray | None:
@@ -435,15 +505,14 @@ def prepare(
 
 
 def finish(model: LoadedModel, prediction: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the generator's ``prediction`` (s, s, C) for a photograph whose
-    lightness ``prepare`` gave as ``light``, chroma upsampled and joined with that lightness."""
-    prediction = tf.convert_to_tensor(prediction, tf.float32)
-    chroma = output_chroma(prediction[None], model.preset)[0]
-    return join_chroma(chroma, light)
+    """RGB uint8 (H, W, 3), read-only (``join_chroma``): the generator's ``prediction`` (s, s, C) for
+    a photograph whose lightness ``prepare`` gave as ``light``, chroma upsampled and joined with it."""
+    return join_chroma(output_chroma(prediction, model.preset), light)
 
 
 def colorize_array(model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
-    """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array; returns RGB uint8 of the same size.
+    """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array; returns RGB uint8 of the same size
+    (a read-only view: ``np.array`` it to write to it).
 
     Raises ValueError for a bad render_size or array shape.
     """

@@ -6,12 +6,37 @@ TensorFlow is imported inside the function so that importing this module stays c
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import MutableMapping
 
 log = logging.getLogger(__name__)
 
 CPU = "CPU:0"
 GPU = "GPU:0"
 PREFERENCES = ("auto", "cpu", "gpu")
+
+
+# XLA's CPU compiler vectorises for 256-bit registers unless told otherwise. With 512-bit vectors
+# the per-pixel colour loops of models/colorize.py run about 1.5x faster on a CPU with AVX-512
+# (the 2 MP join: 3.5 -> 2.3 ms on an AMD EPYC Zen 5). XLA reads XLA_FLAGS once, when it compiles
+# its first program; an unknown flag there aborts the process, so a test checks that this
+# TensorFlow's XLA knows it (tests/test_engine.py).
+XLA_WIDE_VECTORS = "--xla_cpu_prefer_vector_width=512"
+
+
+def prefer_wide_vectors(
+    flags: set[str] | None = None, environ: MutableMapping[str, str] = os.environ
+) -> bool:
+    """Add ``XLA_WIDE_VECTORS`` to XLA_FLAGS on a CPU with AVX-512 (``flags``: the CPU's, read from
+    /proc/cpuinfo by default), unless XLA_FLAGS already sets a vector width (set
+    ``--xla_cpu_prefer_vector_width=256`` there to opt out). Returns whether it added it."""
+    current = environ.get("XLA_FLAGS", "")
+    if "xla_cpu_prefer_vector_width" in current:
+        return False
+    if "avx512f" not in (cpu_flags() if flags is None else flags):
+        return False
+    environ["XLA_FLAGS"] = f"{current} {XLA_WIDE_VECTORS}".strip()
+    return True
 
 
 def configure_tensorflow(preference: str = "auto") -> str:
@@ -24,6 +49,7 @@ def configure_tensorflow(preference: str = "auto") -> str:
     """
     if preference not in PREFERENCES:
         raise ValueError(f"device preference must be one of {', '.join(PREFERENCES)}, got {preference!r}")
+    prefer_wide_vectors()
     import tensorflow as tf
 
     try:

@@ -794,3 +794,38 @@ def test_an_srgb_profile_changes_nothing_and_a_broken_profile_does_not_cost_the_
     assert np.abs(tagged.astype(np.int16) - np.asarray(source, np.int16)).max() <= 1
     broken = decode_image(encode(source, icc_profile=b"not a profile"), 10**6).pixels
     assert np.array_equal(broken, np.asarray(source))
+
+
+def test_jpeg_encoding_wraps_rgbx_pixels_in_place_only_where_the_whole_buffer_is_there():
+    from service.images import _rgbx_in_place, encode_image
+
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, 256, (20, 7, 4), dtype=np.uint8)  # rows of 7 pixels, 5 kept: the join's shape
+    view = words[:, :5, :3]
+    wrapped = _rgbx_in_place(view)
+    assert wrapped is not None and wrapped.mode == "RGBX" and wrapped.size == (5, 20)
+    np.testing.assert_array_equal(np.asarray(wrapped.convert("RGB")), view)
+    copy = np.ascontiguousarray(view)
+    assert encode_image(view, "jpeg") == encode_image(copy, "jpeg")  # the same bytes as from a copy
+    for fmt in ("png", "webp"):  # other formats take the plain path
+        decoded = Image.open(io.BytesIO(encode_image(view, fmt)))
+        assert decoded.size == (5, 20)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_image(view, "png")))), view)
+    # not wrapped: contiguous RGB, or a view whose last pixel's fourth byte is outside the buffer
+    assert _rgbx_in_place(copy) is None
+    assert _rgbx_in_place(words[..., 1:4]) is None
+    assert _rgbx_in_place(words[::2, :, :3]) is not None  # every other row: a longer stride
+    assert _rgbx_in_place(words[:, ::2, :3]) is None  # every other pixel: not 4-byte pixels
+
+
+def test_the_api_caps_mallocs_arenas_unless_the_environment_already_does(monkeypatch):
+    import platform
+
+    from service.app import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not limit_malloc_arenas()  # glibc read the variable at start: nothing to do
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert limit_malloc_arenas()

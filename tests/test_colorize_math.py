@@ -16,7 +16,11 @@ import tensorflow as tf
 from models import color
 from models.colorize import (
     PAIR_FACTOR,
+    _aligned_empty,
     _gray_fy,
+    _host_array,
+    _tensor,
+    _upsample,
     chroma_sharing,
     gray_luminance,
     gray_model_input,
@@ -195,3 +199,62 @@ def test_a_gray_photograph_saved_as_rgb_takes_the_gray_path():
     np.testing.assert_array_equal(inputs, gray_inputs)
     # and the lightness of the RGB path is the same as the gray one's
     np.testing.assert_allclose(luminance(rgb), gray_luminance(gray), atol=2e-3)
+
+
+def test_chroma_upsampling_is_tensorflows_bilinear_resize_written_into_the_padded_buffer():
+    chroma = np.random.default_rng(6).uniform(-80.0, 80.0, (16, 12, 2)).astype(np.float32)
+    for height, width in [(77, 50), (16, 12), (5, 7), (1, 1), (40, 3)]:  # up, same, down, odd
+        rows = pixel_bucket(height * width)
+        ab = _upsample(chroma, height, width, rows)
+        assert ab.shape == (rows, 2) and ab.ctypes.data % 64 == 0
+        expected = tf.image.resize(chroma, (height, width), method="bilinear").numpy().reshape(-1, 2)
+        assert np.abs(ab[: height * width] - expected).max() < 2e-3  # OpenCV's weights: float32
+        assert not ab[height * width :].any()  # the padding is zeros
+
+
+def test_buffers_handed_to_the_compiled_loops_are_aligned_and_shared_not_copied():
+    for rows, channels in [(1, 1), (4097, 1), (100, 2), (33, 3)]:
+        array = _aligned_empty(rows, np.float32, channels)
+        assert array.ctypes.data % 64 == 0 and array.flags.c_contiguous
+        assert array.shape == ((rows,) if channels == 1 else (rows, channels))
+    array = _aligned_empty(4096, np.uint8)
+    array[:] = 7
+    tensor = _tensor(array)
+    array[0] = 9  # the tensor sees the change: it is the same memory
+    assert int(tensor[0]) == 9 and int(tensor[1]) == 7
+    # a misaligned buffer would crash XLA's loop: refused with an error instead
+    with pytest.raises(ValueError, match="aligned"):
+        _tensor(_aligned_empty(4097, np.uint8)[1:])
+    with pytest.raises(ValueError, match="aligned"):
+        _tensor(_aligned_empty(64, np.float32, 2)[:, 0])  # not contiguous
+
+
+def test_the_joined_photograph_is_a_read_only_view_of_rgbx_pixels():
+    chroma = np.random.default_rng(8).uniform(-40.0, 40.0, (16, 16, 2)).astype(np.float32)
+    for width in (70, 71):  # pairs share chroma (71: rows one pixel longer) or not
+        lum = reference_lightness(make_photo(width, 60, seed=8))
+        out = join_chroma(chroma, lum)
+        row = width + width % chroma_sharing(width, 16)
+        assert out.shape == (60, width, 3) and out.strides == (4 * row, 4, 1)
+        assert not out.flags.writeable
+        rgbx = np.asarray(out.base).view(np.uint8).reshape(-1, 4)  # the kernel's words, as bytes
+        assert (rgbx[: 60 * row, 3] == 255).all()  # the fourth byte: an opaque X
+        np.testing.assert_array_equal(np.array(out), out)  # np.array gives a writable copy
+
+
+def test_a_loops_result_is_shared_from_host_memory_and_copied_from_a_gpu():
+    on_cpu = tf.constant(np.arange(8, dtype=np.uint32))
+    shared = _host_array(on_cpu)
+    np.testing.assert_array_equal(shared, np.arange(8))
+    assert not shared.flags.writeable  # the tensor's own memory
+
+    class OnGpu:  # what _host_array reads of a tensor in GPU memory (numpy cannot map that)
+        device = "/job:localhost/replica:0/task:0/device:GPU:0"
+
+        def numpy(self):
+            return np.arange(3, dtype=np.uint32)
+
+        def __dlpack__(self, **_):
+            raise AssertionError("a GPU tensor must be copied, not mapped")
+
+    np.testing.assert_array_equal(_host_array(OnGpu()), np.arange(3))

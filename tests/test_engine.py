@@ -7,6 +7,7 @@ test runs the real watcher thread. The GPU branch of ``configure_tensorflow`` us
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.device import configure_tensorflow
+from models.device import XLA_WIDE_VECTORS, configure_tensorflow, prefer_wide_vectors
 from models.networks import build_generator
 from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, ModelStore, UnknownVersion
 from service.engine import Engine
@@ -101,6 +102,39 @@ def test_configure_tensorflow_with_cpu_preference_hides_the_gpus():
 def test_configure_tensorflow_rejects_an_unknown_preference():
     with pytest.raises(ValueError, match="tpu"):
         configure_tensorflow("tpu")
+
+
+def test_xla_gets_wide_vectors_on_an_avx512_cpu_unless_a_width_is_set():
+    environ: dict[str, str] = {}
+    assert prefer_wide_vectors({"avx2", "avx512f"}, environ)
+    assert environ["XLA_FLAGS"] == XLA_WIDE_VECTORS
+    assert not prefer_wide_vectors({"avx512f"}, environ)  # once is enough
+    assert environ["XLA_FLAGS"] == XLA_WIDE_VECTORS
+    environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}  # other flags are kept
+    assert prefer_wide_vectors({"avx512f"}, environ)
+    assert environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {XLA_WIDE_VECTORS}"
+    environ = {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=256"}  # the opt-out
+    assert not prefer_wide_vectors({"avx512f"}, environ)
+    assert environ["XLA_FLAGS"] == "--xla_cpu_prefer_vector_width=256"
+    environ = {}
+    assert not prefer_wide_vectors({"avx2", "fma"}, environ) and environ == {}
+
+
+def test_this_tensorflows_xla_knows_the_wide_vector_flag():
+    # XLA aborts the whole process on an unknown flag: a TensorFlow upgrade that dropped this one
+    # must fail here, not take the service down on the first photograph.
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, tensorflow as tf\n"
+        "f = tf.function(lambda x: tf.sqrt(x) * 2.0, jit_compile=True)\n"
+        "print(float(f(np.float32(4.0))))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": XLA_WIDE_VECTORS, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "4.0"
 
 
 # -- engine --------------------------------------------------------------------------------------
