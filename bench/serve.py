@@ -533,12 +533,12 @@ def main() -> None:
     targets = [
         [
             "2 MP gray JPEG request: decode + prepare + finish + encode JPEG / its model call (batch 1)",
-            f"{100 * requests['gray']['share']:.0f}%",
+            f"{100 * requests['gray']['share']:.1f}%",
             "< 30%",
         ],
         [
             "2 MP gray JPEG, the same from the stages timed apart (round-robin) / batch-1 model call",
-            f"{100 * gray_whole / model_call:.0f}%",
+            f"{100 * gray_whole / model_call:.1f}%",
             "(reference)",
         ],
         [
