@@ -528,8 +528,9 @@ def main() -> None:
 
     # The 2 MP target counts decode and encode; a black-and-white photograph (a gray JPEG) is what
     # the service is for, a colour one costs a colour decode and an RGB lightness on top. The
-    # target row is the request in the service's order; the stages timed apart, each after
-    # unrelated work, are the stricter reference (colder caches at every stage).
+    # target row is the request in the service's order (finish runs right after the model call,
+    # with the caches full of weights); the stages timed apart round-robin, each after unrelated
+    # work, are the earlier sessions' measure (on this machine 3 to 6 points lower).
     targets = [
         [
             "2 MP gray JPEG request: decode + prepare + finish + encode JPEG / its model call (batch 1)",
