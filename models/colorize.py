@@ -6,8 +6,8 @@ keeps every detail of the input and its L channel is the input's.
 
 The work is split so a server can batch the model call: ``prepare`` (luminance, model input),
 ``predict`` (the generator), ``finish`` (chroma upsampled and joined with the luminance).
-``colorize_array`` is the three in a row. ``prepare`` and ``finish`` are graph functions with
-shape-agnostic signatures: a photograph of a new size does not trace them again.
+``colorize_array`` is the three in a row. The compiled loops of ``prepare`` and ``finish`` work on
+flattened pixels padded to a bucket size: a photograph of a new size does not trace them again.
 """
 
 from __future__ import annotations
