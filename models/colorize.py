@@ -110,8 +110,8 @@ def predict(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
 #   0.3 ms; TensorFlow's resize costs about 4 ns an output pixel, 2.4 ms, and its pad 0.6 more).
 # - Buffers go to the loops and back as DLPack tensors that share their memory (``_tensor``,
 #   ``_host_array``): TensorFlow copies numpy arrays in and ``.numpy()`` copies out (1.3 ms).
-# - XLA vectorises for 512-bit registers on CPUs with AVX-512 (``models.device.prefer_wide_vectors``:
-#   the 2 MP join loop 3.5 -> 2.3 ms on a Zen 5 EPYC).
+# - XLA vectorises for 512-bit registers on AMD CPUs with AVX-512
+#   (``models.device.prefer_wide_vectors``: the 2 MP join loop 3.5 -> 2.3 ms on a Zen 5 EPYC).
 # - The model input is shrunk with Pillow's box filter (2 MP: 1.8 ms on the float lightness
 #   against 3.1 ms for TensorFlow's area resize; see ``shrink``), a gray photograph as its levels.
 # Tried and dropped: chroma upsampling fused into the join with gathers (10x slower, scalar
@@ -336,10 +336,13 @@ def _tensor(array: np.ndarray) -> tf.Tensor:
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
+_DLPACK_CPU = 1  # DLPack's device type for host memory
+
+
 def _host_array(tensor: tf.Tensor) -> np.ndarray:
     """A tensor's values as numpy: its own memory, read-only, when it is in host memory (``.numpy()``
-    copies: 0.3 ms for a 2 MP photograph's pixels); a copy from a GPU's."""
-    if "GPU" in tensor.device.upper():
+    copies: 0.3 ms for a 2 MP photograph's pixels); a copy from a GPU's or another device's."""
+    if tensor.__dlpack_device__()[0] != _DLPACK_CPU:
         return tensor.numpy()
     return np.from_dlpack(tensor)
 
@@ -512,7 +515,8 @@ def finish(model: LoadedModel, prediction: np.ndarray | tf.Tensor, light: np.nda
 
 def colorize_array(model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
     """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array; returns RGB uint8 of the same size
-    (a read-only view: ``np.array`` it to write to it).
+    (computed on the CPU, a read-only view of padded 4-byte pixels: ``np.array`` it to write to it
+    or to keep it without the padding).
 
     Raises ValueError for a bad render_size or array shape.
     """

@@ -17,23 +17,45 @@ PREFERENCES = ("auto", "cpu", "gpu")
 
 
 # XLA's CPU compiler vectorises for 256-bit registers unless told otherwise. With 512-bit vectors
-# the per-pixel colour loops of models/colorize.py run about 1.5x faster on a CPU with AVX-512
-# (the 2 MP join: 3.5 -> 2.3 ms on an AMD EPYC Zen 5). XLA reads XLA_FLAGS once, when it compiles
-# its first program; an unknown flag there aborts the process, so a test checks that this
-# TensorFlow's XLA knows it (tests/test_engine.py).
+# the per-pixel colour loops of models/colorize.py run about 1.5x faster on an AMD EPYC Zen 5 (the
+# 2 MP join: 3.5 -> 2.3 ms). Only AMD parts get it: Intel's AVX-512 parts before Ice Lake slow
+# their clock for 512-bit work (why LLVM prefers 256), and none was measured here. XLA reads
+# XLA_FLAGS once, when it compiles its first program, and an unknown flag there aborts the
+# process: it is set only with the TensorFlow checked to know it (tests/test_engine.py runs XLA
+# with it in a subprocess).
 XLA_WIDE_VECTORS = "--xla_cpu_prefer_vector_width=512"
+_WIDE_VECTORS_TENSORFLOW = (2, 21)
+
+
+def tensorflow_version() -> tuple[int, int]:
+    """(major, minor) of the installed TensorFlow, read without importing it; (0, 0) if unknown."""
+    from importlib import metadata
+
+    try:
+        major, minor = metadata.version("tensorflow").split(".")[:2]
+        return int(major), int(minor)
+    except (metadata.PackageNotFoundError, ValueError):
+        return 0, 0
 
 
 def prefer_wide_vectors(
-    flags: set[str] | None = None, environ: MutableMapping[str, str] = os.environ
+    vendor: str | None = None,
+    flags: set[str] | None = None,
+    tensorflow: tuple[int, int] | None = None,
+    environ: MutableMapping[str, str] = os.environ,
 ) -> bool:
-    """Add ``XLA_WIDE_VECTORS`` to XLA_FLAGS on a CPU with AVX-512 (``flags``: the CPU's, read from
-    /proc/cpuinfo by default), unless XLA_FLAGS already sets a vector width (set
-    ``--xla_cpu_prefer_vector_width=256`` there to opt out). Returns whether it added it."""
+    """Add ``XLA_WIDE_VECTORS`` to XLA_FLAGS on an AMD CPU with AVX-512 and a TensorFlow whose XLA is
+    known to take it (``vendor``, ``flags``, ``tensorflow``: this machine's by default), unless
+    XLA_FLAGS already sets a vector width (``--xla_cpu_prefer_vector_width=256`` there opts out,
+    ``=512`` opts in elsewhere). Returns whether it added it."""
     current = environ.get("XLA_FLAGS", "")
     if "xla_cpu_prefer_vector_width" in current:
         return False
+    if (cpu_vendor() if vendor is None else vendor) != "AuthenticAMD":
+        return False
     if "avx512f" not in (cpu_flags() if flags is None else flags):
+        return False
+    if (tensorflow_version() if tensorflow is None else tensorflow) < _WIDE_VECTORS_TENSORFLOW:
         return False
     environ["XLA_FLAGS"] = f"{current} {XLA_WIDE_VECTORS}".strip()
     return True
@@ -87,16 +109,26 @@ TRAINING_PRECISIONS = ("auto", "float32", "mixed")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is missing)."""
+def _cpuinfo_field(names: tuple[str, ...], cpuinfo: str) -> str:
+    """The value of the first line of /proc/cpuinfo named one of ``names`` ("" where missing)."""
     try:
         with open(cpuinfo) as fh:
             for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return set(line.partition(":")[2].split())
+                if line.startswith(names):
+                    return line.partition(":")[2].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is missing)."""
+    return set(_cpuinfo_field(("flags", "Features"), cpuinfo).split())
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor_id ("AuthenticAMD", "GenuineIntel"; "" where Linux does not say)."""
+    return _cpuinfo_field(("vendor_id",), cpuinfo)
 
 
 def bfloat16_supported(device: str) -> bool:

@@ -43,14 +43,16 @@ _M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas at ``count`` for threads started from now on, unless
-    MALLOC_ARENA_MAX is set in the environment (then glibc has applied it already). Returns
-    whether the cap was set; False where the C library has no ``mallopt`` (not glibc)."""
+    """Cap glibc's malloc arenas at ``count``, unless MALLOC_ARENA_MAX is set in the environment
+    (glibc applied that at start). Call it before the process starts threads: glibc fixes its
+    limit once it has more than 8 arenas, and existing arenas stay. ``create_app`` runs before
+    uvicorn's and the engine's threads; the Docker image sets MALLOC_ARENA_MAX as well. Returns
+    whether glibc took the setting; False where the C library has no ``mallopt`` (not glibc)."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
     return mallopt(_M_ARENA_MAX, count) == 1
 

@@ -819,13 +819,51 @@ def test_jpeg_encoding_wraps_rgbx_pixels_in_place_only_where_the_whole_buffer_is
 
 
 def test_the_api_caps_mallocs_arenas_unless_the_environment_already_does(monkeypatch):
+    import os
     import platform
+    import subprocess
+    import sys
 
-    from service.app import limit_malloc_arenas
+    from service.app import MALLOC_ARENAS, limit_malloc_arenas
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert not limit_malloc_arenas()  # glibc read the variable at start: nothing to do
-    monkeypatch.delenv("MALLOC_ARENA_MAX")
     if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt is glibc's")
+        pytest.skip("mallopt and malloc_info are glibc's")
+    # In a fresh process (the cap cannot be undone): 8 threads that each malloc get 8 arenas of
+    # their own, or share MALLOC_ARENAS once the API has capped them. glibc's malloc_info counts.
+    code = """
+import ctypes, os, sys, tempfile, threading
+from service.app import limit_malloc_arenas
+if sys.argv[1] == "cap":
     assert limit_malloc_arenas()
+start = threading.Barrier(8)
+def work():
+    start.wait()
+    for _ in range(500):
+        bytearray(64 * 1024)  # malloc itself, not Python's small-object allocator
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+path = os.path.join(tempfile.mkdtemp(), "info.xml")
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+print(open(path).read().count("<heap nr="))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    heaps = {}
+    for mode in ("cap", "none"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        heaps[mode] = int(done.stdout)
+    assert heaps["cap"] <= MALLOC_ARENAS < heaps["none"]

@@ -249,7 +249,8 @@ def test_a_loops_result_is_shared_from_host_memory_and_copied_from_a_gpu():
     assert not shared.flags.writeable  # the tensor's own memory
 
     class OnGpu:  # what _host_array reads of a tensor in GPU memory (numpy cannot map that)
-        device = "/job:localhost/replica:0/task:0/device:GPU:0"
+        def __dlpack_device__(self):
+            return (2, 0)  # kDLCUDA, device 0
 
         def numpy(self):
             return np.arange(3, dtype=np.uint32)

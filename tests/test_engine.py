@@ -104,20 +104,27 @@ def test_configure_tensorflow_rejects_an_unknown_preference():
         configure_tensorflow("tpu")
 
 
-def test_xla_gets_wide_vectors_on_an_avx512_cpu_unless_a_width_is_set():
+def test_xla_gets_wide_vectors_on_an_amd_avx512_cpu_unless_a_width_is_set():
+    amd, avx512, checked = "AuthenticAMD", {"avx2", "avx512f"}, (2, 21)
     environ: dict[str, str] = {}
-    assert prefer_wide_vectors({"avx2", "avx512f"}, environ)
+    assert prefer_wide_vectors(amd, avx512, checked, environ)
     assert environ["XLA_FLAGS"] == XLA_WIDE_VECTORS
-    assert not prefer_wide_vectors({"avx512f"}, environ)  # once is enough
+    assert not prefer_wide_vectors(amd, avx512, checked, environ)  # once is enough
     assert environ["XLA_FLAGS"] == XLA_WIDE_VECTORS
     environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}  # other flags are kept
-    assert prefer_wide_vectors({"avx512f"}, environ)
+    assert prefer_wide_vectors(amd, avx512, (2, 22), environ)
     assert environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {XLA_WIDE_VECTORS}"
     environ = {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=256"}  # the opt-out
-    assert not prefer_wide_vectors({"avx512f"}, environ)
+    assert not prefer_wide_vectors(amd, avx512, checked, environ)
     assert environ["XLA_FLAGS"] == "--xla_cpu_prefer_vector_width=256"
-    environ = {}
-    assert not prefer_wide_vectors({"avx2", "fma"}, environ) and environ == {}
+    for vendor, flags, tensorflow in [
+        (amd, {"avx2", "fma"}, checked),  # no AVX-512
+        ("GenuineIntel", avx512, checked),  # older Intel parts slow their clock for 512-bit work
+        (amd, avx512, (2, 18)),  # a TensorFlow not checked to know the flag
+        (amd, avx512, (0, 0)),  # TensorFlow's version unknown
+    ]:
+        environ = {}
+        assert not prefer_wide_vectors(vendor, flags, tensorflow, environ) and environ == {}
 
 
 def test_this_tensorflows_xla_knows_the_wide_vector_flag():

@@ -34,9 +34,13 @@ def plain_cpu(monkeypatch):
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16 amx_tile\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512_bf16 amx_tile\n"
+    )
     assert {"avx2", "avx512_bf16"} <= models.device.cpu_flags(str(cpuinfo))
+    assert models.device.cpu_vendor(str(cpuinfo)) == "AuthenticAMD"
     assert models.device.cpu_flags(str(tmp_path / "missing")) == set()
+    assert models.device.cpu_vendor(str(tmp_path / "missing")) == ""
 
 
 def test_auto_inference_precision_is_bfloat16_only_on_a_cpu_with_it(bf16_cpu):
