@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 
 from common import (
@@ -208,7 +209,7 @@ def requests_in_order(engine, model, payload: bytes, count: int) -> dict:
         encode_image(rgb, "jpeg")
         marks.append(time.perf_counter())
         if i:
-            stage = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+            stage = [b - a for a, b in pairwise(marks)]
             rows.append(stage)
             shares.append((sum(stage) - stage[2]) / stage[2])
     medians = {name: median([row[k] for row in rows]) for k, name in enumerate(REQUEST_STAGES)}

@@ -347,21 +347,12 @@ def _host_array(tensor: tf.Tensor) -> np.ndarray:
     return np.from_dlpack(tensor)
 
 
-def _padded(values: np.ndarray, count: int, dtype: type) -> tf.Tensor:
-    """``values`` as ``count`` rows, zero rows appended up to the bucket size."""
-    flat = np.asarray(values, dtype).reshape(count, -1)
-    padded = _aligned_empty(pixel_bucket(count), dtype, flat.shape[1])
-    padded = padded.reshape(len(padded), -1)
-    padded[:count] = flat
-    padded[count:] = 0
-    return _tensor(padded if flat.shape[1] > 1 else padded[:, 0])
-
-
 def luminance(rgb: np.ndarray) -> np.ndarray:
     """Lab lightness L in [0, 100], float32 (H, W, 1), of an sRGB uint8 image (H, W, 3)."""
     height, width = rgb.shape[0], rgb.shape[1]
     count = height * width
-    lightness = _pixels_lightness(_pixels_y(_padded(rgb, count, np.uint8))).numpy()
+    pixels = _rows(np.asarray(rgb, np.uint8), width, pixel_bucket(count), np.uint8)
+    lightness = _pixels_lightness(_pixels_y(_tensor(pixels))).numpy()
     return lightness[:count].reshape(height, width, 1)  # a view: no copy
 
 
@@ -404,10 +395,10 @@ def _upsample(chroma: np.ndarray, height: int, width: int, rows: int) -> np.ndar
 
 # Chroma is shared by horizontal pixel pairs once the photograph is at least this many times wider
 # than the model's output, as JPEG's 4:2:2 shares it: the upsampled chroma then varies by under a
-# quarter of a model pixel across a pair. TensorFlow's resize, the largest cost of ``finish``
-# (about 4 ns an output pixel: 9 ms of 15 at 2 MP), then writes half as much, and the compiled
-# loop broadcasts each value to its pair. (Pairs of rows too, copied in numpy, saved nothing: the
-# loop then reads its chroma from a numpy array, a copy into TensorFlow.)
+# quarter of a model pixel across a pair. The upsampling then writes, and the compiled loop reads,
+# half as much, and the loop broadcasts each value to its pair. (Pairs of rows too would need the
+# loop to know the row length: in the flat layout that is a gather, which XLA compiles to a
+# scalar loop.)
 PAIR_FACTOR = 4
 
 
@@ -417,11 +408,12 @@ def chroma_sharing(width: int, chroma_width: int) -> int:
 
 
 def _rows(plane: np.ndarray, row: int, bucket: int, dtype: type) -> np.ndarray:
-    """(bucket,) flat copy of ``plane`` (H, W) with rows ``row`` >= W long (the last pixel of a row
-    repeated) and zeros after the last row."""
-    height, width = plane.shape
-    flat = _aligned_empty(bucket, dtype)
-    grid = flat[: height * row].reshape(height, row)
+    """(bucket,) or (bucket, C) aligned flat copy of ``plane`` (H, W) or (H, W, C) with rows
+    ``row`` >= W long (the last pixel of a row repeated) and zeros after the last row."""
+    height, width = plane.shape[:2]
+    channels = plane.shape[2:]
+    flat = _aligned_empty(bucket, dtype, *channels)
+    grid = flat[: height * row].reshape(height, row, *channels)
     grid[:, :width] = plane
     grid[:, width:] = plane[:, -1:]
     flat[height * row :] = 0
