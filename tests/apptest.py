@@ -20,6 +20,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+# Imported before any test app starts: its engine thread imports TensorFlow, and a test that
+# builds a model meanwhile would import it from a second thread (Python's import locks can then
+# deadlock; seen running the readyz test alone).
+from models.networks import build_generator
 from models.store import ModelStore
 from service.app import create_app
 from service.deps import get_celery
@@ -45,8 +49,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
 
 def publish_tiny(settings: Settings, preset: str = "lab") -> int:
     """Publish a tiny untrained generator (32 px, width 4) and return its version."""
-    from models.networks import build_generator
-
     channels = {"lab": (1, 2), "seed": (3, 3)}[preset]
     generator = build_generator(32, *channels, width=4)
     return ModelStore(settings.models_dir).publish(generator, {"preset": preset, "image_size": 32})

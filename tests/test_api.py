@@ -796,15 +796,15 @@ def test_an_srgb_profile_changes_nothing_and_a_broken_profile_does_not_cost_the_
     assert np.array_equal(broken, np.asarray(source))
 
 
-def test_jpeg_encoding_wraps_rgbx_pixels_in_place_only_where_the_whole_buffer_is_there():
-    from service.images import _rgbx_in_place, encode_image
+def test_jpeg_encoding_takes_rgbx_pixels_in_place_only_where_the_whole_buffer_is_there():
+    from service.images import encode_image, rgbx_in_place
 
     rng = np.random.default_rng(3)
     words = rng.integers(0, 256, (20, 7, 4), dtype=np.uint8)  # rows of 7 pixels, 5 kept: the join's shape
     view = words[:, :5, :3]
-    wrapped = _rgbx_in_place(view)
-    assert wrapped is not None and wrapped.mode == "RGBX" and wrapped.size == (5, 20)
-    np.testing.assert_array_equal(np.asarray(wrapped.convert("RGB")), view)
+    wrapped = rgbx_in_place(view)
+    assert wrapped is not None and wrapped.shape == (20, 5, 4) and np.shares_memory(wrapped, words)
+    np.testing.assert_array_equal(wrapped, words[:, :5])
     copy = np.ascontiguousarray(view)
     assert encode_image(view, "jpeg") == encode_image(copy, "jpeg")  # the same bytes as from a copy
     for fmt in ("png", "webp"):  # other formats take the plain path
@@ -812,10 +812,21 @@ def test_jpeg_encoding_wraps_rgbx_pixels_in_place_only_where_the_whole_buffer_is
         assert decoded.size == (5, 20)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_image(view, "png")))), view)
     # not wrapped: contiguous RGB, or a view whose last pixel's fourth byte is outside the buffer
-    assert _rgbx_in_place(copy) is None
-    assert _rgbx_in_place(words[..., 1:4]) is None
-    assert _rgbx_in_place(words[::2, :, :3]) is not None  # every other row: a longer stride
-    assert _rgbx_in_place(words[:, ::2, :3]) is None  # every other pixel: not 4-byte pixels
+    assert rgbx_in_place(copy) is None
+    assert rgbx_in_place(words[..., 1:4]) is None
+    assert rgbx_in_place(words[::2, :, :3]) is not None  # every other row: a longer stride
+    assert rgbx_in_place(words[:, ::2, :3]) is None  # every other pixel: not 4-byte pixels
+
+
+def test_a_jpeg_too_tall_for_the_format_is_a_422_naming_the_format():
+    from fastapi.exceptions import RequestValidationError
+
+    from service.images import encode_image
+
+    with pytest.raises(RequestValidationError) as caught:
+        encode_image(np.zeros((65501, 1, 3), np.uint8), "jpeg")
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("query", "format") and "at most 65500 pixels" in error["msg"]
 
 
 def test_the_api_caps_mallocs_arenas_unless_the_environment_already_does(monkeypatch):

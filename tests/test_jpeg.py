@@ -1,0 +1,103 @@
+"""JPEG encoding in bands on every core (service/jpeg.py): the joined file is exactly a one-piece
+encode with restart markers, and decodes to the pixels Pillow's encode gives."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import jpeg
+
+
+def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour fields with noise: blocks that are neither flat nor random."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    fields = [np.sin(x / 17.0 + k) * np.cos(y / 11.0 - k) for k in range(3)]
+    rgb = np.stack(fields, axis=-1) * 90 + 128 + rng.normal(0, 8, (height, width, 3))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _rgbx(rgb: np.ndarray, spare: int = 1) -> np.ndarray:
+    """(H, W, 4) view of 4-byte pixels in rows ``spare`` pixels longer, as the colorizer's join lays
+    them out."""
+    height, width = rgb.shape[:2]
+    words = np.full((height, width + spare, 4), 255, np.uint8)
+    words[:, :width, :3] = rgb
+    return words[:, :width]
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "rows"),
+    [(203, 157, 48), (200, 64, 16), (96, 40, 32)],
+    ids=["odd-sides-short-last-band", "thirteen-bands-RST-wraps", "whole-bands"],
+)
+def test_joined_bands_are_byte_for_byte_a_one_piece_encode_with_restart_markers(height, width, rows):
+    rgb = _photo(height, width)
+    for pixels in (rgb, _rgbx(rgb)):
+        joined = jpeg.encode_jpeg(pixels, 90, rows=rows)
+        one_piece = jpeg._encode(np.ascontiguousarray(rgb), 90, jpeg.restart_interval(rows, width))
+        assert joined == one_piece
+        assert Image.open(io.BytesIO(joined)).size == (width, height)
+
+
+def test_bands_decode_to_the_pixels_of_pillows_one_piece_jpeg():
+    rgb = _photo(173, 250, seed=1)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=90)  # Pillow's default subsampling: 4:2:0
+    banded = jpeg.encode_jpeg(_rgbx(rgb), 90, rows=32)
+    np.testing.assert_array_equal(_pixels(banded), _pixels(buffer.getvalue()))
+    decoded = cv2.imdecode(np.frombuffer(banded, np.uint8), cv2.IMREAD_COLOR)  # a second decoder agrees
+    np.testing.assert_array_equal(decoded[..., ::-1], _pixels(banded))
+
+
+def test_bands_are_encoded_on_the_pool_and_the_calling_thread(monkeypatch):
+    threads: list[str] = []
+    encode = jpeg._encode
+
+    def recording(pixels, quality, restart_interval=0):
+        threads.append(threading.current_thread().name)
+        return encode(pixels, quality, restart_interval)
+
+    monkeypatch.setattr(jpeg, "_encode", recording)
+    jpeg.encode_jpeg(_photo(64, 48), 90, rows=16)
+    assert threads[0] == threading.current_thread().name
+    assert len(threads) == 4 and all(name.startswith("jpeg-band") for name in threads[1:])
+
+
+def test_band_rows_split_large_images_over_the_workers_in_whole_mcu_rows():
+    assert jpeg.band_rows(300, 400, workers=2) == 300  # 0.12 MP: one band
+    assert jpeg.band_rows(1226, 1631, workers=1) == 1226
+    rows = jpeg.band_rows(1226, 1631, workers=2)  # 2 MP: two bands, the last shorter
+    assert rows % jpeg.MCU == 0 and rows < 1226 <= 2 * rows
+    assert jpeg.band_rows(4000, 3000, workers=4) == 1008  # 63 MCU rows a band, 250 of them
+    # a band is one restart interval, at most 65535 MCUs: 16 MCU rows of a 65000-pixel width, not 63
+    wide = jpeg.band_rows(2000, 65000, workers=2)
+    assert wide == 256 and jpeg.restart_interval(wide, 65000) == 16 * 4063
+
+
+def test_encode_jpeg_rejects_what_it_cannot_encode():
+    with pytest.raises(ValueError, match="65500"):
+        jpeg.encode_jpeg(np.zeros((65501, 1, 3), np.uint8), 90)
+    with pytest.raises(ValueError, match="RGB or RGBX"):
+        jpeg.encode_jpeg(np.zeros((8, 8), np.uint8), 90)
+    with pytest.raises(ValueError, match="whole MCU rows"):
+        jpeg.encode_jpeg(_photo(40, 8), 90, rows=12)
+
+
+def test_bands_whose_headers_differ_are_not_joined():
+    rgb = _photo(32, 32)
+    top, bottom = jpeg._encode(rgb[:16], 90), jpeg._encode(rgb[16:], 80)  # other quantisation tables
+    with pytest.raises(ValueError, match="headers differ"):
+        jpeg.join_bands([top, bottom], 32, jpeg.restart_interval(16, 32))
+    with pytest.raises(ValueError, match="not a JPEG"):
+        jpeg.join_bands([b"PNG", top], 32, 2)
