@@ -86,9 +86,13 @@ def encode_jpeg(pixels: np.ndarray, quality: int, rows: int | None = None) -> by
         return _encode(pixels, quality)
     if rows % MCU:
         raise ValueError(f"bands must be whole MCU rows ({MCU} pixels), not {rows}")
-    starts = range(0, height, rows)
-    later = [_bands_pool().submit(_encode, pixels[start : start + rows], quality) for start in starts[1:]]
-    bands = [_encode(pixels[:rows], quality), *(future.result() for future in later)]
+    parts = [pixels[start : start + rows] for start in range(0, height, rows)]
+    later = [_bands_pool().submit(_encode, part, quality) for part in parts[1:]]
+    bands = [_encode(parts[0], quality)]
+    for part, future in zip(parts[1:], later, strict=True):
+        # a band the pool has not started yet (it is busy with other requests' bands) is encoded
+        # here rather than waited for
+        bands.append(_encode(part, quality) if future.cancel() else future.result())
     return join_bands(bands, height, restart_interval(rows, width))
 
 

@@ -60,7 +60,29 @@ def test_bands_decode_to_the_pixels_of_pillows_one_piece_jpeg():
     np.testing.assert_array_equal(decoded[..., ::-1], _pixels(banded))
 
 
-def test_bands_are_encoded_on_the_pool_and_the_calling_thread(monkeypatch):
+def test_the_second_band_is_encoded_on_the_pool_while_the_caller_encodes_the_first(monkeypatch):
+    threads: list[str] = []
+    pool_started = threading.Event()
+    encode = jpeg._encode
+
+    def recording(pixels, quality, restart_interval=0):
+        threads.append(threading.current_thread().name)
+        if threading.current_thread() is threading.main_thread():
+            assert pool_started.wait(30), "the pool never took the second band"
+        else:
+            pool_started.set()
+        return encode(pixels, quality, restart_interval)
+
+    monkeypatch.setattr(jpeg, "_encode", recording)
+    jpeg.encode_jpeg(_photo(32, 48), 90, rows=16)
+    assert threads[0] == threading.main_thread().name
+    assert len(threads) == 2 and threads[1].startswith("jpeg-band")
+
+
+def test_bands_the_busy_pool_has_not_started_are_encoded_by_the_caller(monkeypatch):
+    pool = jpeg._bands_pool()
+    release = threading.Event()
+    blockers = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]  # every worker busy
     threads: list[str] = []
     encode = jpeg._encode
 
@@ -69,9 +91,15 @@ def test_bands_are_encoded_on_the_pool_and_the_calling_thread(monkeypatch):
         return encode(pixels, quality, restart_interval)
 
     monkeypatch.setattr(jpeg, "_encode", recording)
-    jpeg.encode_jpeg(_photo(64, 48), 90, rows=16)
-    assert threads[0] == threading.current_thread().name
-    assert len(threads) == 4 and all(name.startswith("jpeg-band") for name in threads[1:])
+    try:
+        rgb = _photo(64, 48)
+        joined = jpeg.encode_jpeg(rgb, 90, rows=16)  # would wait 30 s for the pool if it waited
+        assert threads == [threading.main_thread().name] * 4
+        assert joined == encode(rgb, 90, jpeg.restart_interval(16, 48))
+    finally:
+        release.set()
+        for blocker in blockers:
+            blocker.result()
 
 
 def test_band_rows_split_large_images_over_the_workers_in_whole_mcu_rows():
