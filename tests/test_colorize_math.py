@@ -3,7 +3,7 @@
 The reference is models.color (TensorFlow's pow, the textbook formulas, shared with training):
 ``rgb_to_lab`` for the lightness ``prepare`` keeps, and bilinear resize + ``lab_to_rgb`` for what
 ``finish`` writes (in a wide photograph, horizontal pixel pairs share one chroma value). The fast
-path (table lookups, fitted polynomials, bucketed XLA loops) must agree to well under one uint8
+path (fitted polynomials, bucketed XLA loops) must agree to well under one uint8
 level on average, and never by more than one.
 """
 
@@ -85,6 +85,16 @@ def test_every_gray_level_has_the_reference_lightness_by_either_path():
     for preset in ("seed", "lab"):
         direct = gray_model_input(levels, preset)
         np.testing.assert_allclose(direct, np.asarray(model_input(gray_luminance(levels), preset)), atol=1e-4)
+
+
+def test_the_report_presets_gray_input_of_any_lightness_is_the_reference_neutral_colour():
+    lum = np.linspace(0.0, 100.0, 2001, dtype=np.float32).reshape(1, -1, 1)
+    lab = np.concatenate([lum, np.zeros_like(lum), np.zeros_like(lum)], axis=-1)
+    expected = color.lab_to_rgb(tf.constant(lab)).numpy() * 2.0 - 1.0
+    given = np.asarray(model_input(lum, "seed"))
+    assert given.shape == expected.shape
+    assert np.abs(given - expected).max() < 1e-4  # [-1, 1] scale: 0.013 of a uint8 level
+    np.testing.assert_array_equal(given[..., 0], given[..., 2])  # neutral: one channel, repeated
 
 
 @pytest.mark.parametrize("index", range(4))
