@@ -22,7 +22,9 @@ import cv2
 import numpy as np
 
 MCU = 16  # pixels a side of an MCU with 4:2:0 chroma, the subsampling used here (Pillow's default)
-BAND_PIXELS = 1 << 18  # smaller bands cost more in hand-offs than another core gains
+# Pixels a band holds at least. Two bands against one, on 2 cores: 0.73x the speed at 0.065 MP,
+# 1.06x at 0.13, 1.5x at 0.26, 1.8x from 0.5 MP up.
+BAND_PIXELS = 1 << 17
 _MAX_INTERVAL = 0xFFFF  # DRI's 16-bit field: MCUs in a restart interval
 _SOI, _SOF0, _DRI, _SOS, _EOI, _RST0 = 0xD8, 0xC0, 0xDD, 0xDA, 0xD9, 0xD0
 _TO_BGR = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGR}
