@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from service.errors import ApiError, field_error
-from service.jpeg import encode_jpeg
+from service.jpeg import decode_jpeg, encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ ALPHA_FORMATS = frozenset({"png", "webp"})
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _SRGB = ImageCms.createProfile("sRGB")
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> Photo:
                 f"the image is {width}x{height}: both sides must be at least {max(1, min_side)} pixels "
                 "(COLORIZER_MIN_IMAGE_SIDE)",
             )
+        if (pixels := _plain_jpeg(data, image)) is not None:
+            return Photo(pixels)
         try:
             image.load()  # the first frame of an animated GIF or WebP
         except Image.DecompressionBombError as exc:
@@ -174,6 +177,19 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> Photo:
         alpha = np.asarray(rgba.getchannel("A"))
         pixels = np.asarray(_flatten_alpha(rgba))
         return Photo(pixels, None if alpha.min() == 255 else alpha)  # an unused alpha carries nothing
+
+
+def _plain_jpeg(data: bytes, image: Image.Image) -> np.ndarray | None:
+    """The pixels of an RGB or gray JPEG that needs nothing but decoding (no ICC profile, no EXIF
+    rotation), decoded by OpenCV (``service.jpeg.decode_jpeg``); None for any other image."""
+    if image.format != "JPEG" or image.info.get("icc_profile"):
+        return None
+    try:
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            return None
+    except Exception:  # a malformed EXIF block: Pillow's path logs it
+        return None
+    return decode_jpeg(data, image.mode, image.size)
 
 
 def rgbx_in_place(rgb: np.ndarray) -> np.ndarray | None:

@@ -1,5 +1,6 @@
 """JPEG encoding in bands on every core (service/jpeg.py): the joined file is exactly a one-piece
-encode with restart markers, and decodes to the pixels Pillow's encode gives."""
+encode with restart markers, and decodes to the pixels Pillow's encode gives. And plain JPEG
+uploads decoded by OpenCV: the pixels Pillow decodes, and Pillow's path for everything else."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import jpeg
+from service import images, jpeg
+from service.errors import ApiError
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -129,3 +131,62 @@ def test_bands_whose_headers_differ_are_not_joined():
         jpeg.join_bands([top, bottom], 32, jpeg.restart_interval(16, 32))
     with pytest.raises(ValueError, match="not a JPEG"):
         jpeg.join_bands([b"PNG", top], 32, 2)
+
+
+def _saved(array: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def opencv_decodes(monkeypatch) -> list[str]:
+    """The modes of the uploads ``service.images`` hands to OpenCV's decoder (and what it gave)."""
+    calls: list[str] = []
+
+    def recording(data, mode, size):
+        pixels = jpeg.decode_jpeg(data, mode, size)
+        calls.append(f"{mode}:{'decoded' if pixels is not None else 'refused'}")
+        return pixels
+
+    monkeypatch.setattr(images, "decode_jpeg", recording)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"quality": 90},
+        {"quality": 95, "subsampling": 0},
+        {"quality": 85, "progressive": True},
+        {"quality": 90, "restart_marker_rows": 2},
+    ],
+    ids=["baseline-420", "444", "progressive", "restart-markers"],
+)
+def test_plain_jpeg_uploads_are_decoded_by_opencv_to_pillows_pixels(options, opencv_decodes):
+    rgb = _photo(173, 250, seed=2)
+    for upload, mode in ((rgb, "RGB"), (rgb[..., 1].copy(), "L")):
+        data = _saved(upload, **options)
+        decoded = images.decode_image(data, 10**6).pixels
+        with Image.open(io.BytesIO(data)) as reference:
+            np.testing.assert_array_equal(decoded, np.asarray(reference))
+            assert reference.mode == mode
+    assert opencv_decodes == ["RGB:decoded", "L:decoded"]
+
+
+def test_jpegs_that_need_more_than_decoding_take_pillows_path(opencv_decodes):
+    from PIL import ImageCms
+
+    rgb = _photo(40, 60, seed=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show upright
+    rotated = images.decode_image(_saved(rgb, exif=exif), 10**6).pixels
+    assert rotated.shape == (60, 40, 3)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert images.decode_image(_saved(rgb, icc_profile=srgb), 10**6).pixels.shape == (40, 60, 3)
+    assert opencv_decodes == []
+    whole = _saved(rgb)
+    with pytest.raises(ApiError) as caught:  # OpenCV refuses a truncated file; Pillow says why
+        images.decode_image(whole[: len(whole) * 2 // 3], 10**6)
+    assert caught.value.status_code == 400 and "truncated" in caught.value.detail
+    assert opencv_decodes == ["RGB:refused"]
