@@ -87,6 +87,12 @@ def test_every_gray_level_has_the_reference_lightness_by_either_path():
         np.testing.assert_allclose(direct, np.asarray(model_input(gray_luminance(levels), preset)), atol=1e-4)
 
 
+def test_opencv_runs_in_its_callers_thread():
+    import cv2
+
+    assert cv2.getNumThreads() == 1  # set at import of models.colorize
+
+
 def test_the_report_presets_gray_input_of_any_lightness_is_the_reference_neutral_colour():
     lum = np.linspace(0.0, 100.0, 2001, dtype=np.float32).reshape(1, -1, 1)
     lab = np.concatenate([lum, np.zeros_like(lum), np.zeros_like(lum)], axis=-1)
