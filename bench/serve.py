@@ -531,7 +531,8 @@ def main() -> None:
     # the service is for, a colour one costs a colour decode and an RGB lightness on top. The
     # target row is the request in the service's order (finish runs right after the model call,
     # with the caches full of weights); the stages timed apart round-robin, each after unrelated
-    # work, are the earlier sessions' measure (on this machine 3 to 6 points lower).
+    # work, are the earlier sessions' measure (3 to 6 points lower on a Zen 5 EPYC, within about a
+    # point on a Zen 4).
     targets = [
         [
             "2 MP gray JPEG request: decode + prepare + finish + encode JPEG / its model call (batch 1)",

@@ -223,7 +223,7 @@ def _unencodable(image_format: str, exc: Exception) -> RequestValidationError:
 def encode_image(rgb: np.ndarray, image_format: str, alpha: np.ndarray | None = None) -> bytes:
     """Encode RGB uint8 pixels as png, jpeg or webp, with ``alpha`` (H, W) where the format keeps it.
 
-    Raises ApiError 422 (field ``format``) if the format cannot hold the image.
+    Raises a 422 for the query field ``format`` (``field_error``) if the format cannot hold the image.
     """
     pil_format, _, options = FORMATS[image_format]
     if pil_format == "JPEG":  # on every core, from the join's 4-byte pixels as they are (service/jpeg.py)

@@ -131,8 +131,9 @@ def join_bands(bands: list[bytes], height: int, interval: int) -> bytes:
     def header(band: bytes) -> bytes:  # up to the scan, the height left out
         return band[:sof] + band[sof + 2 : scan] if _scan_start(band)[1] == scan else b""
 
+    first_header = header(bands[0])
     for band in bands:
-        if header(band) != header(bands[0]) or band[-2:] != bytes([0xFF, _EOI]):
+        if header(band) != first_header or band[-2:] != bytes([0xFF, _EOI]):
             raise ValueError("JPEG bands whose headers differ cannot be joined")
     sos = first[_SOS]
     parts = [
