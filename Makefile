@@ -46,8 +46,9 @@ $(CHROMIUM):
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Rebuild the shipped default model (about an hour on 2 CPU cores; fetches photographs with
-# apt-get download, so Debian or Ubuntu only). Writes models/default/ and docs/default-model/.
+# Rebuild the shipped default model (about 75 minutes on 2 CPU cores; fetches photographs with
+# apt-get download, so Debian or Ubuntu only; resumes after its last finished stage). Writes
+# models/default/ and docs/default-model/.
 default-model: $(STAMP)
 	$(BIN)/colorizer default-model
 

@@ -488,8 +488,12 @@ def prepare(
 
 def finish(model: LoadedModel, prediction: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray:
     """RGB uint8 (H, W, 3), read-only (``join_chroma``): the generator's ``prediction`` (s, s, C) for
-    a photograph whose lightness ``prepare`` gave as ``light``, chroma upsampled and joined with it."""
-    return join_chroma(output_chroma(prediction, model.preset), light)
+    a photograph whose lightness ``prepare`` gave as ``light``, chroma upsampled and joined with it
+    (scaled by the model's ``chroma_scale`` first, when it has one)."""
+    chroma = output_chroma(prediction, model.preset)
+    if model.chroma_scale != 1.0:
+        chroma = chroma * model.chroma_scale
+    return join_chroma(chroma, light)
 
 
 def colorize_array(model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:

@@ -43,6 +43,13 @@ class TrainConfig(BaseModel):
         description="Training crops get a random aspect ratio up to this (either way), squeezed to a square "
         "as serving squeezes a whole photograph; 1: square crops only (the report's).",
     )
+    degrade: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of training inputs made to look like old photographs (tone curve, faded "
+        "contrast, softness, grain); the target colours stay clean. 0: the report's clean inputs.",
+    )
     sample_every: int = Field(500, ge=1, description="Steps between sample plots.")
     publish_every: int = Field(500, ge=1, description="Steps between published generators.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 # Cap what a single training photograph may decode to (a 2560x1600 wallpaper is 4.1 MP).
 MAX_SOURCE_PIXELS = 100_000_000
+# A photograph whose chroma varies less than this (``colour_spread``, in Lab units) is gray or
+# toned (sepia, cyanotype): used as a colour target it teaches the model gray, so it is skipped.
+NEAR_GRAY_SPREAD = 4.0
+SKIP_NEAR_GRAY = "nearly gray or toned (no colour to learn)"
 
 
 class DatasetError(ValueError):
@@ -70,14 +74,21 @@ def _inside(path: Path, root: Path) -> bool:
 DATASET_MANIFEST = "dataset.json"
 
 
-def scan_images(folder: Path, min_side: int) -> DatasetScan:
-    """Find usable images (jpg, png, webp; recursive) at least ``min_side`` pixels on the short side.
+def scan_images(folder: Path, min_side: int, skip_gray: bool = True) -> DatasetScan:
+    """Find usable images (jpg, png, webp; recursive) at least ``min_side`` pixels on the short side
+    and, with ``skip_gray``, with colour in them (``is_near_gray``): gray and toned photographs are
+    skipped and counted under ``SKIP_NEAR_GRAY``.
+
+    A file whose bytes are those of one already found (the same photograph copied twice) is
+    skipped as a duplicate: it would count twice in training and could sit on both sides of a
+    validation split.
 
     Raises DatasetError naming the counts when no file is usable.
     """
     folder = Path(folder)
     root = folder.resolve()
     scan = DatasetScan(folder, [])
+    seen: set[str] = set()
     for dirpath, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in sorted(names):
@@ -99,18 +110,53 @@ def scan_images(folder: Path, min_side: int) -> DatasetScan:
                     # A full decode (at reduced scale for JPEG) catches truncated files too.
                     img.draft("RGB", (min_side, min_side))
                     img.load()
+                    gray = skip_gray and min(width, height) >= min_side and is_near_gray(img.convert("RGB"))
             except Exception:  # Pillow raises many types for damaged files
                 scan.skipped["unreadable"] += 1
                 continue
             if min(width, height) < min_side:
                 scan.skipped[f"smaller than {min_side} px"] += 1
                 continue
+            if gray:
+                scan.skipped[SKIP_NEAR_GRAY] += 1
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in seen:
+                scan.skipped["duplicate of another file"] += 1
+                continue
+            seen.add(digest)
             scan.files.append(path)
     scan.files.sort()
     if not scan.files:
         reasons = ", ".join(f"{n} {why}" for why, n in scan.skipped.items()) or "no files"
         raise DatasetError(f"no usable image in dataset folder {folder.name!r} ({reasons})")
     return scan
+
+
+def colour_spread(rgb: np.ndarray) -> float:
+    """How much a picture's colours vary beyond what its lightness explains: the spread (root of
+    the summed variances) of its Lab a and b after removing their quadratic fit on L, over a
+    thumbnail of at most 96 px. About 0 for a gray photograph and for a toned one (sepia,
+    cyanotype: one hue whose chroma follows the lightness); an ordinary colour photograph is well
+    above 10."""
+    from skimage.color import rgb2lab
+
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    if rgb.ndim == 3 and rgb.shape[0] > 1 and max(rgb.shape[:2]) > 96:
+        image = Image.fromarray(rgb)
+        image.thumbnail((96, 96), Image.Resampling.BOX)
+        rgb = np.asarray(image)
+    lab = rgb2lab(rgb.reshape(-1, 1, 3)).reshape(-1, 3).astype(np.float64)
+    lum = lab[:, 0] / 100.0
+    basis = np.stack([lum * lum, lum, np.ones_like(lum)], axis=-1)
+    fit, *_ = np.linalg.lstsq(basis, lab[:, 1:], rcond=None)
+    residual = lab[:, 1:] - basis @ fit
+    return float(np.sqrt(residual.var(axis=0).sum()))
+
+
+def is_near_gray(rgb: np.ndarray) -> bool:
+    """Whether a picture has too little colour to be a colour target (``NEAR_GRAY_SPREAD``)."""
+    return colour_spread(rgb) < NEAR_GRAY_SPREAD
 
 
 def load_photo(path: Path, short_side: int) -> np.ndarray | None:
@@ -167,6 +213,43 @@ def center_view(image: np.ndarray, image_size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.float32) / 255.0
 
 
+def degrade_lightness(x, seed=None):
+    """``x`` (a model input in [-1, 1], (h, w, c), every channel the same lightness) made to look
+    like an old photograph's scan: a tone curve (gamma 0.7-1.4), faded contrast with lifted blacks
+    or dimmed whites, softness (a shrink and enlarge by up to 2.5x) and film grain (noise of
+    standard deviation up to 0.08, partly coarse). Each effect is applied or not at random, so a
+    degraded input may also come out almost clean. Returns a tensor of ``x``'s shape in [-1, 1].
+    """
+    import tensorflow as tf
+
+    del seed  # the tf.random global generator (seeded by keras.utils.set_random_seed) is used
+    shape = tf.shape(x)
+    height, width = shape[0], shape[1]
+    on = tf.random.uniform((4,)) < 0.6  # each effect on with this probability
+    v = (x + 1.0) / 2.0
+    gamma = tf.exp(tf.random.uniform((), np.log(0.7), np.log(1.4)))
+    v = tf.where(on[0], tf.pow(tf.maximum(v, 1e-6), gamma), v)
+    contrast = tf.random.uniform((), 0.45, 1.0)
+    centre = tf.random.uniform((), 0.35, 0.65)
+    v = tf.where(on[1], centre + contrast * (v - centre), v)
+    factor = tf.random.uniform((), 1.2, 2.5)
+    small = tf.maximum(
+        1, tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float32) / factor), tf.int32)
+    )
+    soft = tf.image.resize(tf.image.resize(v, small, method="area"), tf.stack([height, width]), "bilinear")
+    v = tf.where(on[2], soft, v)
+    sigma = tf.random.uniform((), 0.01, 0.08) / 2.0  # in [0, 1] units
+    fine = tf.random.normal(tf.stack([height, width, 1]))
+    coarse = tf.image.resize(
+        tf.random.normal(tf.stack([tf.maximum(1, height // 2), tf.maximum(1, width // 2), 1])),
+        tf.stack([height, width]),
+        "bilinear",
+    )
+    grain = sigma * (0.6 * fine + 0.8 * coarse)
+    v = tf.where(on[3], v + grain, v)  # (h, w, 1) grain broadcasts over the channels
+    return tf.clip_by_value(v, 0.0, 1.0) * 2.0 - 1.0
+
+
 def to_pair(rgb, preset_name: str):
     """(model input, target) in [-1, 1] from RGB in [0, 1], per the preset's colour space."""
     import tensorflow as tf
@@ -189,8 +272,12 @@ def make_dataset(
     preset_name: str,
     cache_scale: float = 2.0,
     max_aspect: float = 1.0,
+    degrade: float = 0.0,
 ):
     """An endless, shuffled, batched, prefetched tf.data.Dataset of (input, target) batches.
+
+    A share ``degrade`` of the inputs are made to look like old photographs
+    (``degrade_lightness``); their targets stay clean.
 
     Photographs are decoded once with their short side at ``cache_scale * image_size`` and cached
     in memory; crops are then taken at scales between that and the crop size, with aspect ratios
@@ -221,6 +308,13 @@ def make_dataset(
     ds = ds.cache().shuffle(max(1, len(files)), reshuffle_each_iteration=True).repeat()
     ds = ds.map(lambda img: random_view(img, image_size, max_aspect), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda rgb: to_pair(rgb, preset_name), num_parallel_calls=tf.data.AUTOTUNE)
+    if degrade > 0:
+
+        @tf.autograph.experimental.do_not_convert  # tf.cond already: nothing for AutoGraph to do
+        def maybe_degrade(x, y):
+            return tf.cond(tf.random.uniform(()) < degrade, lambda: degrade_lightness(x), lambda: x), y
+
+        ds = ds.map(maybe_degrade, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

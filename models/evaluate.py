@@ -93,6 +93,8 @@ def evaluate_images(
     rows = []
     for name, rgb in images:
         row: dict[str, Any] = {"name": name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0])}
+        if "/" in name:  # photographs in subfolders: the first folder is the category
+            row["category"] = name.split("/", 1)[0]
         scales = {"model_size": square(rgb, image_size)}
         if full_resolution:
             scales["full"] = rgb
@@ -117,11 +119,62 @@ def mean_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return means
 
 
+def by_category(report: dict[str, Any], scale: str = "full") -> dict[str, dict[str, float]]:
+    """Per category (``"all"`` last) of a report's photographs: how many, mean CIEDE2000 and PSNR
+    of the model and of the grayscale input, the share of photographs where the model's CIEDE2000
+    beats the gray input's (``won``), and mean colourfulness of the output and of the truth."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in report["images"]:
+        if scale in row:
+            groups.setdefault(row.get("category", "uncategorised"), []).append(row)
+    groups = dict(sorted(groups.items()))
+    groups["all"] = [row for rows in groups.values() for row in rows]
+    table = {}
+    for name, rows in groups.items():
+        model = [row[scale]["model"] for row in rows]
+        gray = [row[scale]["grayscale"] for row in rows]
+        table[name] = {
+            "images": len(rows),
+            "ciede2000": float(np.mean([m["ciede2000"] for m in model])),
+            "grayscale_ciede2000": float(np.mean([g["ciede2000"] for g in gray])),
+            "psnr": float(np.mean([m["psnr"] for m in model])),
+            "grayscale_psnr": float(np.mean([g["psnr"] for g in gray])),
+            "won": float(
+                np.mean([m["ciede2000"] < g["ciede2000"] for m, g in zip(model, gray, strict=True)])
+            ),
+            "colourfulness": float(np.mean([m["colourfulness"] for m in model])),
+            "colourfulness_gt": float(np.mean([m["colourfulness_gt"] for m in model])),
+        }
+    return table
+
+
+def category_table(report: dict[str, Any], scale: str = "full") -> str:
+    """``by_category`` as a Markdown table."""
+    lines = [
+        "| category | photographs | CIEDE2000 model / gray | PSNR model / gray (dB) | beats gray "
+        "| colourfulness model / truth |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in by_category(report, scale).items():
+        label = f"**{name}**" if name == "all" else name
+        lines.append(
+            f"| {label} | {c['images']} | {c['ciede2000']:.2f} / {c['grayscale_ciede2000']:.2f} "
+            f"| {c['psnr']:.2f} / {c['grayscale_psnr']:.2f} | {c['won']:.0%} "
+            f"| {c['colourfulness']:.1f} / {c['colourfulness_gt']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def evaluate_model(
-    model: LoadedModel, paths: list[Path], full_resolution: bool = True, max_side: int | None = None
+    model: LoadedModel,
+    paths: list[Path],
+    full_resolution: bool = True,
+    max_side: int | None = None,
+    root: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a loaded model on photographs at ``paths`` (see evaluate_images)."""
-    images = ((p.name, load_rgb(p, max_side)) for p in paths)
+    """Evaluate a loaded model on photographs at ``paths`` (see evaluate_images); with ``root``,
+    each is named by its path under it, so a subfolder is its category."""
+    images = ((p.relative_to(root).as_posix() if root else p.name, load_rgb(p, max_side)) for p in paths)
     report = evaluate_images(
         lambda gray: colorize_array(model, gray), images, model.image_size, full_resolution
     )
@@ -161,16 +214,20 @@ def _row(name: str, m: dict[str, float]) -> str:
 
 
 def before_after_sheet(
-    colorize: Callable[[np.ndarray], np.ndarray], paths: list[Path], tile: int = 320
+    colorize: Callable[[np.ndarray], np.ndarray],
+    paths: list[Path],
+    tile: int = 320,
+    label: Callable[[Path], str] = lambda path: path.stem,
 ) -> Image.Image:
-    """One row per photograph: grayscale input, colorized output, original; labelled columns."""
+    """One row per photograph (named by ``label``): grayscale input, colorized output, original;
+    labelled columns."""
     from PIL import ImageDraw
 
     rows = []
     for path in paths:
         rgb = load_rgb(path, max_side=1600)
         gray = grayscale_of(rgb)
-        rows.append((path.stem, [gray, colorize(gray), rgb]))
+        rows.append((label(path), [gray, colorize(gray), rgb]))
     height = max(1, round(tile * min(r[1][0].shape[0] / r[1][0].shape[1] for r in rows))) if rows else tile
     header, label_w, gap = 24, 120, 6
     sheet = Image.new("RGB", (label_w + 3 * (tile + gap), header + len(rows) * (height + gap)), "white")

@@ -73,6 +73,12 @@ class LoadedModel:
 
         return levels_for(self.image_size)
 
+    @property
+    def chroma_scale(self) -> float:
+        """The factor serving multiplies the predicted chroma by (metadata ``chroma_scale``, 1 when
+        absent): a model calibrated to mute colours it is unsure of (models.recipe)."""
+        return float(self.metadata.get("chroma_scale", 1.0))
+
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """metadata.json of a version directory; raises BrokenVersion if missing or not a JSON object."""
@@ -98,6 +104,9 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
         levels_for(image_size)
     except (KeyError, TypeError, ValueError) as exc:
         raise BrokenVersion(f"{path}: metadata lacks a valid preset/image_size: {exc}") from exc
+    scale = metadata.get("chroma_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0.0 < scale <= 2.0:
+        raise BrokenVersion(f"{path}: chroma_scale must be a number in (0, 2], got {scale!r}")
     use_keras_file = (path / GENERATOR_FILE).exists() or not (path / WEIGHTS_FILE).exists()
     try:
         if use_keras_file:

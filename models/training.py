@@ -533,6 +533,7 @@ def run_training(
         keras.utils.set_random_seed(config.seed)
     folder = dataset_path or resolve_dataset(Path(data_dir) / "datasets", config.dataset)
     scan = scan_images(folder, config.image_size)
+    log.info("dataset %s: %d usable photographs, skipped %s", folder.name, len(scan.files), scan.skipped)
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
 
@@ -558,7 +559,12 @@ def run_training(
     if source is not None:
         init_generator(model, config, source)
     dataset = make_dataset(
-        train_files, config.image_size, config.batch_size, config.preset, max_aspect=config.max_aspect
+        train_files,
+        config.image_size,
+        config.batch_size,
+        config.preset,
+        max_aspect=config.max_aspect,
+        degrade=config.degrade,
     )
     validation = [
         (p.name, image)

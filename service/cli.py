@@ -811,6 +811,12 @@ def evaluation_markdown(reports: dict[str, dict[str, Any]], images_dir: Path) ->
         "",
         per_image_table(reports, scales[-1]),
     ]
+    from models.evaluate import category_table
+
+    for label, report in reports.items():
+        if any("category" in row for row in report["images"]):
+            lines += ["", f"## By category: {label}, at {_SCALE_TITLES[scales[-1]]}", ""]
+            lines.append(category_table(report, scales[-1]))
     for scale in scales:
         lines += ["", f"## Means at {_SCALE_TITLES[scale]}", ""]
         if scale == "model_size" and len(sizes) > 1:
@@ -962,8 +968,8 @@ def evaluate(
     show_default=True,
     help="Where the photographs, runs and candidate models go (not committed).",
 )
-@click.option("--candidate-minutes", type=float, default=7.0, show_default=True)
-@click.option("--final-minutes", type=float, default=40.0, show_default=True)
+@click.option("--candidate-steps", type=click.IntRange(min=1), default=None, help="[default: the recipe's]")
+@click.option("--final-steps", type=click.IntRange(min=1), default=None, help="[default: the recipe's]")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -978,16 +984,20 @@ def evaluate(
     help="Where to write the comparison that chose the model.",
 )
 def default_model(
-    workdir: Path, candidate_minutes: float, final_minutes: float, out: Path | None, docs: Path
+    workdir: Path, candidate_steps: int | None, final_steps: int | None, out: Path | None, docs: Path
 ) -> None:
     """Build the shipped default model: fetch photographs, compare candidates, train, evaluate."""
     settings = load_settings()
     setup_logging(settings)
-    from models.recipe import build_default_model
+    from models.recipe import CANDIDATE_STEPS, FINAL_STEPS, build_default_model
     from models.store import DEFAULT_MODEL_DIR
 
     comparison = build_default_model(
-        workdir, candidate_minutes, final_minutes, out_dir=out or DEFAULT_MODEL_DIR, docs_dir=docs
+        workdir,
+        candidate_steps or CANDIDATE_STEPS,
+        final_steps or FINAL_STEPS,
+        out_dir=out or DEFAULT_MODEL_DIR,
+        docs_dir=docs,
     )
     click.echo(f"winner {comparison['winner']}; model written to {out or DEFAULT_MODEL_DIR}; see {docs}")
 

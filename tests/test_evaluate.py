@@ -255,6 +255,9 @@ def test_evaluate_prints_tables_with_the_baseline_and_writes_json_markdown_and_s
     assert sum(line.startswith("| sub/c.png | 40x52 | version 1 |") for line in lines) == 1
     assert sum(line.startswith("| sub/c.png | 40x52 | grayscale input (baseline) |") for line in lines) == 1
     assert "## Means at full resolution" in stdout and "## Means at the model's own size" in stdout
+    # A subfolder is a category: the table per category, photographs at the top level apart.
+    assert "## By category: version 1, at full resolution" in stdout
+    assert "| sub | 1 |" in stdout and "| uncategorised | 2 |" in stdout and "| **all** | 3 |" in stdout
     means = [line for line in lines if line.startswith("| grayscale input (baseline) |")]
     assert len(means) == 2  # one baseline row per means table
     baseline_ciede = f"{report['mean']['full']['grayscale']['ciede2000']:.2f}"
@@ -306,3 +309,33 @@ def test_evaluate_needs_one_model_and_names_a_missing_one(data_dir, photos):
     assert no_default.exit_code == 1 and "no default model" in no_default.output
     odd = CliRunner().invoke(main, ["evaluate", "--model", "nonsense", "--images", str(photos)])
     assert odd.exit_code == 2 and "not a version number" in odd.output
+
+
+# -- per category -----------------------------------------------------------------------------------
+
+
+def test_by_category_reports_each_category_and_the_share_of_photographs_won():
+    from models.evaluate import by_category, category_table
+
+    photos = [
+        (f"{c}/p{i}.png", make_photo(48 + 8 * i, 40, seed=i))
+        for i, c in enumerate(["people", "people", "animal"])
+    ]
+    # Right on the first photograph (an oracle), the gray input itself on the others (no win).
+    oracle = {grayscale_of(t).tobytes(): t for t in (square(photos[0][1], 32), photos[0][1])}
+    report = evaluate_images(lambda gray: oracle.get(gray.tobytes(), gray), photos, 32)
+    assert [row["category"] for row in report["images"]] == ["people", "people", "animal"]
+
+    table = by_category(report)
+    assert list(table) == ["animal", "people", "all"]
+    assert [table[c]["images"] for c in table] == [1, 2, 3]
+    assert table["people"]["won"] == 0.5 and table["animal"]["won"] == 0.0
+    assert table["all"]["won"] == pytest.approx(1 / 3)
+    gray_people = [row["full"]["grayscale"]["ciede2000"] for row in report["images"][:2]]
+    assert table["people"]["grayscale_ciede2000"] == pytest.approx(np.mean(gray_people))
+    assert table["people"]["ciede2000"] == pytest.approx(gray_people[1] / 2)  # 0 on the oracle's
+    assert table["all"]["colourfulness_gt"] == pytest.approx(
+        report["mean"]["full"]["model"]["colourfulness_gt"]
+    )
+    markdown = category_table(report)
+    assert "| people | 2 |" in markdown and "| 50% |" in markdown and "| **all** | 3 |" in markdown

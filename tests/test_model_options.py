@@ -1,5 +1,6 @@
 """Training options beyond the report's recipe: the resize-convolution decoder and aspect-ratio
-crops; and how the default-model recipe picks a snapshot."""
+crops; how the default-model recipe splits its photographs, picks a snapshot and a chroma scale;
+and the shipped default model itself."""
 
 from __future__ import annotations
 
@@ -11,13 +12,25 @@ import tensorflow as tf
 from keras import layers
 from pydantic import ValidationError
 
+import models.recipe as recipe
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import random_view
 from models.networks import build_generator, decoder_of
-from models.recipe import CANDIDATES, PHOTOS, VALIDATION, _config, best_snapshot, choose, scored_run
+from models.recipe import (
+    CANDIDATES,
+    CATEGORIES,
+    VALIDATION,
+    Photos,
+    _config,
+    best_snapshot,
+    calibrate_chroma,
+    choose,
+    scored_run,
+    split_of,
+)
 from models.serving import precision_twin
-from models.store import ModelStore, export_float16
+from models.store import BrokenVersion, LoadedModel, ModelStore, export_float16
 from models.training import run_training
 from tests.conftest import make_photo
 
@@ -123,51 +136,98 @@ def test_the_recipe_keeps_the_best_colourful_snapshot():
     assert best_snapshot(gray)["version"] == 1  # none colourful: the lowest CIEDE2000 of all
 
 
-def test_the_recipe_photographs_are_named_once_with_author_and_licence():
-    names = [p.name for p in PHOTOS]
-    assert len(names) == len(set(names)) == 36
-    assert set(VALIDATION) <= set(names)
-    assert all(p.author and p.license for p in PHOTOS)
+def test_the_recipe_validation_set_has_every_category_with_people_the_largest():
+    counts = {c: list(VALIDATION.values()).count(c) for c in CATEGORIES}
+    assert len(VALIDATION) >= 40 and set(VALIDATION.values()) == set(CATEGORIES)
+    assert counts["people"] == max(counts.values()) and counts["people"] > sorted(counts.values())[-2]
     assert "seed-128-w32" in CANDIDATES and CANDIDATES["seed-128-w32"]["preset"] == "seed"
     for candidate in CANDIDATES.values():
         TrainConfig(dataset="default-train", steps=1, **candidate)  # every candidate is a valid job
 
 
+def test_the_recipe_split_is_stable_and_keeps_a_validation_person_out_in_every_pose():
+    people = "scratch/usr/share/scratch/Media/Costumes/People/"
+    assert all(split_of(name) == "validation" for name in VALIDATION)
+    assert split_of(people + "marissa-crouch.gif", "cut-out") == "held out"  # marissa.gif validates
+    assert split_of(people + "cassy-dancing-1.gif", "cut-out") == "train"  # cut-outs never calibrate
+    names = [f"pkg/photos/{i}.jpg" for i in range(400)]
+    splits = [split_of(name) for name in names]
+    assert splits == [split_of(name) for name in names]  # by name: the same at every run
+    assert 0.05 < splits.count("calibration") / len(names) < 0.15
+    assert set(splits) == {"train", "calibration"}
+
+
 def _scored(name: str, ciede: float, colourfulness: float) -> dict:
     model = {"ciede2000": ciede, "colourfulness": colourfulness, "colourfulness_gt": 50.0}
-    return {"name": name, "report": {"mean": {"full": {"model": model}}}}
+    return {"name": name, "calibration": model, "report": {"mean": {"full": {"model": model}}}}
 
 
 def test_the_recipe_ships_only_a_resize_decoder_even_when_a_transpose_one_scores_better():
     results = [
-        _scored("seed-128-w32", 15.0, 40.0),
-        _scored("lab-128-w32-l1w10", 16.0, 45.0),  # best colourful score, but ConvTranspose
-        _scored("lab-128-w32-l1w10-resize", 18.0, 35.0),
+        _scored("seed-128-w32", 15.0, 40.0),  # best colourful score, but ConvTranspose
+        _scored("lab-128-w32-l1w10", 16.0, 45.0),
+        _scored("lab-128-w32-l1w100", 14.0, 20.0),  # lowest, but under half the truth's colour
     ]
-    assert choose(results)["name"] == "lab-128-w32-l1w10-resize"
+    assert choose(results)["name"] == "lab-128-w32-l1w10"
+
+
+def test_the_chroma_scale_is_the_lowest_ciede_that_keeps_enough_colour(monkeypatch):
+    # Muting helps CIEDE2000 down to 0.5, but under 0.9 the colour drops under 80% of the truth's.
+    by_scale = {
+        1.0: 16.0,
+        0.9: 15.0,
+        0.8: 14.2,
+        0.7: 13.9,
+        0.6: 13.5,
+        0.5: 13.4,
+        1.15: 16.5,
+        1.3: 17,
+        1.5: 18,
+    }
+    colour_at_1 = 48.0
+
+    def fake_evaluate(model, files, max_side=None):
+        scale = model.chroma_scale
+        metrics = {
+            "ciede2000": by_scale[scale],
+            "colourfulness": colour_at_1 * scale,
+            "colourfulness_gt": 50.0,
+        }
+        return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+
+    monkeypatch.setattr(recipe, "_evaluate", fake_evaluate)
+    model = LoadedModel("x", None, "lab", 32, {})
+    scale, tried = calibrate_chroma(model, Photos([Path("c.png")], []))
+    assert scale == 0.9 and [t["chroma_scale"] for t in tried] == list(recipe.CHROMA_SCALES)
+    assert model.chroma_scale == 1.0  # the model itself is left as it was
+    colour_at_1 = 28.0  # a model that plays safe with brownish output: its chroma is raised
+    assert calibrate_chroma(model, Photos([Path("c.png")], []))[0] == 1.5
 
 
 def test_a_scored_run_is_reused_only_for_the_same_configuration(tmp_path, monkeypatch):
-    import models.recipe as recipe
-
     calls = []
     metrics = {"ciede2000": 15.0, "colourfulness": 30.0, "colourfulness_gt": 50.0}
     report = {"images": [], "mean": {"full": {"model": metrics, "grayscale": metrics}}}
 
-    def fake_train_and_score(workdir, name, config, validation):
-        calls.append(config.max_seconds)
-        snapshot = {"version": 1, "step": 7, **metrics}
+    def fake_train_and_score(workdir, name, config, photos):
+        calls.append(config.steps)
+        snapshot = {"version": 1, "step": 7, **metrics, "whole": metrics}
         return {"name": name, "config": config.model_dump(), "steps": 7, "snapshots": [snapshot],
-                "version": 1, "step": 7, "report": report}  # fmt: skip
+                "version": 1, "step": 7, "calibration": metrics, "report": report}  # fmt: skip
 
     monkeypatch.setattr(recipe, "train_and_score", fake_train_and_score)
-    candidate = CANDIDATES["lab-128-w32-l1w10-resize"]
-    first = scored_run(tmp_path, "lab", _config(candidate, 60.0), [])
-    again = scored_run(tmp_path, "lab", _config(candidate, 60.0), [])
-    assert first == again and calls == [60.0]  # the second came from results/lab.json
+    candidate = CANDIDATES["lab-128-w32-l1w10"]
+    photos = Photos([], [])
+    first = scored_run(tmp_path, "lab", _config(candidate, 60), photos)
+    again = scored_run(tmp_path, "lab", _config(candidate, 60), photos)
+    assert first == again and calls == [60]  # the second came from results/lab.json
     assert (tmp_path / "results" / "lab.json").is_file()
-    scored_run(tmp_path, "lab", _config(candidate, 90.0), [])  # another budget: trained again
-    assert calls == [60.0, 90.0]
+    scored_run(tmp_path, "lab", _config(candidate, 90), photos)  # another budget: trained again
+    assert calls == [60, 90]
+    other = tmp_path / "a.png"
+    other.write_bytes(b"another photograph")
+    scored_run(tmp_path, "lab", _config(candidate, 90), Photos([other], []))  # other photographs: again
+    assert calls == [60, 90, 90]
 
 
 def test_snapshots_are_chosen_on_whole_photographs_when_scored_there():
@@ -190,15 +250,56 @@ def test_the_shipped_default_is_the_recipes_resize_decoder_model_and_beats_gray(
     meta = model.metadata
     assert decoder_of(model.generator) == "resize" == meta["decoder"]
     assert meta["weights_dtype"] == "float16" and meta["recipe"]["winner"] in CANDIDATES
+    assert model.chroma_scale in recipe.CHROMA_SCALES and model.chroma_scale == meta["recipe"]["chroma_scale"]
     # What `colorizer evaluate` measured on the validation photographs when the recipe shipped it
     # (MODEL_CARD.md): the done-when of the default model, kept true by whoever rebuilds it.
     full = meta["metrics"]["validation_full"]
     assert full["images"] == len(VALIDATION)
-    assert full["ciede2000"] < full["grayscale_ciede2000"]
+    categories = meta["metrics"]["validation_categories"]
+    assert set(categories) == {*CATEGORIES, "all"} and categories["all"]["images"] == len(VALIDATION)
+    # The shipping rule of issue 13: better than the gray input overall and on people, on mean
+    # CIEDE2000 and on most photographs (the 60% target is not reached yet: MODEL_CARD.md).
+    for group in ("all", "people"):
+        assert categories[group]["ciede2000"] < categories[group]["grayscale_ciede2000"], group
+        assert categories[group]["won"] > 0.5, group
     assert full["colourfulness"] >= 0.5 * full["colourfulness_gt"]
+    manifest = meta["photos"]
+    assert {p["name"] for p in manifest if p["split"] == "validation"} == set(VALIDATION)
+    assert all(p["sha256"] and p["author"] and p["license"] for p in manifest)
     photo = make_photo(90, 60, 4)
     out = colorize_array(model, photo)
     assert out.shape == photo.shape and out.std(axis=-1).mean() > 1.0  # coloured, not gray
+
+
+def _tiny_model(metadata: dict) -> LoadedModel:
+    import keras
+
+    keras.utils.set_random_seed(4)
+    generator = build_generator(32, 1, 2, width=4, decoder="resize")
+    last = [layer for layer in generator.layers if layer.weights][-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel, np.asarray([0.3, -0.25], np.float32)])  # an untrained model is all gray
+    base = {"preset": "lab", "image_size": 32, "width": 4, "decoder": "resize"}
+    return LoadedModel(1, generator, "lab", 32, {**base, **metadata})
+
+
+def test_serving_multiplies_the_predicted_chroma_by_the_models_chroma_scale(tmp_path):
+    from skimage.color import rgb2lab
+
+    photo = make_photo(64, 48, 3)
+    full = rgb2lab(np.asarray(colorize_array(_tiny_model({}), photo)))
+    half = rgb2lab(np.asarray(colorize_array(_tiny_model({"chroma_scale": 0.5}), photo)))
+    assert np.abs(full[..., 1:]).mean() > 2.0  # the untrained model does colour
+    assert np.abs(half[..., 0] - full[..., 0]).max() < 1.0  # the lightness is the photograph's
+    assert np.abs(half[..., 1:] - 0.5 * full[..., 1:]).mean() < 0.5  # the chroma, halved
+    # The float16 export keeps the scale; a version with a bad one is refused, not served.
+    exported = ModelStore.load_dir(export_float16(_tiny_model({"chroma_scale": 0.5}), tmp_path / "f16"), "d")
+    assert exported.chroma_scale == 0.5
+    for bad in (0, -1, 3.0, "half", True):
+        version = tmp_path / f"bad-{bad}"
+        export_float16(_tiny_model({"chroma_scale": bad}), version)
+        with pytest.raises(BrokenVersion, match="chroma_scale"):
+            ModelStore.load_dir(version, "bad")
 
 
 def _publish_resize(store: ModelStore) -> int:
@@ -264,3 +365,22 @@ def test_the_training_input_pipeline_crops_decodable_photographs_only(tmp_path):
         # the input is the target's gray, in all three channels
         assert np.allclose(source.numpy()[..., 0], source.numpy()[..., 2])
     assert seen == colours  # every usable photograph comes round
+
+
+def test_the_manifest_lists_every_photograph_with_its_credit_and_the_dropped_counts(tmp_path):
+    from models.recipe import write_manifest
+
+    photos = [
+        {"name": "p/a.jpg", "split": "train", "package": "p", "version": "1", "path": "/a.jpg",
+         "kind": "photograph", "author": "A | B", "license": "CC0-1.0", "sha256": "ab" * 32},
+        {"name": "p/b.jpg", "split": "validation", "category": "people", "package": "p", "version": "1",
+         "path": "/b.jpg", "kind": "photograph", "author": "C", "license": "GPL-3+", "sha256": "cd" * 32},
+    ]  # fmt: skip
+    text = write_manifest(tmp_path, photos, {"drawing": 3, "nearly gray": 1}).read_text()
+    assert "2 photographs kept, by split: 1 train, 1 validation" in text
+    assert "Dropped by the checks: 3 drawing, 1 nearly gray" in text
+    rows = [
+        line for line in text.splitlines() if line.startswith("| validation") or line.startswith("| train")
+    ]
+    assert rows[0].startswith("| validation | people | p (1) | `/b.jpg` |")  # validation first
+    assert "| A / B | CC0-1.0 | `" + "ab" * 32 + "` |" in rows[1]  # a | in a name cannot break the table
