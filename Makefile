@@ -2,7 +2,7 @@
 # make test  same install (and Debian's chromium for the browser tests, when missing), then the test suite
 # make lint  ruff
 # make default-model  rebuild the shipped default model (see MODEL_CARD.md)
-# make bench-serve / bench-train / bench-folder  the benchmarks in bench/ (README "Performance"); minutes each
+# make bench-serve / bench-train / bench-folder  the benchmarks in bench/ (docs/performance.md); minutes each
 # Every COLORIZER_* variable in the environment reaches the service unchanged.
 
 PYTHON ?= python3
@@ -52,7 +52,7 @@ lint: $(STAMP)
 default-model: $(STAMP)
 	$(BIN)/colorizer default-model
 
-# Benchmarks (README "Performance"): tables of ratios, measured within one run. Run them on an
+# Benchmarks (docs/performance.md): tables of ratios, measured within one run. Run them on an
 # otherwise idle machine, one at a time. BENCH_ARGS=--quick for a shorter run.
 bench-serve: $(STAMP)
 	$(BIN)/python bench/serve.py $(BENCH_ARGS)

@@ -8,6 +8,7 @@ at a random scale, flips it, and derives the grayscale input from the crop itsel
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections import Counter
@@ -102,7 +103,8 @@ def scan_images(folder: Path, min_side: int, skip_gray: bool = True) -> DatasetS
                 scan.skipped["links outside the dataset"] += 1
                 continue
             try:
-                with Image.open(path) as img:
+                data = path.read_bytes()  # read once: decoded below and hashed for duplicates
+                with Image.open(io.BytesIO(data)) as img:
                     width, height = img.size
                     if width * height > MAX_SOURCE_PIXELS:
                         scan.skipped["too many pixels"] += 1
@@ -120,7 +122,7 @@ def scan_images(folder: Path, min_side: int, skip_gray: bool = True) -> DatasetS
             if gray:
                 scan.skipped[SKIP_NEAR_GRAY] += 1
                 continue
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = hashlib.sha256(data).hexdigest()
             if digest in seen:
                 scan.skipped["duplicate of another file"] += 1
                 continue
@@ -213,7 +215,7 @@ def center_view(image: np.ndarray, image_size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.float32) / 255.0
 
 
-def degrade_lightness(x, seed=None):
+def degrade_lightness(x):
     """``x`` (a model input in [-1, 1], (h, w, c), every channel the same lightness) made to look
     like an old photograph's scan: a tone curve (gamma 0.7-1.4), faded contrast with lifted blacks
     or dimmed whites, softness (a shrink and enlarge by up to 2.5x) and film grain (noise of
@@ -222,7 +224,7 @@ def degrade_lightness(x, seed=None):
     """
     import tensorflow as tf
 
-    del seed  # the tf.random global generator (seeded by keras.utils.set_random_seed) is used
+    # Random draws from the global generator, which keras.utils.set_random_seed seeds.
     shape = tf.shape(x)
     height, width = shape[0], shape[1]
     on = tf.random.uniform((4,)) < 0.6  # each effect on with this probability

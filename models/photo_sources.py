@@ -233,8 +233,7 @@ def difference_hash(rgb: np.ndarray) -> int:
     """A 64-bit difference hash of the picture's lightness (the same picture at another size or in
     another format hashes within a few bits)."""
     small = np.asarray(Image.fromarray(rgb).convert("L").resize((9, 8), Image.Resampling.BOX), np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
+    return int.from_bytes(np.packbits(small[:, 1:] > small[:, :-1]).tobytes(), "big")
 
 
 def _hamming(a: int, b: int) -> int:

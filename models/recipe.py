@@ -314,11 +314,6 @@ def shippable(name: str) -> bool:
     return CANDIDATES[name].get("decoder") == "resize"
 
 
-def _full(run: dict[str, Any]) -> dict[str, float]:
-    """A run's mean metrics on the validation photographs at full resolution (reported only)."""
-    return run["report"]["mean"]["full"]["model"]
-
-
 def choose(results: list[dict[str, Any]]) -> dict[str, Any]:
     """``lowest_ciede`` on the calibration photographs among the shippable candidates."""
     return lowest_ciede([r for r in results if shippable(r["name"])], lambda r: r["calibration"])
@@ -410,15 +405,10 @@ def build_default_model(
 
 def write_sheets(workdir: Path, docs_dir: Path, runs: list[dict[str, Any]], validation: list[Path]) -> None:
     """A before/after sheet of the validation photographs per run: ``sheet-<name>.jpg``."""
-    from models.colorize import colorize_array
-    from models.evaluate import before_after_sheet
-
     docs_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore(workdir / "models")
     for run in runs:
-        model = store.load(run["version"])
-        sheet = before_after_sheet(lambda gray, m=model: colorize_array(m, gray), validation, tile=240)
-        sheet.convert("RGB").save(docs_dir / f"sheet-{run['name']}.jpg", "JPEG", quality=85, optimize=True)
+        write_validation_sheet(store.load(run["version"]), validation, docs_dir / f"sheet-{run['name']}.jpg")
 
 
 # Real old photographs (no colour original: only to look at), from Gramps' example family tree.
@@ -481,7 +471,8 @@ def export_default(
     staging = workdir / "default-export"
     shutil.rmtree(staging, ignore_errors=True)
     export_float16(replace(model, metadata={**model.metadata, "chroma_scale": chroma_scale}), staging)
-    exported = _evaluate(ModelStore.load_dir(staging, "default"), photos.validation)
+    exported_model = ModelStore.load_dir(staging, "default")
+    exported = _evaluate(exported_model, photos.validation)
     comparison = {
         **comparison,
         "shipped": shipped["name"],
@@ -519,9 +510,8 @@ def export_default(
         skipped_file = workdir / "skipped.json"
         skipped = json.loads(skipped_file.read_text()) if skipped_file.is_file() else {}
         write_manifest(docs_dir, comparison["photos"], skipped)
-        shipped_model = ModelStore.load_dir(out_dir, "default")
-        write_old_photographs_sheet(workdir, shipped_model, docs_dir / "old-photographs-sheet.jpg")
-        write_validation_sheet(shipped_model, photos.validation, docs_dir / "validation-sheet.jpg")
+        write_old_photographs_sheet(workdir, exported_model, docs_dir / "old-photographs-sheet.jpg")
+        write_validation_sheet(exported_model, photos.validation, docs_dir / "validation-sheet.jpg")
     return comparison
 
 
@@ -551,7 +541,7 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
         "",
         f"Each candidate trained for the same {comparison['budget']['candidate_steps']} steps "
         "(equal compute: same size, width and batch) on this machine's CPU (2 cores), then scored on "
-        f"the {comparison['float16']['images'].__len__()} validation photographs at full resolution "
+        f"the {len(comparison['float16']['images'])} validation photographs at full resolution "
         "(reported here) and on the calibration photographs (what the recipe chooses by: the lowest "
         "CIEDE2000 among the candidates at least half as colourful as the truth).",
         "",
