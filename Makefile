@@ -1,5 +1,6 @@
-# make run   create .venv if missing, install (only when pyproject.toml changed), start API + worker
-# make test  same install (and Debian's chromium for the browser tests, when missing), then the test suite
+# make run   create .venv if missing, install the service (only when pyproject.toml changed), start API + worker
+# make test  the same plus the development tools (and Debian's chromium for the browser tests, when
+#            missing), then the test suite
 # make lint  ruff
 # make default-model  rebuild the shipped default model (see MODEL_CARD.md)
 # make bench-serve / bench-train / bench-folder  the benchmarks in bench/ (docs/performance.md); minutes each
@@ -8,7 +9,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# What `make run` needs, and what `make test` adds (pytest, playwright, schemathesis, ruff, ...).
 STAMP := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.installed-dev-stamp
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -21,15 +24,19 @@ $(BIN)/python:
 
 # Reinstall only when pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e .
 	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP) $@
 
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/colorizer up
 
-test: $(STAMP) | $(CHROMIUM)
+test: $(DEV_STAMP) | $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_web.py drives Debian's Chromium with Playwright (never `playwright install`: its own
@@ -43,24 +50,24 @@ $(CHROMIUM):
 		echo "warning: $@ is missing and there is no apt-get to install it: the browser tests will skip"; \
 	fi
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 # Rebuild the shipped default model (about 75 minutes on 2 CPU cores; fetches photographs with
 # apt-get download, so Debian or Ubuntu only; resumes after its last finished stage). Writes
 # models/default/ and docs/default-model/.
-default-model: $(STAMP)
+default-model: $(DEV_STAMP)
 	$(BIN)/colorizer default-model
 
 # Benchmarks (docs/performance.md): tables of ratios, measured within one run. Run them on an
 # otherwise idle machine, one at a time. BENCH_ARGS=--quick for a shorter run.
-bench-serve: $(STAMP)
+bench-serve: $(DEV_STAMP)
 	$(BIN)/python bench/serve.py $(BENCH_ARGS)
 	$(BIN)/python bench/memory.py
 
-bench-train: $(STAMP)
+bench-train: $(DEV_STAMP)
 	$(BIN)/python bench/train.py $(BENCH_ARGS)
 
 # colorizer colorize on folders of 256x256 and 2 MP photographs: images/s against the old loop.
-bench-folder: $(STAMP)
+bench-folder: $(DEV_STAMP)
 	$(BIN)/python bench/folder.py $(BENCH_ARGS)

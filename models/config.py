@@ -17,19 +17,43 @@ DATASET_NAME = re.compile(DATASET_NAME_PATTERN)
 class TrainConfig(BaseModel):
     """A training job. Defaults reproduce the report's recipe for the chosen preset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"dataset": "family-photos", "steps": 2000},
+                {
+                    "dataset": "family-photos",
+                    "preset": "lab",
+                    "image_size": 128,
+                    "width": 32,
+                    "decoder": "resize",
+                    "degrade": 0.5,
+                    "init_from": "default",
+                    "steps": 3000,
+                    "max_seconds": 3600,
+                },
+            ]
+        },
+    )
 
     dataset: str = Field(description="A folder of colour images under <data_dir>/datasets/.")
     preset: str = Field(DEFAULT_PRESET, description=f"One of: {', '.join(PRESETS)}.")
     image_size: int = Field(256, description="Training crop side; a power of two in [16, 1024].")
     steps: int | None = Field(None, ge=1, le=10_000_000, description="Training steps (batches).")
     epochs: int | None = Field(None, ge=1, le=100_000, description="Passes over the dataset.")
-    batch_size: int = Field(1, ge=1, le=256)
+    batch_size: int = Field(1, ge=1, le=256, description="Photographs per step; 1 is the report's.")
     width: int = Field(64, ge=1, le=256, description="Base filter count; 64 is the report's.")
-    g_learning_rate: float = Field(2e-4, gt=0, le=1)
-    d_learning_rate: float = Field(2e-4, gt=0, le=1)
-    beta_1: float = Field(0.5, ge=0, lt=1)
-    l1_weight: float = Field(100.0, ge=0, le=10_000)
+    g_learning_rate: float = Field(2e-4, gt=0, le=1, description="The generator's Adam learning rate.")
+    d_learning_rate: float = Field(2e-4, gt=0, le=1, description="The discriminator's Adam learning rate.")
+    beta_1: float = Field(0.5, ge=0, lt=1, description="Adam's beta_1 for both networks.")
+    l1_weight: float = Field(
+        100.0,
+        ge=0,
+        le=10_000,
+        description="Weight of the L1 term against the adversarial one (the report's: 100); "
+        "10000 is an L1 regression in effect (muted but safer colours, as the default model).",
+    )
     decoder: Literal["transpose", "resize"] | None = Field(
         None,
         description="How the generator's decoder upsamples: transpose (ConvTranspose 4x4, the report's) "

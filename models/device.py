@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import MutableMapping
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,53 @@ def prefer_wide_vectors(
     return True
 
 
+# What TensorFlow's C++ side prints on every start of a machine like this one, none of it a fault:
+# lines written before its logging is set up (so TF_CPP_MIN_LOG_LEVEL cannot hide them), and the
+# CUDA probe's error where no NVIDIA driver exists at all.
+_NORMAL_START = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|oneDNN custom operations are on"
+    r"|Could not find cuda drivers on your machine"
+    r"|This TensorFlow binary is optimized to use available CPU instructions"
+    r"|To enable the following instructions: .* rebuild TensorFlow"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|TF-TRT Warning: Could not find TensorRT"
+)
+_NO_DRIVER_PROBE = re.compile(r"failed call to cuInit")
+
+
+def no_nvidia_driver() -> bool:
+    """True when this machine has no NVIDIA driver loaded (no /proc/driver/nvidia)."""
+    return not os.path.exists("/proc/driver/nvidia")
+
+
+@contextmanager
+def quiet_tensorflow_start() -> Iterator[None]:
+    """Hold back what TensorFlow writes to file descriptor 2 meanwhile, and pass on all of it but
+    the normal start-up lines (``_NORMAL_START``; the failed CUDA probe too, where there is no
+    NVIDIA driver). Anything else, a real error included, reaches stderr unchanged afterwards.
+
+    Use it around ``import tensorflow`` and the first device listing, from one thread at a time.
+    """
+    drop = _NORMAL_START.pattern + (f"|{_NO_DRIVER_PROBE.pattern}" if no_nvidia_driver() else "")
+    dropped = re.compile(drop)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not dropped.search(line))
+            if kept:
+                os.write(2, kept.encode())
+
+
 def configure_tensorflow(preference: str = "auto") -> str:
     """Set up TensorFlow's devices and return the one to place inference on ("GPU:0" or "CPU:0").
 
@@ -72,13 +123,14 @@ def configure_tensorflow(preference: str = "auto") -> str:
     if preference not in PREFERENCES:
         raise ValueError(f"device preference must be one of {', '.join(PREFERENCES)}, got {preference!r}")
     prefer_wide_vectors()
-    import tensorflow as tf
+    with quiet_tensorflow_start():
+        import tensorflow as tf
 
-    try:
-        gpus = tf.config.list_physical_devices("GPU")
-    except Exception as exc:  # a broken CUDA install must not stop a CPU service
-        log.warning("cannot list GPUs (%s); running on the CPU", exc)
-        gpus = []
+        try:
+            gpus = tf.config.list_physical_devices("GPU")
+        except Exception as exc:  # a broken CUDA install must not stop a CPU service
+            log.warning("cannot list GPUs (%s); running on the CPU", exc)
+            gpus = []
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -163,7 +215,12 @@ def inference_precision(preference: str, device: str) -> str:
     if preference == "auto":
         return "bfloat16" if supported else "float32"
     if preference == "bfloat16" and not supported:
-        log.warning("bfloat16 inference was requested but %s has no native bfloat16; it will be slow", device)
+        log.warning(
+            "bfloat16 inference was requested but %s has no native bfloat16: it is emulated, slower "
+            "than float32, and a photograph's colours may then differ by a few levels with the "
+            "batch it runs in",
+            device,
+        )
     return preference
 
 

@@ -146,32 +146,3 @@ def build_discriminator(
         1, 4, padding="same", kernel_initializer=init(), name="patch_logits", dtype="float32"
     )(x)  # (bs, 16, 16, 1)
     return keras.Model([source, target], logits, name="discriminator")
-
-
-class NoiseDropout(layers.Dropout):
-    """Dropout that stays on at inference: pix2pix's source of noise, for varied colorizations.
-
-    Not for training or saving: serving swaps it in for the Dropout layers of a generator's
-    twin (see ``noisy_twin``). Its masks come from its seed generator's state, which callers may
-    reset for a repeatable draw.
-    """
-
-    def call(self, inputs, training=None):
-        return super().call(inputs, training=True)
-
-
-def noisy_twin(generator: keras.Model) -> keras.Model:
-    """A model sharing every layer (and so every weight) of ``generator``, with its Dropout layers
-    always active. Call it with ``training=False``: BatchNorm keeps its moving statistics."""
-
-    def swap(layer):
-        if isinstance(layer, layers.Dropout):
-            return NoiseDropout.from_config(layer.get_config())
-        return layer  # the same layer object: shared weights, no copy
-
-    return keras.models.clone_model(generator, clone_function=swap)
-
-
-def dropout_layers(model: keras.Model) -> list[layers.Dropout]:
-    """The model's Dropout layers, in graph order."""
-    return [layer for layer in model.layers if isinstance(layer, layers.Dropout)]

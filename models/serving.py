@@ -1,4 +1,4 @@
-"""A generator made ready for serving: its precision, compiled calls, padding to batch buckets, noise.
+"""A generator made ready for serving: its precision, compiled calls, padding to batch buckets.
 
 ``InferenceModel`` wraps a ``LoadedModel`` for a server that batches requests:
 
@@ -10,8 +10,6 @@
   batch to a few bucket sizes (the engine uses 1, 2, 4, 8) so the kernels only see those shapes.
 - **Inference mode**: BatchNorm uses its moving statistics and Dropout is off
   (``training=False``), so an image's output does not depend on the rest of its batch.
-- **Noise**: ``predict_noisy`` runs a twin sharing every weight whose Dropout layers stay on
-  (pix2pix's noise), seeded, for several plausible colorizations of one photograph.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from models.networks import build_generator, decoder_of, dropout_layers, noisy_twin
+from models.networks import build_generator, decoder_of
 from models.presets import get_preset
 from models.store import LoadedModel
 
@@ -81,30 +79,20 @@ class InferenceModel:
                 )
                 self.precision = "float32"
         self.in_channels = int(self.network.input_shape[-1])
-        self._noisy: Any = None
-        self._functions: dict[tuple[int, bool], Any] = {}
+        self._functions: dict[int, Any] = {}
         self._lock = threading.Lock()
-        self._noise_lock = threading.Lock()  # reseeding and the noisy call go together
 
     # -- compiled calls ------------------------------------------------------------------------
 
-    def _noisy_network(self) -> Any:
-        # caller holds _lock
-        if self._noisy is None:
-            with tf.device(self.device):
-                self._noisy = noisy_twin(self.network)
-        return self._noisy
-
-    def function(self, size: int, noisy: bool = False) -> Any:
+    def function(self, size: int) -> Any:
         """The tf.function for render side ``size``: input signature (None, size, size, C), fixed."""
-        key = (size, noisy)
         with self._lock:
-            fn = self._functions.get(key)
+            fn = self._functions.get(size)
             if fn is None:
-                network = self._noisy_network() if noisy else self.network
+                network = self.network
                 spec = tf.TensorSpec([None, size, size, self.in_channels], tf.float32)
                 fn = tf.function(lambda x: network(x, training=False), input_signature=[spec])
-                self._functions[key] = fn
+                self._functions[size] = fn
         return fn
 
     def tracing_count(self) -> int:
@@ -128,17 +116,6 @@ class InferenceModel:
         with tf.device(self.device):
             out = self.function(size)(tf.convert_to_tensor(inputs, tf.float32))
         return out.numpy()[:count]
-
-    def predict_noisy(self, inputs: np.ndarray, seed: int) -> np.ndarray:
-        """Like ``predict`` with Dropout active (BatchNorm still in inference mode): every item of
-        the batch gets its own noise; the same ``seed`` and inputs give the same outputs."""
-        fn = self.function(inputs.shape[1], noisy=True)
-        with self._noise_lock, tf.device(self.device):
-            for index, layer in enumerate(dropout_layers(self._noisy)):
-                state = layer.seed_generator.state
-                state.assign(np.array([seed, index], dtype=state.dtype))
-            out = fn(tf.convert_to_tensor(inputs, tf.float32))
-        return out.numpy()
 
     def warm_up(self, size: int, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Trace the function for ``size`` and run each batch size once (kernels are picked per shape)."""

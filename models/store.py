@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +39,26 @@ METADATA_FILE = "metadata.json"
 TEMP_PREFIX = ".tmp-"
 # A publisher's temporary directory older than this was left by a killed process.
 STALE_TEMP_SECONDS = 3600.0
+
+
+# Version numbers are ASCII digits: str.isdigit() also takes "²" (int() refuses it) and "١٢" or
+# "１" (int() reads them as 12 and 1).
+_VERSION_NUMBER = re.compile(r"[0-9]+")
+# A published version's folder is readable by an API running as another user on the shared volume
+# (mkdtemp creates it 0700).
+VERSION_DIR_MODE = 0o755
+
+
+# Far beyond any real store; a longer number is not a version (and would be too long a file name).
+MAX_VERSION_DIGITS = 18
+
+
+def parse_version(text: Any) -> int | None:
+    """``text`` as a version number (ASCII digits, above zero), or None for anything else."""
+    if isinstance(text, str) and len(text) <= MAX_VERSION_DIGITS and _VERSION_NUMBER.fullmatch(text):
+        number = int(text)
+        return number if number > 0 else None
+    return None
 
 
 class UnknownVersion(LookupError):
@@ -165,15 +186,30 @@ class ModelStore:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self._ignored: set[str] = set()  # names already logged as not a version
 
     def _version_dirs(self) -> list[tuple[int, Path]]:
         if not self.root.is_dir():
             return []
         found = []
         for child in self.root.iterdir():
-            if child.name.isdigit() and child.is_dir() and int(child.name) > 0:
-                found.append((int(child.name), child))
+            version = parse_version(child.name)
+            if version is not None and child.is_dir():
+                found.append((version, child))
+            elif not child.name.startswith(".") and child.name not in self._ignored:
+                self._ignored.add(child.name)
+                log.warning(
+                    "ignoring %r in the model store: versions are folders named by a positive "
+                    "number in ASCII digits",
+                    child.name,
+                )
         return sorted(found)
+
+    def public_reason(self, exc: BaseException) -> str:
+        """``exc``'s message with this store's and the default model's folders named, not shown
+        (answers to clients carry no server paths)."""
+        text = str(exc).replace(f"{self.root}{os.sep}", "version ")
+        return text.replace(str(DEFAULT_MODEL_DIR), "the default model")
 
     def versions(self) -> list[int]:
         """Version numbers present, ascending (without reading metadata)."""
@@ -186,7 +222,7 @@ class ModelStore:
             try:
                 metadata = read_metadata(path)
             except BrokenVersion as exc:
-                metadata = {"error": str(exc)}
+                metadata = {"error": self.public_reason(exc)}
             infos.append(VersionInfo(version, path, metadata))
         return infos
 
@@ -199,15 +235,27 @@ class ModelStore:
         try:
             metadata = read_metadata(path)
         except BrokenVersion as exc:
-            metadata = {"error": str(exc)}
+            metadata = {"error": self.public_reason(exc)}
         return VersionInfo(version, path, metadata)
 
-    def get(self, version: int) -> VersionInfo:
+    def get(self, version: int | str) -> VersionInfo:
         """One version's info; raises UnknownVersion."""
-        path = self.root / str(int(version))
+        number = self._number(version)
+        path = self.root / str(number)
         if not path.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
-        return VersionInfo(int(version), path, read_metadata(path))
+        return VersionInfo(number, path, read_metadata(path))
+
+    @staticmethod
+    def _number(version: int | str) -> int:
+        number = version if isinstance(version, int) and not isinstance(version, bool) else None
+        if isinstance(version, str):
+            number = parse_version(version.strip())
+        if number is None or not 0 < number < 10**MAX_VERSION_DIGITS:
+            raise UnknownVersion(
+                f"model version {version!r} does not exist (versions are positive numbers in ASCII digits)"
+            )
+        return number
 
     def load(self, version: int | str) -> LoadedModel:
         """Load a version's generator (or ``"default"``); raises UnknownVersion or BrokenVersion."""
@@ -215,14 +263,11 @@ class ModelStore:
             if not self.has_default():
                 raise UnknownVersion("no default model is installed with this package")
             return load_generator_dir(DEFAULT_MODEL_DIR, DEFAULT_VERSION)
-        try:
-            version = int(version)
-        except (TypeError, ValueError):
-            raise UnknownVersion(f"model version {version!r} does not exist") from None
+        version = self._number(version)
         path = self.root / str(version)
         if not path.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
-        return load_generator_dir(path, int(version))
+        return load_generator_dir(path, version)
 
     @staticmethod
     def has_default() -> bool:
@@ -244,6 +289,7 @@ class ModelStore:
         self.remove_stale_temp_dirs()
         tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-", dir=self.root))
         try:
+            os.chmod(tmp, VERSION_DIR_MODE)
             generator.save(tmp / GENERATOR_FILE)
             for attempt in range(100):
                 version = (self.versions() or [0])[-1] + 1

@@ -28,6 +28,7 @@ from models import color
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import (
+    DatasetError,
     DatasetScan,
     center_view,
     load_photo,
@@ -637,6 +638,11 @@ def sample_pairs(files: list[Path], config: TrainConfig):
         image = load_photo(path, config.image_size * 2)
         if image is not None:
             views.append(center_view(image, config.image_size))
+    if not views:
+        raise DatasetError(
+            f"none of the photographs of dataset {config.dataset!r} can be read any more (the first "
+            f"{min(len(files), SAMPLE_COUNT)} tried): was it deleted or changed while the job started?"
+        )
     return to_pair(np.stack(views), config.preset)
 
 

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from models.jobs import JobStore
@@ -84,11 +85,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     limit_malloc_arenas()  # before the engine's and the request threads start
     store = ModelStore(settings.models_dir)
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from this server (works offline); no call to
+    # Swagger's online validator either
+    app = FastAPIOffline(
         title="Colorizer",
         summary="Colorize grayscale photographs with a pix2pix generator; train new ones.",
         version="0.1.0",
         lifespan=_lifespan,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.model_store = store

@@ -99,15 +99,17 @@ class UnpackBudget:
 def safe_path(name: str) -> str | None:
     """``name`` as a relative POSIX path that stays inside the extraction folder, or None.
 
-    Backslashes count as separators (a Windows client would treat them so), and an absolute path,
-    a drive letter (``C:``), an empty, ``.`` or ``..`` component, a control character, a component
-    over 255 bytes or more than 32 levels is refused rather than repaired.
+    Backslashes count as separators (a Windows client would treat them so). ``.`` components are
+    dropped (``tar -czf photos.tar.gz -C folder .`` stores ``./a.jpg``). An absolute path, a drive
+    letter (``C:``), an empty or ``..`` component, a control character, a component over 255 bytes
+    or more than 32 levels is refused rather than repaired.
     """
     if not name or name.startswith(("/", "\\")):
         return None
     parts = name.replace("\\", "/").split("/")
     if parts and parts[-1] == "":  # "folder/" is a directory entry: its trailing slash is fine
         parts.pop()
+    parts = [part for part in parts if part != "."]
     if not parts or len(parts) > MAX_PATH_DEPTH:
         return None
     for part in parts:
@@ -222,10 +224,12 @@ class _BoundedTarInfo(tarfile.TarInfo):
 def sniff(path: Path) -> tuple[ArchiveType, str | None]:
     """("zip" or "tar", compression of a tar: "gz", "bz2", "xz" or None), from the content.
 
-    Raises ApiError 415 when it is neither.
+    Raises ApiError 400 for an empty file, 415 when it is neither.
     """
     with open(path, "rb") as file:
         head = file.read(512)
+    if not head:
+        raise ApiError(400, "the upload is empty: send a zip or tar archive of photographs")
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar", None
     if head.startswith(b"\x1f\x8b"):

@@ -59,7 +59,6 @@ class BatcherStopped(RuntimeError):
 class _Request:
     key: Hashable
     payload: Any
-    batchable: bool
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -126,12 +125,12 @@ class DynamicBatcher:
     def full(self) -> bool:
         return len(self._queue) >= self.max_queue
 
-    def submit(self, key: Hashable, payload: Any, *, batchable: bool = True) -> Future:
+    def submit(self, key: Hashable, payload: Any) -> Future:
         """Queue ``payload``; the future resolves to its item of ``run(key, payloads)``.
 
-        ``batchable=False`` runs it alone. Raises QueueFull when ``max_queue`` requests wait.
+        Raises QueueFull when ``max_queue`` requests wait.
         """
-        request = _Request(key, payload, batchable)
+        request = _Request(key, payload)
         with self._cond:
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"{len(self._queue)} requests are waiting for the model")
@@ -150,8 +149,6 @@ class DynamicBatcher:
             if self._stopping:
                 return None
             head = self._queue[0]
-            if not head.batchable:
-                return [self._queue.popleft()]
             deadline = head.queued_at + self.timeout
             while not self._stopping:
                 same = sum(1 for r in self._queue if r.key == head.key)
@@ -159,7 +156,7 @@ class DynamicBatcher:
                 if same >= self.max_batch_size or remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch = [r for r in self._queue if r.key == head.key and r.batchable][: self.max_batch_size]
+            batch = [r for r in self._queue if r.key == head.key][: self.max_batch_size]
             taken = set(map(id, batch))
             self._queue = deque(r for r in self._queue if id(r) not in taken)
             return batch

@@ -17,11 +17,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
+import typing
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from pydantic import ValidationError
@@ -65,6 +68,9 @@ def main() -> None:
     Settings come from COLORIZER_* environment variables (see the README); with none set,
     everything lives in ./var and the job queue is an embedded SQLite broker.
     """
+    # TensorFlow's C++ INFO and WARNING lines (XLA start-up, oneDNN, ...) are not for the person
+    # reading the service's log; its errors still show. Set the variable to 0 to see them all.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @main.command()
@@ -73,6 +79,7 @@ def main() -> None:
 def serve(host: str | None, port: int | None) -> None:
     """Run the HTTP API (uvicorn, one process)."""
     settings = load_settings()
+    setup_logging(settings)  # the app's own lines ("now serving model version 3", ...) beside uvicorn's
     settings.ensure_dirs()
     import uvicorn
 
@@ -117,6 +124,9 @@ def worker_command(hostname: str | None) -> None:
     settings.ensure_dirs()
     from worker.celery_app import app
 
+    # Celery warns at length when it runs as root, as a developer's machine or CI often does; the
+    # Docker image runs it as an unprivileged user.
+    warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
     app.worker_main(worker_argv(settings.log_level, hostname))
 
 
@@ -245,25 +255,52 @@ def _dataset_option(value: str, settings: Settings) -> tuple[str, Path | None]:
     )
 
 
+def _click_type(annotation: Any) -> Any:
+    """The click type of a TrainConfig field: a Choice for literals, int, float, else text that
+    TrainConfig itself parses (``init_from``: a number or "default")."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
+    literals = [v for a in kinds if typing.get_origin(a) is Literal for v in typing.get_args(a)]
+    plain = [a for a in kinds if a in (int, float, str)]
+    if literals and not plain:
+        return click.Choice([str(v) for v in literals])
+    if not literals and plain in ([int], [float]):
+        return plain[0]
+    return str
+
+
+def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One ``--option`` per TrainConfig field (``dataset`` aside), typed, described and defaulted
+    by the config model itself, so the CLI takes whatever POST /jobs takes."""
+    from pydantic_core import PydanticUndefined
+
+    from models.config import TrainConfig
+
+    for name, field in reversed(list(TrainConfig.model_fields.items())):
+        if name == "dataset":
+            continue
+        help_text = field.description or ""
+        if field.default not in (None, PydanticUndefined):
+            help_text += f" [default: {field.default}]"
+        option = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            type=_click_type(field.annotation),
+            default=None,
+            help=help_text,
+        )
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option(
     "--dataset",
     required=True,
     help="A folder of colour photographs, or the name of one under <data_dir>/datasets/.",
 )
-@click.option("--preset", default=None, help="Model preset (seed or lab) [default: lab].")
-@click.option("--steps", type=int, default=None, help="Training steps (batches).")
-@click.option("--epochs", type=int, default=None, help="Passes over the dataset (instead of --steps).")
-@click.option("--image-size", type=int, default=None, help="Training crop side, a power of two.")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--width", type=int, default=None, help="Base filter count (64 is the report's).")
-@click.option("--l1-weight", type=float, default=None)
-@click.option("--sample-every", type=int, default=None, help="Steps between sample plots.")
-@click.option("--publish-every", type=int, default=None, help="Steps between published versions.")
-@click.option("--checkpoint-every", type=int, default=None, help="Steps between resumable checkpoints.")
-@click.option("--init-from", default=None, help="Start from this published model version.")
-@click.option("--seed", type=int, default=None, help="Random seed for a repeatable run.")
-def train(dataset: str, init_from: str | None, **options: Any) -> None:
+@training_options
+def train(dataset: str, **options: Any) -> None:
     """Train in the foreground (no broker needed) and publish into the model store.
 
     The run is an ordinary job record under <data_dir>/jobs/ (config, samples, checkpoint).
@@ -278,8 +315,6 @@ def train(dataset: str, init_from: str | None, **options: Any) -> None:
 
     name, folder = _dataset_option(dataset, settings)
     config: dict[str, Any] = {"dataset": name, **{k: v for k, v in options.items() if v is not None}}
-    if init_from is not None:
-        config["init_from"] = init_from if init_from == "default" else _int_option(init_from, "--init-from")
     try:
         config = TrainConfig.model_validate(config).model_dump(exclude_none=True)
     except ValidationError as exc:
@@ -299,8 +334,16 @@ def train(dataset: str, init_from: str | None, **options: Any) -> None:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        # Keras's live progress bar on a terminal; into a pipe or a file, a plain line per pass
+        # (the bar's cursor and colour codes would be noise there)
+        verbose = 1 if sys.stdout.isatty() else 2
         outcome = run_job(
-            settings, job_id, config, verbose=1, should_stop=lambda: bool(interrupted), dataset_path=folder
+            settings,
+            job_id,
+            config,
+            verbose=verbose,
+            should_stop=lambda: bool(interrupted),
+            dataset_path=folder,
         )
     except KeyboardInterrupt:
         jobs.update(job_id, state="cancelled", finished_at=time.time(), error="aborted with Ctrl-C")
@@ -316,13 +359,6 @@ def train(dataset: str, init_from: str | None, **options: Any) -> None:
     )
     if outcome["state"] == "failed":
         raise click.ClickException(outcome.get("error") or "training failed")
-
-
-def _int_option(value: str, hint: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a version number", param_hint=hint) from None
 
 
 @dataclass(frozen=True)
@@ -524,7 +560,7 @@ class FolderRun:
 def resolve_colorize_model(engine: Any, store: Any, value: str) -> Any:
     """The LoadedModel for --model: a version number, 'latest' (the newest published version, else
     the packaged default) or 'default'. Raises click errors."""
-    from models.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion
+    from models.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, parse_version
 
     text = value.strip().lower()
     if text == "latest":
@@ -538,7 +574,7 @@ def resolve_colorize_model(engine: Any, store: Any, value: str) -> Any:
             raise click.ClickException(
                 f"no model in {store.root}: train one first (colorizer train, or POST /jobs)"
             )
-    if text != DEFAULT_VERSION and not text.isdigit():
+    if text != DEFAULT_VERSION and parse_version(text) is None:
         raise click.BadParameter(
             f"{value!r} is not a version number, 'latest' or 'default'", param_hint="--model"
         )
@@ -704,19 +740,22 @@ def resolve_model(store: Any, value: str, hint: str) -> tuple[str, Any]:
 
     Raises click errors for an unknown, broken or unrecognised model.
     """
-    from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion
+    from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion, parse_version
 
     text = value.strip()
     try:
         if text.lower() == DEFAULT_VERSION:
             return DEFAULT_VERSION, store.load(DEFAULT_VERSION)
-        if text.lower() == "latest":
+        if text.lower() == "latest":  # the newest published version, else the packaged default
             latest = store.latest()
+            if latest is None and store.has_default():
+                return DEFAULT_VERSION, store.load(DEFAULT_VERSION)
             if latest is None:
                 raise click.ClickException(f"no model in {store.root}: train one first, or name a version")
             text = str(latest.version)
-        if text.isdigit():
-            return f"version {int(text)}", store.load(int(text))
+        number = parse_version(text)
+        if number is not None:
+            return f"version {number}", store.load(number)
         folder = Path(text).expanduser()
         if folder.is_dir():
             return str(folder), ModelStore.load_dir(folder, str(folder))

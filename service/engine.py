@@ -49,6 +49,7 @@ from models.store import (
     LoadedModel,
     ModelStore,
     UnknownVersion,
+    parse_version,
 )
 from service.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
 from service.errors import EngineBusy, NoModelLoaded
@@ -84,12 +85,14 @@ def version_key(version: int | str) -> Version:
         text = version.strip().lower()
         if text == DEFAULT_VERSION:
             return DEFAULT_VERSION
-        if text.isdigit() and int(text) > 0:
-            return int(text)
+        number = parse_version(text)
+        if number is not None:
+            return number
     elif isinstance(version, int) and not isinstance(version, bool) and version > 0:
         return version
     raise UnknownVersion(
-        f"model version {version!r} does not exist (versions are positive integers, or {DEFAULT_VERSION!r})"
+        f"model version {version!r} does not exist (versions are positive numbers in ASCII digits, "
+        f"or {DEFAULT_VERSION!r})"
     )
 
 
@@ -159,6 +162,8 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.setup_error: str | None = None
+        self.loading: Version | None = None  # the version being loaded and warmed up, if any
+        self._looked = threading.Event()  # the watcher's first look at the store is over
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -244,7 +249,28 @@ class Engine:
                 self.refresh()
             except Exception:  # the watcher must outlive any surprise in one look at the store
                 log.exception("looking for a new model version failed; trying again later")
+            self._looked.set()
             self._stop.wait(self.reload_interval)
+
+    def waiting_reason(self) -> str:
+        """Why no model is served (yet), in a sentence for /readyz and a 503."""
+        if self.setup_error:
+            return self.setup_error
+        if self._device is None:
+            return "starting: TensorFlow is being set up, then the newest model is loaded"
+        loading = self.loading
+        if loading is not None:
+            return f"starting: loading model version {loading}"
+        if not self._looked.is_set():
+            return "starting: looking for the newest model version"
+        failed = self.failed_versions()
+        if failed:
+            reasons = "; ".join(f"version {v}: {reason}" for v, reason in failed.items())
+            return f"no model is loaded: no version in the store can be loaded ({reasons})"
+        return (
+            "no model is loaded: the model store has no version yet and no default model is installed "
+            "(train one with POST /jobs)"
+        )
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -288,11 +314,11 @@ class Engine:
         except Exception as exc:  # BrokenVersion, or anything a bad generator does on first use
             if isinstance(exc, BrokenVersion):
                 # the store names the folder; clients need the version, not the server's paths
-                text = str(exc).replace(f"{self.store.root}{os.sep}", "version ")
-                reason = _one_line(text.replace(str(store_module.DEFAULT_MODEL_DIR), "the default model"))
+                reason = _one_line(self.store.public_reason(exc))
             else:
                 reason = (
-                    f"version {version} fails on a test image: {type(exc).__name__}: {_one_line(str(exc))}"
+                    f"version {version} fails on a test image: {type(exc).__name__}: "
+                    f"{_one_line(self.store.public_reason(exc))}"
                 )
             log.debug("model version %s failed to load or warm up", version, exc_info=exc)
             with self._state_lock:
@@ -332,10 +358,13 @@ class Engine:
                 with self._state_lock:
                     model = self._cache.get(version)  # already loaded on demand by a request
                 if model is None:
+                    self.loading = version
                     try:
                         model = self._load_and_warm(version)
                     except (UnknownVersion, BrokenVersion):
                         continue
+                    finally:
+                        self.loading = None
                 self._swap_in(model)
             return version
         return None
@@ -374,7 +403,7 @@ class Engine:
         current = self._current
         if version is None:
             if current is None:
-                raise NoModelLoaded(self.setup_error)
+                raise NoModelLoaded(self.waiting_reason())
             return current
         version = version_key(version)
         if current is not None and current.version == version:
@@ -473,26 +502,12 @@ class Engine:
         """Model inputs waiting for the inference thread."""
         return self._batcher.depth()
 
-    def submit(
-        self,
-        model: LoadedModel,
-        inputs: np.ndarray,
-        size: int,
-        *,
-        variations: int | None = None,
-        seed: int = 0,
-    ) -> Future:
+    def submit(self, model: LoadedModel, inputs: np.ndarray, size: int) -> Future:
         """Queue a prepared model input (size, size, C); the future gives the prediction (size,
-        size, out), or with ``variations`` N, N predictions with dropout noise (seeded by ``seed``).
-
-        Raises EngineBusy when the queue is full.
+        size, out). Raises EngineBusy when the queue is full.
         """
         serving = self._serving(model)
         try:
-            if variations:
-                return self._batcher.submit(
-                    (serving, size, "noisy"), (inputs, int(variations), int(seed)), batchable=False
-                )
             return self._batcher.submit((serving, size), inputs)
         except QueueFull:
             raise EngineBusy(self._batcher.depth(), self.retry_after()) from None
@@ -500,9 +515,6 @@ class Engine:
     def _run_batch(self, key: tuple, payloads: list) -> list:
         """In the inference thread: one compiled call for the whole batch."""
         serving = key[0]
-        if len(key) == 3:  # variations: one photograph, its noisy predictions
-            [(inputs, count, seed)] = payloads
-            return [serving.predict_noisy(np.repeat(inputs[None], count, axis=0), seed)]
         return list(serving.predict(np.stack(payloads), pad_to=bucket_for(len(payloads), self.buckets)))
 
     def colorize(self, model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
@@ -514,22 +526,6 @@ class Engine:
         inputs, lum, size = self.prepare(model, image, render_size)
         prediction = self.submit(model, inputs, size).result()
         return self.finish(model, prediction, lum)
-
-    def colorize_variations(
-        self,
-        model: LoadedModel,
-        image: np.ndarray,
-        count: int,
-        seed: int,
-        render_size: int | None = None,
-    ) -> list[np.ndarray]:
-        """``count`` different plausible colorizations (dropout noise), the same for the same seed.
-
-        Blocking, like colorize.
-        """
-        inputs, lum, size = self.prepare(model, image, render_size)
-        predictions = self.submit(model, inputs, size, variations=count, seed=seed).result()
-        return [self.finish(model, p, lum) for p in predictions]
 
     def describe(self) -> dict[str, Any]:
         """What the engine serves, for health and listing endpoints."""

@@ -6,6 +6,7 @@ and put a readable summary in ``detail``.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.jobs import UnknownJob
@@ -101,8 +103,29 @@ def _error_body(detail: str, **extra: Any) -> dict[str, Any]:
     return {"detail": detail, **jsonable_encoder(extra)}
 
 
+def _body_fields(request: Request) -> list[str]:
+    """The field names of the route's JSON body model (POST /jobs: TrainConfig's), if it has one."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(body, "field_info", None), "annotation", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _name_the_likely_field(errors: list[dict[str, Any]], fields: list[str]) -> None:
+    """``unknown field 'stpes' (did you mean 'steps'?)`` for each field the body model forbids."""
+    for error in errors:
+        loc = error.get("loc") or ()
+        if error.get("type") == "extra_forbidden" and fields and len(loc) == 2:
+            name = str(loc[-1])
+            guesses = difflib.get_close_matches(name.lower().replace("-", "_"), fields, n=1, cutoff=0.6)
+            hint = f"did you mean {guesses[0]!r}?" if guesses else f"the fields are {', '.join(fields)}"
+            error["msg"] = f"unknown field ({hint})"
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = jsonable_encoder(exc.errors())
+    _name_the_likely_field(errors, _body_fields(request))
     return JSONResponse(
         status_code=422, content=_error_body(summarize_validation_errors(errors), errors=errors)
     )

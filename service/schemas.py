@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def finite_or_none(value: Any) -> Any:
@@ -44,7 +44,13 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 class ErrorResponse(BaseModel):
     """Every error: a sentence saying what went wrong and what to do about it."""
 
-    detail: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"detail": "model version 7 does not exist (GET /models lists them)"}]
+        }
+    )
+
+    detail: str = Field(description="What went wrong and what to do about it, in a sentence.")
 
 
 class ValidationErrorResponse(ErrorResponse):
@@ -60,19 +66,25 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     """Whether a model is loaded, which one, and the TensorFlow device it runs on."""
 
-    ready: bool
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"ready": True, "model_version": 3, "device": "CPU:0", "detail": None}]
+        }
+    )
+
+    ready: bool = Field(description="Whether /colorize can answer now.")
     model_version: int | str | None = Field(None, description='A version number, or "default".')
-    device: str | None = None
-    detail: str | None = None
+    device: str | None = Field(None, description="The TensorFlow device the model runs on.")
+    detail: str | None = Field(None, description="Why it is not ready (loading, no model), if it is not.")
 
 
 class ModelInfo(BaseModel):
     """One version in the model store, or the packaged default model (version ``"default"``)."""
 
     version: int | str = Field(description='A version number, or "default" for the packaged model.')
-    preset: str | None = None
-    image_size: int | None = None
-    created_at: float | None = None
+    preset: str | None = Field(None, description="The preset it was trained with (lab, seed, ...).")
+    image_size: int | None = Field(None, description="The side of the square the generator runs at.")
+    created_at: float | None = Field(None, description="When it was published (Unix time).")
     served: bool = Field(False, description="The version /colorize uses when no ?model= is given.")
     loaded: bool = Field(False, description="Held in memory (served or cached).")
     error: str | None = Field(None, description="Why this version cannot be served, if it cannot.")
@@ -81,7 +93,9 @@ class ModelInfo(BaseModel):
         description="Training losses (train) and mean metrics on held-out photographs (validation): "
         "psnr, ssim, ciede2000, colourfulness, and the same for the grayscale input (grayscale_*).",
     )
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Everything recorded with it: training config, job, step, ..."
+    )
 
     @field_validator("metrics", "metadata", mode="before")
     @classmethod
@@ -90,31 +104,85 @@ class ModelInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
+    """The packaged default model and every published version, and which one is served."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "served": 2,
+                    "device": "CPU:0",
+                    "versions": [
+                        {"version": "default", "preset": "lab", "image_size": 128, "served": False},
+                        {"version": 2, "preset": "lab", "image_size": 128, "served": True, "loaded": True},
+                    ],
+                }
+            ]
+        }
+    )
+
     served: int | str | None = Field(None, description="The version /colorize uses when no ?model= is given.")
-    device: str | None = None
-    versions: list[ModelInfo]
+    device: str | None = Field(None, description="The TensorFlow device models run on.")
+    versions: list[ModelInfo] = Field(description="Oldest first: the default model, then version 1, 2, ...")
 
 
 class JobProgress(BaseModel):
-    step: int = 0
-    total: int | None = None
-    epoch: int = 0
+    """How far training has got."""
+
+    step: int = Field(0, description="Training steps (batches) done so far.")
+    total: int | None = Field(
+        None, description="Steps the job will run in all (from steps or epochs); null until known."
+    )
+    epoch: int = Field(0, description="Passes over the dataset started so far.")
+
+
+_JOB_EXAMPLE = {
+    "id": "3f2b9c1e8a7d4c0b9e6f5a4d3c2b1a09",
+    "state": "running",
+    "config": {"dataset": "family-photos", "preset": "lab", "image_size": 128, "steps": 2000},
+    "created_at": 1796203000.0,
+    "started_at": 1796203004.5,
+    "finished_at": None,
+    "progress": {"step": 600, "total": 2000, "epoch": 4},
+    "losses": {"g": 12.3, "d": 0.62, "l1": 0.116},
+    "eta_seconds": 410.0,
+    "published_versions": [2],
+    "error": None,
+    "attempts": 1,
+    "resumed_from_step": None,
+    "heartbeat_at": 1796203180.2,
+}
 
 
 class JobStatus(BaseModel):
     """A training job's record, as the worker last wrote it."""
 
-    id: str
-    state: JobState
-    config: dict[str, Any]
-    created_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    progress: JobProgress = Field(default_factory=JobProgress)
-    losses: dict[str, float | None] = Field(default_factory=dict)
-    eta_seconds: float | None = None
-    published_versions: list[int] = Field(default_factory=list)
-    error: str | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
+
+    id: str = Field(description="The job's id (the Location of POST /jobs ends with it).")
+    state: JobState = Field(
+        description="queued: waiting for a worker; running: a worker trains it; succeeded: done; "
+        "failed: stopped by an error (see error); cancelled: stopped by POST /jobs/{id}/cancel."
+    )
+    config: dict[str, Any] = Field(description="The training configuration, defaults filled in.")
+    created_at: float | None = Field(None, description="When it was submitted (Unix time, seconds).")
+    started_at: float | None = Field(None, description="When a worker first started it (Unix time).")
+    finished_at: float | None = Field(
+        None, description="When it succeeded, failed or was cancelled (Unix time)."
+    )
+    progress: JobProgress = Field(default_factory=JobProgress, description="Steps and epochs so far.")
+    losses: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="The latest training losses: g (the generator's, adversarial plus weighted L1), "
+        "d (the discriminator's) and l1 (mean absolute error of the output); null where not finite.",
+    )
+    eta_seconds: float | None = Field(
+        None, description="Estimated seconds until the last step; null when not running or not known yet."
+    )
+    published_versions: list[int] = Field(
+        default_factory=list, description="Model versions this job has published so far (GET /models)."
+    )
+    error: str | None = Field(None, description="Why it failed, in a sentence; null otherwise.")
     attempts: int = Field(0, description="Times a worker started it (a resumed job counts each start).")
     resumed_from_step: int | None = Field(
         None, description="The checkpoint step its latest start resumed from (none: from the beginning)."

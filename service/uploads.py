@@ -151,7 +151,7 @@ async def receive_archive(
     the multipart file field is missing. ``dest`` may be left partly written: the caller cleans up.
     """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise upload_too_large(limit, setting)
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()

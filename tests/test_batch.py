@@ -23,7 +23,7 @@ from tests.apptest import (
     wait_for,
 )
 from tests.conftest import make_photo
-from tests.test_datasets import file_info, tar_of, zip_of
+from tests.test_datasets import file_info, tar_made_the_usual_way, tar_of, zip_of
 
 
 def gray(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> bytes:
@@ -158,6 +158,13 @@ def test_batch_reads_a_tar_too(client):
     response = client.post("/colorize/batch", content=archive, headers={"content-type": "application/gzip"})
     images, manifest = unzip(response)
     assert list(images) == ["dir/a.png"] and manifest["counts"]["ok"] == 1
+
+
+def test_batch_reads_a_tar_made_with_tar_czf_dot(client, tmp_path):
+    archive = tar_made_the_usual_way(tmp_path, {"a.png": gray(40, 32), "dir/b.png": gray(30, 20)})
+    response = client.post("/colorize/batch", content=archive, headers={"content-type": "application/gzip"})
+    images, manifest = unzip(response)
+    assert sorted(images) == ["a.png", "dir/b.png"] and manifest["counts"]["ok"] == 2
 
 
 def test_a_batch_with_no_image_is_422_with_a_sentence(client):

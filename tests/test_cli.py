@@ -408,6 +408,7 @@ def test_train_on_a_folder_publishes_into_the_settings_model_store(data_dir, tmp
     )
     assert result.exit_code == 0, result.output
     assert "succeeded; published versions: [1]" in result.output
+    assert "\x1b[" not in result.output  # not a terminal: Keras's plain lines, no cursor or colour codes
     from models.jobs import JobStore
     from models.store import ModelStore
 
@@ -429,17 +430,39 @@ def test_train_rejects_invalid_options_before_creating_a_job(data_dir, tmp_path)
     assert missing.exit_code == 2 and "neither a folder nor a dataset" in missing.output
 
 
+def test_train_takes_every_field_a_training_job_takes(data_dir, tmp_path):
+    from models.config import TrainConfig
+    from models.jobs import JobStore
+
+    command = main.commands["train"]
+    options = {name for param in command.params for name in param.opts}
+    assert {f"--{field.replace('_', '-')}" for field in TrainConfig.model_fields} <= options
+    folder = write_dataset(tmp_path / "photos", count=2)
+    wrong = CliRunner().invoke(
+        main, ["train", "--dataset", str(folder), "--steps", "2", "--precision", "half"]
+    )
+    assert wrong.exit_code == 2 and "'half' is not one of 'auto', 'float32', 'mixed'" in wrong.output
+    result = CliRunner().invoke(
+        main,
+        ["train", "--dataset", str(folder), "--steps", "1", "--image-size", "32", "--width", "4"]
+        + ["--max-seconds", "600", "--decoder", "resize", "--precision", "float32", "--init-from", "default"],
+    )
+    # init_from "default" reaches the job (no default model in tests: the job fails saying so)
+    (record,) = JobStore(data_dir / "jobs").list()
+    assert record["config"]["max_seconds"] == 600 and record["config"]["decoder"] == "resize"
+    assert record["config"]["init_from"] == "default", result.output
+
+
 # --- up ------------------------------------------------------------------------------------
 
 
-def start_up(tmp_path: Path, name: str) -> tuple[Proc, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLORIZER_")}
-    env.update(
-        COLORIZER_DATA_DIR=str(tmp_path / "data"),
-        TF_CPP_MIN_LOG_LEVEL="2",
-        CUDA_VISIBLE_DEVICES="-1",
-        PYTHONUNBUFFERED="1",
-    )
+def start_up(tmp_path: Path, name: str, as_a_user_would: bool = False) -> tuple[Proc, int]:
+    """``colorizer up`` on ``tmp_path/data``; ``as_a_user_would``: without the tests' TensorFlow
+    variables (TF_CPP_MIN_LOG_LEVEL, CUDA_VISIBLE_DEVICES), as README's commands run it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COLORIZER_", "TF_CPP", "CUDA_"))}
+    env.update(COLORIZER_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    if not as_a_user_would:
+        env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
     port = free_port()
     return Proc(colorizer("up", "--port", str(port), "--grace", "5"), env, tmp_path / f"{name}.log"), port
 
@@ -459,12 +482,29 @@ def wait_for_both(up: Proc, port: int) -> dict[int, str]:
 
 @pytest.mark.integration
 def test_up_runs_api_and_worker_on_the_embedded_broker_and_ctrl_c_stops_both(tmp_path):
-    up, port = start_up(tmp_path, "up")
+    from models.networks import build_generator
+    from models.store import ModelStore
+
+    ModelStore(tmp_path / "data" / "models").publish(
+        build_generator(32, 1, 2, width=4), {"preset": "lab", "image_size": 32}
+    )
+    up, port = start_up(tmp_path, "up", as_a_user_would=True)
     children: dict[int, str] = {}
     try:
         children = wait_for_both(up, port)
         assert "sqla+sqlite:///" in up.log()  # the worker is on the embedded SQLite broker
         assert (tmp_path / "data" / "broker.sqlite").exists()
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200,
+            60,
+            "version 1 served",
+            (up,),
+        )
+        # The log says what is served, and nothing alarming that is normal on a CPU-only machine
+        log = up.log()
+        assert "now serving model version 1" in log
+        for noise in ("cuInit", "absl::InitializeLog", "oneDNN custom operations", "superuser privileges"):
+            assert noise not in log, (noise, log[-3000:])
         up.popen.send_signal(signal.SIGINT)
         assert up.popen.wait(30) == 0, up.log()[-3000:]
         assert not any(alive(pid) for pid in children), children

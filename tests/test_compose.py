@@ -268,3 +268,22 @@ def test_worker_service_command_connects_and_stops_on_its_stop_signal(compose, t
         assert time.monotonic() - started < grace
     finally:
         proc.stop()
+
+
+def test_make_run_installs_the_service_without_the_development_tools(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"  # not created: `make -n` only prints what it would run
+
+    def plan(target: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "-C", str(repo), target, f"VENV={venv}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout
+
+    run = plan("run")
+    assert "pip install -e ." in run and "[dev]" not in run
+    assert f"{venv}/bin/colorizer up" in run
+    assert "pip install -e '.[dev]'" in plan("test")

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import struct
+import subprocess
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -112,7 +113,10 @@ def declared_size_lies(data: bytes, member: str, declared: int) -> bytes:
         ("\\server\\share.png", None),
         ("C:/windows.png", None),
         ("a//b.png", None),
-        ("./a.png", None),
+        ("./a.png", "a.png"),
+        ("./sub/./b.png", "sub/b.png"),
+        ("./", None),
+        ("./../evil.png", None),
         ("bell\x07.png", None),
         ("x" * 256 + ".png", None),
     ],
@@ -181,6 +185,24 @@ def test_uploading_a_raw_tar_gz_body_with_the_name_in_the_query_works(client, co
         [(file_info("p/one.png"), image_bytes(seed=3)), (file_info("two.jpg"), image_bytes(fmt="JPEG"))], True
     )
     response = upload(client, archive, name="raw-set_1.0", how="raw", content_type=content_type)
+    assert response.status_code == 201, response.text
+    assert response.json()["images"] == 2 and response.json()["skipped"] == 0
+
+
+def tar_made_the_usual_way(tmp_path, files: dict[str, bytes]) -> bytes:
+    """``tar -czf photos.tar.gz -C folder .``: every member named ``./...``, a ``./`` entry first."""
+    folder = tmp_path / "to-pack"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    subprocess.run(["tar", "-czf", str(tmp_path / "photos.tar.gz"), "-C", str(folder), "."], check=True)
+    return (tmp_path / "photos.tar.gz").read_bytes()
+
+
+def test_a_tar_made_with_tar_czf_dot_is_imported(client, tmp_path):
+    photos = {"one.png": image_bytes(seed=3), "sub/two.jpg": image_bytes(fmt="JPEG")}
+    archive = tar_made_the_usual_way(tmp_path, photos)
+    response = upload(client, archive, name="dotted", how="raw", content_type="application/gzip")
     assert response.status_code == 201, response.text
     assert response.json()["images"] == 2 and response.json()["skipped"] == 0
 
@@ -378,8 +400,9 @@ def test_an_archive_with_no_usable_image_is_422_and_leaves_nothing(client, setti
         (zip_of({"a.png": image_bytes()}), "text/plain", 415),
         (gzip.compress(b"not a tar inside" * 100), "application/gzip", 400),
         (zip_of({"a.png": image_bytes()})[:-30], "application/zip", 400),
+        (b"", "application/zip", 400),
     ],
-    ids=["text", "image", "wrong-content-type", "gzip-of-text", "truncated-zip"],
+    ids=["text", "image", "wrong-content-type", "gzip-of-text", "truncated-zip", "empty"],
 )
 def test_a_body_that_is_not_a_usable_archive_is_a_4xx_with_a_sentence(
     client, settings, data, content_type, status

@@ -8,6 +8,8 @@ test runs the real watcher thread. The GPU branch of ``configure_tensorflow`` us
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -102,6 +104,27 @@ def test_configure_tensorflow_with_cpu_preference_hides_the_gpus():
 def test_configure_tensorflow_rejects_an_unknown_preference():
     with pytest.raises(ValueError, match="tpu"):
         configure_tensorflow("tpu")
+
+
+def test_tensorflows_normal_start_up_lines_are_held_back_and_anything_else_passes(tmp_path):
+    # what TensorFlow's C++ side writes straight to file descriptor 2, in a child process
+    code = """
+import os, sys
+from unittest import mock
+from models.device import quiet_tensorflow_start
+with mock.patch("models.device.no_nvidia_driver", return_value=True):
+    with quiet_tensorflow_start():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called "
+                    b"are written to STDERR\\n")
+        os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see ...\\n")
+        os.write(2, b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\\n")
+        os.write(2, b"E0000 something else went wrong\\n")
+        print("a Python warning", file=sys.stderr)
+os.write(2, b"after\\n")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "E0000 something else went wrong\na Python warning\nafter\n"
 
 
 def test_xla_gets_wide_vectors_on_an_amd_avx512_cpu_unless_a_width_is_set():

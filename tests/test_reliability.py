@@ -4,6 +4,7 @@ leases and the recovery of jobs nobody trains. (The same faults with real proces
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from models.jobs import JobStore
 from models.networks import build_generator
-from models.store import ModelStore
+from models.store import ModelStore, UnknownVersion, parse_version
 from models.training import run_training
 from service.settings import Settings
 from tests.test_training import tiny_config
@@ -108,6 +109,36 @@ def test_a_publisher_killed_mid_publish_leaves_a_temp_dir_the_next_publish_remov
     os.utime(stale, (hours_ago, hours_ago))
     assert store.publish(build_generator(32, 1, 2, width=4), LAB) == 1
     assert not stale.exists() and fresh.exists()
+
+
+def test_version_numbers_are_positive_ascii_digits_only():
+    assert [parse_version(t) for t in ("1", "12", "007")] == [1, 12, 7]
+    for text in ("²", "١٢", "１", "0", "", "-1", "+1", " 1", "1.0", "1\n", "9" * 19, None, 3):
+        assert parse_version(text) is None, text
+
+
+def test_names_in_the_store_that_are_not_versions_are_ignored_with_one_log_line(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="models.store")
+    store = ModelStore(tmp_path / "models")
+    for name in ("²", "١", "１", "0", "notes"):
+        (store.root / name).mkdir(parents=True)
+    (store.root / "4").write_text("a file where a version folder would be")
+    generator = build_generator(32, 1, 2, width=4)
+    assert store.publish(generator, LAB) == 1
+    assert store.publish(generator, LAB) == 2
+    assert [info.version for info in store.list()] == [1, 2] and store.latest().version == 2
+    with pytest.raises(UnknownVersion):
+        store.load("１")
+    ignored = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring")]
+    assert len(ignored) == 6 and all("ASCII digits" in m for m in ignored)
+
+
+def test_a_published_version_is_readable_by_other_users(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    version = store.publish(build_generator(32, 1, 2, width=4), LAB)
+    assert (store.root / str(version)).stat().st_mode & 0o777 == 0o755
+    for child in (store.root / str(version)).iterdir():
+        assert child.stat().st_mode & 0o044 == 0o044, child
 
 
 def test_a_job_whose_publish_hits_a_full_disk_fails_naming_the_store(dataset_dir, monkeypatch):

@@ -91,3 +91,25 @@ def test_no_generated_request_gets_a_server_error_or_an_undeclared_answer(api_sc
     # every operation was really exercised, and the fuzzing reached past input validation somewhere
     assert all(statuses.values()), statuses
     assert any(200 <= code < 300 for codes in statuses.values() for code in codes), statuses
+
+
+def test_the_schema_gives_examples_and_describes_every_job_status_field(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from models.config import TrainConfig
+    from service.app import create_app
+    from service.schemas import JobStatus, ModelsResponse
+    from service.settings import Settings
+
+    schema = TestClient(create_app(Settings(data_dir=tmp_path / "data"))).get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    job_body = schema["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    request = components[job_body["$ref"].rsplit("/", 1)[-1]]
+    assert request["examples"] and all(TrainConfig(**example) for example in request["examples"])
+    for name, model in (("JobStatus", JobStatus), ("ModelsResponse", ModelsResponse)):
+        assert components[name]["examples"], name
+        for example in components[name]["examples"]:
+            model(**example)  # the examples are valid answers
+    for name in ("JobStatus", "JobProgress", "TrainConfig"):
+        undescribed = [f for f, spec in components[name]["properties"].items() if not spec.get("description")]
+        assert undescribed == [], name

@@ -1,4 +1,4 @@
-"""Serving: batch independence, determinism, variations, bfloat16, the dynamic batcher, no retracing.
+"""Serving: batch independence, determinism, bfloat16, the dynamic batcher, no retracing.
 
 Generators here are tiny (32 px, width 4) with lively weights (He-scaled instead of pix2pix's
 N(0, 0.02)), so that their outputs, and their dropout noise, show in the pixels; one check runs a
@@ -7,6 +7,7 @@ N(0, 0.02)), so that their outputs, and their dropout noise, show in the pixels;
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from models.colorize import (
     pixel_bucket,
     prepare,
 )
+from models.device import CPU, bfloat16_supported
 from models.networks import build_generator
 from models.serving import InferenceModel
 from models.store import LoadedModel, ModelStore
@@ -72,21 +74,40 @@ def publish_lively(store: ModelStore) -> int:
 # -- inference model -------------------------------------------------------------------------------
 
 
+# What a photograph alone and inside a batch of eight may differ by: (raw output, levels in 255 on a
+# pixel, levels on average). float32 and native bfloat16 (AVX512_BF16/AMX, through oneDNN: measured
+# identical) keep batch independence to rounding. Where bfloat16 is only emulated (AVX2-only CPUs,
+# or TF_ENABLE_ONEDNN_OPTS=0: Eigen's kernels) the summation order follows the batch: measured on
+# 48 photographs up to 9 levels on a pixel, 0.05 on average (0.09 at most). `auto` never serves
+# bfloat16 there; one who asks for it gets that, and the log says it is emulated.
+BATCH_TOLERANCE = {
+    "float32": (1e-5, 1, 0.05),
+    "bfloat16": (2e-2, 2, 0.05),
+    "emulated bfloat16": (0.1, 16, 0.2),
+}
+
+
+def bfloat16_is_native() -> bool:
+    return bfloat16_supported(CPU) and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_an_image_is_colorized_the_same_alone_and_in_a_batch_of_eight(model, precision):
     serving = InferenceModel(model, precision)
+    emulated = precision == "bfloat16" and not bfloat16_is_native()
+    raw, pixel, mean = BATCH_TOLERANCE[f"emulated {precision}" if emulated else precision]
     prepared = [prepare(model, p) for p in photos(8)]
     inputs = np.stack([p[0] for p in prepared])
     together = serving.predict(inputs)
     alone = np.concatenate([serving.predict(inputs[i : i + 1]) for i in range(8)])
     padded = serving.predict(inputs[:3], pad_to=4)  # as the engine pads 3 requests to a bucket of 4
     assert padded.shape == (3, 32, 32, 2)
-    assert np.abs(padded - together[:3]).max() < (1e-5 if precision == "float32" else 2e-2)
+    assert np.abs(padded - together[:3]).max() < raw
     assert together.shape == (8, 32, 32, 2)
-    assert np.abs(together - alone).max() < (1e-5 if precision == "float32" else 2e-2)
+    assert np.abs(together - alone).max() < raw
     for (_, lum, _), a, b in zip(prepared, alone, together, strict=True):
         diff = np.abs(finish(model, a, lum).astype(int) - finish(model, b, lum))
-        assert diff.max() <= (1 if precision == "float32" else 2) and diff.mean() < 0.05
+        assert diff.max() <= pixel and diff.mean() < mean
     assert not np.allclose(together[0], together[1])  # different photographs, different outputs
 
 
@@ -99,22 +120,6 @@ def test_the_same_photograph_gives_the_same_colorization(model):
     assert np.array_equal(first, again)
     assert np.array_equal(first, colorize_array(model, photo))  # the CLI's path, the same pixels
     assert np.abs(first.astype(int) - photo).mean() > 5  # colour changed: a lively model
-
-
-def test_variations_differ_from_each_other_and_repeat_for_a_seed(model):
-    serving = InferenceModel(model)
-    inputs, lum, _ = prepare(model, make_photo(60, 40, seed=2))
-    batch = np.repeat(inputs[None], 4, axis=0)
-    tiles = [finish(model, p, lum) for p in serving.predict_noisy(batch, seed=11)]
-    for i in range(4):
-        for j in range(i + 1, 4):
-            assert np.abs(tiles[i].astype(int) - tiles[j]).mean() > 0.5, (i, j)
-    again = [finish(model, p, lum) for p in serving.predict_noisy(batch, seed=11)]
-    assert all(np.array_equal(a, b) for a, b in zip(tiles, again, strict=True))
-    other = finish(model, serving.predict_noisy(batch, seed=12)[0], lum)
-    assert not np.array_equal(other, tiles[0])
-    plain = finish(model, serving.predict(inputs[None])[0], lum)  # the noise does not leak
-    assert np.array_equal(plain, finish(model, serving.predict(inputs[None])[0], lum))
 
 
 def _mad(a: np.ndarray, b: np.ndarray) -> float:
@@ -222,15 +227,9 @@ def test_batches_hold_one_key_and_other_keys_keep_their_turn(make_batcher):
     first = batcher.submit("a", 0)
     assert run.entered.wait(30)  # the thread is busy with the first request
     futures = [batcher.submit(key, i) for i, key in enumerate("abab", start=1)]
-    lone = batcher.submit("a", 9, batchable=False)
     run.release.set()
-    assert [f.result(30) for f in (first, *futures, lone)] == [0, 10, 20, 30, 40, 90]
-    assert [(key, payloads) for key, payloads in run.batches] == [
-        ("a", [0]),
-        ("a", [1, 3]),
-        ("b", [2, 4]),
-        ("a", [9]),
-    ]
+    assert [f.result(30) for f in (first, *futures)] == [0, 10, 20, 30, 40]
+    assert [(key, payloads) for key, payloads in run.batches] == [("a", [0]), ("a", [1, 3]), ("b", [2, 4])]
 
 
 def test_submit_past_max_queue_raises_queue_full(make_batcher):
@@ -373,16 +372,6 @@ def test_the_engine_answers_busy_when_its_queue_is_full(tmp_path):
         assert running.result(30).shape == queued.result(30).shape == (32, 32, 2)
     finally:
         engine.stop()
-
-
-def test_the_engine_serves_variations_through_its_queue(engine):
-    model = engine.model()
-    photo = make_photo(48, 40, seed=8)
-    sheet = engine.colorize_variations(model, photo, 3, seed=5)
-    assert len(sheet) == 3 and all(tile.shape == photo.shape for tile in sheet)
-    assert not np.array_equal(sheet[0], sheet[1])
-    again = engine.colorize_variations(model, photo, 3, seed=5)
-    assert all(np.array_equal(a, b) for a, b in zip(sheet, again, strict=True))
 
 
 def test_the_engine_picks_bfloat16_only_where_the_hardware_has_it(tmp_path, monkeypatch):

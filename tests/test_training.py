@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -138,6 +139,23 @@ def test_dataset_errors_say_what_is_wrong(tmp_path):
     Image.fromarray(make_photo(16, 16, 0)).save(small / "a.png")
     with pytest.raises(DatasetError, match="1 smaller than 32 px"):
         scan_images(small, 32)
+
+
+def test_a_dataset_deleted_while_the_job_starts_fails_with_the_dataset_error(
+    dataset_dir, tmp_path, monkeypatch
+):
+    import models.training
+
+    def scan_then_delete(folder, min_side):
+        scan = scan_images(folder, min_side)
+        shutil.rmtree(folder)  # someone deletes the dataset right after the scan
+        return scan
+
+    monkeypatch.setattr(models.training, "scan_images", scan_then_delete)
+    with pytest.raises(DatasetError, match="can be read any more.*deleted or changed"):
+        run_training(
+            tiny_config(), data_dir=dataset_dir, job_dir=tmp_path / "job", store=ModelStore(tmp_path / "m")
+        )
 
 
 def test_training_run_reports_progress_plots_and_publishes(dataset_dir, tmp_path):

@@ -119,6 +119,18 @@ def test_the_page_loads_nothing_from_another_server(client, name):
     assert "@import" not in text and "url(" not in text
 
 
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_documentation_loads_nothing_from_another_server(client, path):
+    page = client.get(path)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert not re.search(r"https?://|//[a-z0-9-]+\.[a-z]", page.text, re.IGNORECASE)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert any(a.endswith(".js") for a in assets), assets
+    for asset in assets:  # Swagger UI's and ReDoc's files come from the installed package
+        assert asset.startswith("/") and not asset.startswith("//"), asset
+        assert client.get(asset).status_code == 200, asset
+
+
 def test_the_job_form_offers_every_preset_and_size_and_shows_the_training_defaults(client):
     form = _FormReader()
     form.feed(client.get("/").text)
@@ -232,6 +244,24 @@ def colour_spread(image: Image.Image) -> float:
 
 
 @pytest.mark.integration
+def test_the_api_documentation_renders_offline(page, server):
+    elsewhere: list[str] = []
+
+    def offline(route):
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:  # as on a machine without internet
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", offline)
+    page.goto(f"{server.url}/docs")
+    expect(page.locator(".opblock-summary-path", has_text="/colorize").first).to_be_visible()
+    expect(page.locator(".opblock")).not_to_have_count(0)
+    assert elsewhere == []
+
+
+@pytest.mark.integration
 def test_a_chosen_gray_photo_comes_back_coloured_at_its_size_beside_the_original(page, server):
     page.goto(f"{server.url}/")
     expect(page.locator("#server-status")).to_have_text(re.compile("Serving version 1"))
@@ -289,6 +319,19 @@ def test_a_chosen_gray_photo_comes_back_coloured_at_its_size_beside_the_original
     assert slider.input_value() == "1"
     assert page.eval_on_selector("#colorized", "img => img.style.clipPath") == "inset(0px 99% 0px 0px)"
     assert slider.get_attribute("aria-valuetext") == "1% colorized, 99% original"
+
+    # ... and by dragging across the picture with the mouse, from 20% to 80% of its width (the
+    # browser must not start a native image drag, which cancels the pointer: issue 14).
+    box = page.locator("#compare").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 0.2 * box["width"], y)
+    page.mouse.down()
+    assert abs(int(slider.input_value()) - 20) <= 1
+    page.mouse.move(box["x"] + 0.8 * box["width"], y, steps=12)
+    page.mouse.up()
+    assert abs(int(slider.input_value()) - 80) <= 1
+    left = page.eval_on_selector("#divider", "d => parseFloat(d.style.left)")
+    assert abs(left - 80) <= 1
 
 
 @pytest.mark.integration
@@ -378,6 +421,7 @@ def test_a_running_jobs_progress_moves_on_the_page_and_its_cancel_button_stops_i
     page.keyboard.press("Enter")
     expect(card.locator(".job-state")).to_have_text("cancelled", timeout=60_000)
     expect(cancel).to_be_hidden()
+    expect(card.locator(".job-eta")).to_have_text(re.compile(r"^cancelled after \d+"))
     assert int(progress.get_attribute("data-step")) < 100_000
 
 

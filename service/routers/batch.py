@@ -41,7 +41,7 @@ from service.deps import EngineDep, SettingsDep
 from service.engine import Engine
 from service.errors import ApiError, EngineBusy, field_error, summarize_validation_errors
 from service.images import decode_image
-from service.routers.colorize import ModelQuery, RenderSizeQuery, finish_upload, parse_version
+from service.routers.colorize import ModelQuery, RenderSizeQuery, finish_upload, requested_version
 from service.schemas import ErrorResponse, ValidationErrorResponse, upload_body_doc
 from service.settings import Settings
 from service.uploads import receive_archive
@@ -186,7 +186,7 @@ class _Batch:
                     await self._wait_for_room(deadline)
             prediction = await asyncio.wrap_future(future)
             encoded = await anyio.to_thread.run_sync(
-                partial(finish_upload, self.engine, self.model, [prediction], lum, entry.format, alpha),
+                partial(finish_upload, self.engine, self.model, prediction, lum, entry.format, alpha),
                 limiter=self.limiter,
             )
             async with self.write_lock:
@@ -339,7 +339,7 @@ async def colorize_batch(
     model: ModelQuery = None,
 ) -> FileResponse:
     """Colorize every photograph of a zip; the answer is a zip of the results plus manifest.json."""
-    version = parse_version(model)
+    version = requested_version(model)
     used = await anyio.to_thread.run_sync(engine.model, version)  # one version for the whole batch
     try:
         engine.check_render_size(used, render_size)

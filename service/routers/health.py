@@ -24,14 +24,6 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     if current is not None:
         body = ReadyResponse(ready=True, model_version=current.version, device=engine.device)
         return JSONResponse(body.model_dump())
-    if engine.setup_error:
-        detail = engine.setup_error
-    elif engine.device is None:
-        detail = "starting: TensorFlow is being set up and the newest model loaded"
-    else:
-        detail = (
-            "no model is loaded: the model store has no loadable version yet and no default model is "
-            "installed (train one with POST /jobs)"
-        )
+    detail = engine.waiting_reason()
     body = ReadyResponse(ready=False, device=engine.device, detail=detail)
     return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 import models.store as store_module
 from models.config import TrainConfig
+from models.jobs import FINAL_STATES
 from models.presets import REPORT_DECODER
 from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion, read_metadata
 from service.deps import CeleryDep, JobStoreDep, SettingsDep, StoreDep, require_api_key
@@ -212,6 +213,12 @@ def latest_sample(job_id: str, jobs: JobStoreDep) -> FileResponse:
     record = jobs.get(job_id)
     path = jobs.latest_sample(job_id)
     if path is None:
+        if record.get("state") in FINAL_STATES:
+            step = (record.get("progress") or {}).get("step") or 0
+            state = record.get("state")
+            raise ApiError(
+                404, f"job {job_id} has no sample: it ended ({state}) at step {step}, before its first"
+            )
         every = record.get("config", {}).get("sample_every")
         when = f" after {every} steps" if every else ""
         raise ApiError(404, f"job {job_id} has no sample yet: the first one appears{when}; try again later")

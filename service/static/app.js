@@ -378,7 +378,10 @@ function setUpColorize() {
     slider.value = String(Math.round(((event.clientX - box.left) / box.width) * 100));
     updateSlider();
   };
+  // Without this, Chromium starts a native drag of the image (dragstart, then pointercancel).
+  compare.addEventListener("dragstart", (event) => event.preventDefault());
   compare.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
     compare.setPointerCapture(event.pointerId);
     follow(event);
   });
@@ -577,7 +580,10 @@ function updateJob(element, job) {
   $(".job-losses", element).textContent = losses.length ? losses.join(" · ") : "–";
   let eta = "–";
   if (job.state === "running" && job.eta_seconds != null) eta = `about ${formatDuration(job.eta_seconds)}`;
-  else if (job.finished_at && job.started_at) eta = `done, took ${formatDuration(job.finished_at - job.started_at)}`;
+  else if (job.finished_at && job.started_at) {
+    const took = formatDuration(job.finished_at - job.started_at);
+    eta = job.state === "succeeded" ? `done, took ${took}` : `${job.state} after ${took}`;
+  }
   $(".job-eta", element).textContent = eta;
   $(".job-published", element).textContent = job.published_versions.length
     ? job.published_versions.map((v) => `v${v}`).join(", ")
