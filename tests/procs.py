@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+# The tests' own Redis database (test_e2e, test_compose), emptied around each use.
 REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
 
 

@@ -23,10 +23,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.procs import Proc, free_port, wait_for
+from tests.procs import REDIS_TEST_URL, Proc, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
 BIN = Path(sys.executable).parent
 
 
@@ -37,7 +36,8 @@ def compose() -> dict:
 
 @pytest.fixture(scope="module")
 def redis_url() -> str:
-    """Redis DB 13, emptied before and after; skips without Redis, but fails on CI (CI set)."""
+    """The tests' Redis DB (tests.procs), emptied before and after; skips without Redis, but fails on
+    CI (CI set)."""
     import redis
 
     client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
@@ -60,11 +60,11 @@ def interpolate(value: str, env: dict[str, str]) -> str:
 
 
 def local_env(service: dict, data_dir: Path, **extra: str) -> dict[str, str]:
-    """The service's environment as it would run here: Redis on 127.0.0.1 DB 13, /data -> data_dir."""
+    """The service's environment as it would run here: the tests' Redis DB, /data -> data_dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLORIZER_")}
     for key, value in (service.get("environment") or {}).items():
         value = interpolate(str(value), {})
-        value = re.sub(r"redis://redis:(\d+)/\d+", r"redis://127.0.0.1:\1/13", value)
+        value = re.sub(r"redis://redis:\d+/\d+", REDIS_TEST_URL, value)
         if value == "/data" or value.startswith("/data/"):
             value = str(data_dir) + value[len("/data") :]
         env[key] = value
@@ -150,7 +150,7 @@ def test_dockerfile_builds_one_non_root_image_that_serves_by_default():
 def test_compose_interpolation_and_mapping_used_by_these_tests():
     service = {"environment": {"A": "${COLORIZER_API_KEY:-}", "B": "redis://redis:6379/0", "C": "/data"}}
     env = local_env(service, Path("/tmp/x"))
-    assert (env["A"], env["B"], env["C"]) == ("", "redis://127.0.0.1:6379/13", "/tmp/x")
+    assert (env["A"], env["B"], env["C"]) == ("", REDIS_TEST_URL, "/tmp/x")
     assert interpolate("${X:-dflt}", {"X": "set"}) == "set"
 
 

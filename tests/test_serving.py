@@ -300,7 +300,8 @@ def test_the_engine_batches_concurrent_photographs_into_one_model_call(engine):
     predictions = [f.result(60) for f in futures]
     assert _sample(engine.metrics, "colorizer_inference_batch_size_count") == 1
     assert _sample(engine.metrics, "colorizer_inference_batch_size_sum") == 8
-    alone = [engine.colorize(model, p) for p in photos(8)]  # each alone: timeout, batch of one
+    engine.batcher.timeout = 0.0  # each alone, now: a batch of one, without waiting for company
+    alone = [engine.colorize(model, p) for p in photos(8)]
     for (_, lum, _), prediction, single in zip(prepared, predictions, alone, strict=True):
         assert np.abs(engine.finish(model, prediction, lum).astype(int) - single).max() <= 1
 
