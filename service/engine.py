@@ -265,7 +265,7 @@ class Engine:
             return "starting: looking for the newest model version"
         failed = self.failed_versions()
         if failed:
-            reasons = "; ".join(f"version {v}: {reason}" for v, reason in failed.items())
+            reasons = "; ".join(f"version {v}: {reason}" for v, reason in list(failed.items())[:3])
             return f"no model is loaded: no version in the store can be loaded ({reasons})"
         return (
             "no model is loaded: the model store has no version yet and no default model is installed "
