@@ -62,12 +62,33 @@ class Source:
     cutout: bool = False
     exclude: tuple[str, ...] = ()
     upstream: str = ""  # put in front of the stripped path (Lomiri's copyright says 16.04/<file>)
+    # (file-name pattern, degrees clockwise): pictures stored on their side or upside down with no
+    # EXIF orientation to say so (looked at), turned upright when collected.
+    rotate: tuple[tuple[str, int], ...] = ()
+    # (author, licence) read by hand from a debian/copyright that is not machine-readable (DEP-5).
+    credit: tuple[str, str] | None = None
+    # Each file has an SPDX sidecar ``<file>.license`` (REUSE) naming its author and licence.
+    spdx_sidecar: bool = False
 
 
 _GCOMPRIS_RCC = "usr/share/gcompris-qt/rcc/{}.rcc"
 _SCRATCH_DRAWINGS = ("room1", "room2", "room3", "party-room", "spotlight-stage", "school2", "woods-and-bench")
 _LOMIRI_ART = ("*analogpattern*", "*umang*", "*Fossa*", "*Infinite-Sea*", "*Painting-Colors*", "*warty*")
 _PICTURES = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif")
+# Gramps' example portraits in colour (its other example pictures are sepia or gray).
+GRAMPS_COLOUR_PORTRAITS = ("Gunnlaugur_Larusson_-_Yawn.jpg", "O0.jpg", "O4.jpg")
+HUGIN_PHOTOS = (
+    "250px-LagardePont-defish.jpg",
+    "250px-TKS-Mmm-obliquev120-recti.png",
+    "300px-Lamp_enfuse.jpg",
+    "600px-Tuebingen_Neckarfront_small15_2006-06-11.jpg",
+    "800px-C_Marchi-GrandCentral-adj.jpg",
+    "AliasingPScubic.jpg",  # a kitchen (its enlarged crops and twin, AliasingPT*, are left out)
+    "CA_fringes00.jpg",
+    "CA_tCA00.jpg",
+    "Medinet_habu_horizontal_stereographic.jpg",
+    "SB_Blended.jpg",
+)
 
 SOURCES: list[Source] = [
     # The wallpapers the first default model used (nature, water, sky, two dogs).
@@ -175,6 +196,87 @@ SOURCES: list[Source] = [
             "town",
             "people",
         )
+    ),
+    # KPhotoAlbum's demo album (the upstream author's own photographs: friends in bars and at a
+    # pool table, faces, a beach, the Grand Canyon, dogs, rabbits, the sea, snow, a sunset).
+    Source(
+        "kphotoalbum",
+        "usr/share/kphotoalbum/demo/*.jpg",
+        strip="usr/share/kphotoalbum/",
+        rotate=(
+            ("*/grand_canyon_1.jpg", 180),
+            ("*/new_wave_1.jpg", 90),
+            ("*/pool_2.jpg", 270),
+            ("*/wayne.jpg", 90),
+        ),
+        credit=(
+            "2003-2010, 2013-2014 Jesper K. Pedersen <blackie@kde.org> and 7 others "
+            "(debian/copyright, not machine-readable: one grant for the whole package)",
+            "GPL-2+",
+        ),
+    ),
+    # Gramps' example family tree: the three colour portraits (the sepia and gray ones are only
+    # shown on the old-photographs sheet, see models.recipe.OLD_PHOTOGRAPHS).
+    *(
+        Source("gramps", f"usr/share/doc/gramps/example/gramps/{name}", strip="usr/share/doc/gramps/")
+        for name in GRAMPS_COLOUR_PORTRAITS
+    ),
+    # Plasma's account pictures: objects, food, animals (512 px, CC0 from Pexels, a REUSE sidecar each).
+    Source(
+        "plasma-workspace-data",
+        "usr/share/plasma/avatars/photos/*.png",
+        strip="usr/share/plasma/",
+        upstream="kcms/users/",
+        spdx_sidecar=True,
+    ),
+    # Phone photographs: dogs, a street, a dinner table (CC-BY-SA-4.0). The circuit board is lit
+    # by a dim tinted lamp; the checks decide about it.
+    Source(
+        "forensics-samples-files",
+        "usr/share/forensics-samples/original-files/pic[12]/IMG*",
+        strip="usr/share/forensics-samples/",
+    ),
+    # Kodi's home-screen photographs: a cinema hall and a concert (CC0).
+    Source(
+        "kodi-data", "usr/share/kodi/addons/skin.estuary/extras/home-images/*.jpg", strip="usr/share/kodi/"
+    ),
+    # libjxl's test photographs from wesaturate (CC0): a snail, tulips, blossom.
+    Source(
+        "libjxl-testdata",
+        "usr/share/libjxl-testdata/external/wesaturate/500px/*_srgb8.png",
+        strip="usr/share/libjxl-testdata/",
+    ),
+    # Scribus templates: Riku Leino's photographs (placed in the public domain: a pizza, teriyaki,
+    # a canyon, a city sunset, the moon) and Maciej Hanski's portrait of Craig Bradney (GPL-2+).
+    *(
+        Source(
+            "scribus-template",
+            f"usr/share/scribus/templates/{path}",
+            strip="usr/share/scribus/templates/",
+            credit=(
+                "2004 Riku Leino <tsoots@gmail.com> (debian/copyright, not machine-readable)",
+                "public-domain",
+            ),
+        )
+        for path in ("menu2/pizza.jpg", "menu1/teriyaki.png", "br2/*.jpg", "cal2/moon.jpg")
+    ),
+    Source(
+        "scribus-template",
+        "usr/share/scribus/templates/scribus_project_pl/craigbradney.jpg",
+        strip="usr/share/scribus/templates/",
+        credit=("Maciej Hanski <ma_han2000@yahoo.de> (debian/copyright, not machine-readable)", "GPL-2+"),
+    ),
+    # Hugin's manual: the whole, undistorted-enough photographs among its illustrations (rooms, a
+    # kitchen, a station hall, a church, buildings, a riverfront, a forest), picked by eye; the
+    # rest are screenshots, side-by-side comparisons, crops, grids or fisheye warps.
+    *(
+        Source("hugin-data", f"usr/share/hugin/xrc/data/help_en_EN/{name}", strip="usr/share/hugin/")
+        for name in HUGIN_PHOTOS
+    ),
+    # LXQt's photographic wallpapers (landscapes, fog, flowers).
+    *(
+        Source("lxqt-themes", f"usr/share/lxqt/wallpapers/{name}", strip="usr/share/lxqt/")
+        for name in ("Valendas.png", "cloud.png", "flowers.png", "fog.jpg", "this-is-not-windows.jpg")
     ),
 ]
 
@@ -285,10 +387,49 @@ def _candidates(unpacked: Path, source: Source) -> Iterator[Candidate]:
 
 
 def _copyright(copyright_file: Path):
-    from debian.copyright import Copyright
+    """The parsed debian/copyright, or None where it is not machine-readable (then each of the
+    package's sources must give its ``credit`` by hand)."""
+    from debian.copyright import Copyright, NotMachineReadableError
 
     with open(copyright_file, encoding="utf-8") as fh:
-        return Copyright(fh, strict=False)
+        try:
+            return Copyright(fh, strict=False)
+        except NotMachineReadableError:
+            return None
+
+
+def spdx_credit(text: str) -> tuple[str, str]:
+    """(author, licence) from a REUSE sidecar's ``SPDX-FileCopyrightText`` and
+    ``SPDX-License-Identifier`` lines."""
+    fields: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, _, value = line.lstrip("# ").partition(":")
+        if key in ("SPDX-FileCopyrightText", "SPDX-License-Identifier") and value.strip():
+            fields.setdefault(key, []).append(value.strip())
+    authors = fields.get("SPDX-FileCopyrightText", ["unknown"])
+    return " and ".join(authors), " AND ".join(fields.get("SPDX-License-Identifier", ["unknown"]))
+
+
+def _credit_of(cand: Candidate, copyright: Any, unpacked: Path) -> tuple[str, str]:
+    source = cand.source
+    if source.credit is not None:
+        return source.credit
+    if source.spdx_sidecar and source.rcc is None:
+        sidecar = unpacked / f"{cand.path}.license"
+        if sidecar.is_file():
+            return spdx_credit(sidecar.read_text(encoding="utf-8"))
+    if copyright is None:
+        raise RuntimeError(f"{cand.package}: debian/copyright is not machine-readable; give a credit")
+    return credit(copyright, cand.path, source.strip, source.upstream)
+
+
+def upright(image: Image.Image, path: str, rotate: tuple[tuple[str, int], ...]) -> Image.Image:
+    """``image`` turned clockwise by the degrees of the first ``rotate`` pattern ``path`` matches."""
+    turns = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_90}
+    for pattern, degrees in rotate:
+        if fnmatch.fnmatch(path, pattern):
+            return image.transpose(turns[degrees % 360]) if degrees % 360 else image
+    return image
 
 
 def credit(copyright: Any, path: str, strip: str, prefix: str = "") -> tuple[str, str]:
@@ -400,6 +541,7 @@ def collect(
             if image is None:
                 skipped["unreadable"] += 1
                 continue
+            image = upright(image, cand.path, source.rotate)
             if source.cutout:
                 cut = _cutout(image)
                 if cut is None or max(cut[0].shape[:2]) < MIN_CUTOUT_SIDE:
@@ -441,7 +583,7 @@ def collect(
     def add(cand: Candidate, rgb: np.ndarray, kind: str) -> None:
         file = flat_name(cand.name) + ".png"
         Image.fromarray(rgb).save(out_dir / file, optimize=False, compress_level=1)
-        author, licence = credit(copyrights[cand.package], cand.path, cand.source.strip, cand.source.upstream)
+        author, licence = _credit_of(cand, copyrights[cand.package], unpacked)
         photos.append(
             {
                 "name": cand.name,

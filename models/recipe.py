@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ import numpy as np
 
 from models.config import TrainConfig
 from models.evaluate import by_category, category_table, evaluate_model, markdown_table, summary
+from models.photo_sources import GRAMPS_COLOUR_PORTRAITS
 from models.store import DEFAULT_MODEL_DIR, LoadedModel, ModelStore, export_float16
 from models.training import run_training
 
@@ -51,6 +53,13 @@ _SCRATCH = "scratch/usr/share/scratch/Media/"
 _FACES = "gnome-control-center-data/usr/share/pixmaps/faces/"
 _BACKSTRETCH = "libjs-jquery-backstretch/usr/share/doc/libjs-jquery-backstretch/examples/"
 _PALAPELI = "palapeli-data/usr/share/palapeli/collection/"
+_KPA = "kphotoalbum/usr/share/kphotoalbum/demo/"
+_GRAMPS = "gramps/usr/share/doc/gramps/example/gramps/"
+_FORENSICS = "forensics-samples-files/usr/share/forensics-samples/original-files/"
+_AVATARS = "plasma-workspace-data/usr/share/plasma/avatars/photos/"
+# The scenes with people: anne_helene | bar55 | cold_water | grand_canyon | jesper | new_wave |
+# pool (with wayne) | qt-logo; validation takes the 1st, 3rd, 5th and 7th.
+KPA_VALIDATION = ("anne_helene", "cold_water", "jesper", "jesper_2", "pool", "pool_2", "wayne")
 # Scratch's people are cut-outs pasted onto a training scene (models.photo_sources); a person in
 # validation is held out of training in every pose.
 VALIDATION_PEOPLE_CUTOUTS = ("marissa", "nathan", "nina", "paul", "sam", "jay")
@@ -94,6 +103,18 @@ VALIDATION: dict[str, str] = {
     _SCRATCH + "Backgrounds/Nature/flower-bed.jpg": "landscape-plant",
     _FACES + "tree.jpg": "landscape-plant",
     _BACKSTRETCH + "sample2_1920.jpg": "landscape-plant",  # a lighthouse on cliffs
+    # Added with issue 13's sources (the 44 above are unchanged, so old figures stay comparable).
+    # KPhotoAlbum's photographs of people, by scene (a name less its _2 suffix; pool, pool_2 and
+    # wayne are one pool hall and one evening, so they go together): the scenes with people in
+    # name order, alternately to validation and training, starting with validation.
+    **{_KPA + f"{n}.jpg": "people" for n in KPA_VALIDATION},
+    **{_GRAMPS + n: "people" for n in GRAMPS_COLOUR_PORTRAITS},
+    "scribus-template/usr/share/scribus/templates/scribus_project_pl/craigbradney.jpg": "people",
+    "kodi-data/usr/share/kodi/addons/skin.estuary/extras/home-images/movie.jpg": "indoor",
+    "hugin-data/usr/share/hugin/xrc/data/help_en_EN/AliasingPScubic.jpg": "indoor",  # a kitchen
+    _FORENSICS + "pic2/IMG_20191224_234846.jpg": "indoor",  # a dinner table
+    **{_AVATARS + f"{n}.png": "object-food" for n in ("Books", "Pencils", "Sushi")},
+    "scribus-template/usr/share/scribus/templates/menu2/pizza.jpg": "object-food",
 }
 
 
@@ -111,7 +132,9 @@ def split_of(name: str, kind: str = "photograph") -> str:
     stem = PurePosixPath(name).stem
     if name.startswith(_SCRATCH + "Costumes/People/") and stem.startswith(VALIDATION_PEOPLE_CUTOUTS):
         return "held out"
-    rank = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16**8
+    # KPhotoAlbum's photographs of one scene (bar55, bar55_2) share a split: hash the scene.
+    scene = re.sub(r"_\d+(\.jpg)$", r"\1", name) if name.startswith(_KPA) else name
+    rank = int(hashlib.sha1(scene.encode()).hexdigest()[:8], 16) / 16**8
     return "calibration" if kind == "photograph" and rank < CALIBRATION_SHARE else "train"
 
 
@@ -411,7 +434,8 @@ def write_sheets(workdir: Path, docs_dir: Path, runs: list[dict[str, Any]], vali
         write_validation_sheet(store.load(run["version"]), validation, docs_dir / f"sheet-{run['name']}.jpg")
 
 
-# Real old photographs (no colour original: only to look at), from Gramps' example family tree.
+# Real old photographs (no colour original: only to look at), from Gramps' example family tree;
+# its colour portraits are validation photographs (people), not old photographs.
 OLD_PHOTOGRAPHS = ("gramps", "usr/share/doc/gramps/example/gramps/*.jpg")
 
 
@@ -425,7 +449,7 @@ def write_old_photographs_sheet(workdir: Path, model: LoadedModel, out: Path) ->
 
     package, pattern = OLD_PHOTOGRAPHS
     folder = unpack(workdir, [package])
-    paths = sorted(folder.glob(pattern))
+    paths = sorted(p for p in folder.glob(pattern) if p.name not in GRAMPS_COLOUR_PORTRAITS)
     tile, gap, header = 300, 6, 24
     rows = []
     for path in paths:

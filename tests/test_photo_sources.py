@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from models.photo_sources import (
+    GRAMPS_COLOUR_PORTRAITS,
+    SOURCES,
     Source,
     collect,
     credit,
@@ -23,6 +25,8 @@ from models.photo_sources import (
     flat_share,
     paste_on_scene,
     read_rcc,
+    spdx_credit,
+    upright,
 )
 from tests.conftest import make_photo
 
@@ -240,3 +244,116 @@ def test_collect_keeps_photographs_and_drops_gray_tiny_drawn_and_duplicate_ones(
         with Image.open(tmp_path / "out" / entry["file"]) as image:
             assert image.mode == "RGB" and min(image.size) >= 160
     assert (workdir / "licenses" / "pictures.copyright").read_text() == COPYRIGHT
+
+
+def test_upright_turns_a_picture_clockwise_by_the_first_matching_pattern():
+    image = Image.fromarray(np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8))  # red left of blue
+    rotate = (("*/side.jpg", 90), ("*/down.jpg", 180), ("*/other.jpg", 270))
+    turned = np.asarray(upright(image, "usr/share/album/side.jpg", rotate))
+    assert turned.shape == (2, 1, 3) and turned[0, 0, 0] == 255  # clockwise: red goes on top
+    assert np.asarray(upright(image, "usr/share/album/other.jpg", rotate))[0, 0, 2] == 255
+    assert np.asarray(upright(image, "a/down.jpg", rotate))[0, 0, 2] == 255  # blue now on the left
+    assert upright(image, "a/upright.jpg", rotate) is image
+
+
+def test_spdx_credit_reads_a_reuse_sidecar():
+    sidecar = (
+        "# SPDX-FileCopyrightText: 2017 Skitterphoto <info@skitterphoto.com>\n#\n"
+        "# SPDX-License-Identifier: CC0-1.0\n#\n# https://www.pexels.com/photo/maki-681586/\n"
+    )
+    assert spdx_credit(sidecar) == ("2017 Skitterphoto <info@skitterphoto.com>", "CC0-1.0")
+    assert spdx_credit("nothing here") == ("unknown", "unknown")
+
+
+def test_the_photograph_sources_of_issue_13_and_none_of_doubtful_provenance():
+    packages = {s.package for s in SOURCES}
+    assert {
+        "kphotoalbum",
+        "gramps",
+        "plasma-workspace-data",
+        "forensics-samples-files",
+        "kodi-data",
+        "libjxl-testdata",
+        "scribus-template",
+        "hugin-data",
+        "lxqt-themes",
+    } <= packages
+    # Faces and scenes of doubtful provenance (PASCAL VOC / Flickr, photographed postcards), and
+    # scikit-image's photographs (the out-of-domain check) are never trained on.
+    assert not packages & {
+        "libdlib19.1",
+        "labelme-examples",
+        "python3-imgviz",
+        "cimg-doc",
+        "facedetect",
+        "python3-skimage",
+        "python3-skimage-lib",
+    }
+    kpa = next(s for s in SOURCES if s.package == "kphotoalbum")
+    assert "CategoryImages" not in kpa.pattern and kpa.credit is not None
+    assert dict(kpa.rotate) == {
+        "*/grand_canyon_1.jpg": 180,
+        "*/new_wave_1.jpg": 90,
+        "*/pool_2.jpg": 270,
+        "*/wayne.jpg": 90,
+    }
+    gramps = [s.pattern.rsplit("/", 1)[-1] for s in SOURCES if s.package == "gramps"]
+    assert gramps == list(GRAMPS_COLOUR_PORTRAITS)  # only the colour portraits
+    scribus = [s for s in SOURCES if s.package == "scribus-template"]
+    assert all(s.credit for s in scribus) and not any("scribus_project_de" in s.pattern for s in scribus)
+
+
+OLD_STYLE_COPYRIGHT = """\
+This package was debianized by someone.
+
+Copyright:
+
+    2003-2010 The Album Author <album@example.org>
+
+License:
+
+    GPL-2+
+"""
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian or Ubuntu)")
+def test_collect_credits_by_hand_or_sidecar_and_turns_pictures_upright(tmp_path):
+    root = tmp_path / "pkgroot"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: album\nVersion: 5.9-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+        "Description: test album\n"
+    )
+    (root / "usr/share/doc/album").mkdir(parents=True)
+    (root / "usr/share/doc/album/copyright").write_text(OLD_STYLE_COPYRIGHT)
+    demo = root / "usr/share/album/demo"
+    demo.mkdir(parents=True)
+    photo = make_photo(240, 180, 6)
+    Image.fromarray(photo).save(demo / "wayne.png")
+    Image.fromarray(make_photo(200, 200, 8)).save(demo / "sushi.png")
+    (demo / "sushi.png.license").write_text(
+        "# SPDX-FileCopyrightText: 2017 A Photographer\n# SPDX-License-Identifier: CC0-1.0\n"
+    )
+    workdir = tmp_path / "work"
+    (workdir / "debs").mkdir(parents=True)
+    deb = workdir / "debs" / "album_5.9-1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True)
+    sources = [
+        Source(
+            "album", "usr/share/album/demo/wayne.png", rotate=(("*/wayne.png", 90),), credit=("Ann", "GPL-2+")
+        ),
+        Source("album", "usr/share/album/demo/sushi.png", spdx_sidecar=True),
+    ]
+    collected = collect(workdir, tmp_path / "out", sources)
+    by_name = {p["name"].rsplit("/", 1)[-1]: p for p in collected.photos}
+    assert (by_name["wayne.png"]["author"], by_name["wayne.png"]["license"]) == ("Ann", "GPL-2+")
+    assert by_name["wayne.png"]["size"] == [180, 240]  # turned upright: now portrait
+    turned = np.asarray(Image.open(tmp_path / "out" / by_name["wayne.png"]["file"]))
+    assert np.array_equal(turned, np.rot90(photo, -1))  # clockwise, pixel for pixel (PNG is lossless)
+    assert (by_name["sushi.png"]["author"], by_name["sushi.png"]["license"]) == (
+        "2017 A Photographer",
+        "CC0-1.0",
+    )
+    # A package whose debian/copyright is not machine-readable needs a credit given by hand.
+    with pytest.raises(RuntimeError, match="not machine-readable"):
+        collect(workdir, tmp_path / "out2", [Source("album", "usr/share/album/demo/wayne.png")])
