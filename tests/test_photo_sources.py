@@ -169,17 +169,22 @@ def test_a_cut_out_is_pasted_whole_onto_the_scene():
     assert np.array_equal(out, paste_on_scene(person, mask, scene, seed=5))  # the same every run
 
 
-@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian or Ubuntu)")
-def test_collect_keeps_photographs_and_drops_gray_tiny_drawn_and_duplicate_ones(tmp_path):
+def package_root(tmp_path: Path, name: str, version: str, copyright_text: str) -> Path:
+    """The folder dpkg-deb builds package ``name`` from: its control file and debian/copyright."""
     root = tmp_path / "pkgroot"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
-        "Package: pictures\nVersion: 1.2-3\nArchitecture: all\nMaintainer: t <t@example.org>\n"
-        "Description: test pictures\n"
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+        f"Description: test {name}\n"
     )
-    doc = root / "usr/share/doc/pictures"
-    doc.mkdir(parents=True)
-    (doc / "copyright").write_text(COPYRIGHT)
+    (root / "usr/share/doc" / name).mkdir(parents=True)
+    (root / "usr/share/doc" / name / "copyright").write_text(copyright_text)
+    return root
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian or Ubuntu)")
+def test_collect_keeps_photographs_and_drops_gray_tiny_drawn_and_duplicate_ones(tmp_path):
+    root = package_root(tmp_path, "pictures", "1.2-3", COPYRIGHT)
     photos = root / "usr/share/pictures/src/photos"
     photos.mkdir(parents=True)
     photo = make_photo(240, 180, 1)
@@ -318,14 +323,7 @@ License:
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian or Ubuntu)")
 def test_collect_credits_by_hand_or_sidecar_and_turns_pictures_upright(tmp_path):
-    root = tmp_path / "pkgroot"
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "DEBIAN" / "control").write_text(
-        "Package: album\nVersion: 5.9-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
-        "Description: test album\n"
-    )
-    (root / "usr/share/doc/album").mkdir(parents=True)
-    (root / "usr/share/doc/album/copyright").write_text(OLD_STYLE_COPYRIGHT)
+    root = package_root(tmp_path, "album", "5.9-1", OLD_STYLE_COPYRIGHT)
     demo = root / "usr/share/album/demo"
     demo.mkdir(parents=True)
     photo = make_photo(240, 180, 6)
