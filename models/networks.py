@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from models.backbones import ENCODERS, MOBILENET_V2
 from models.presets import DECODERS, REPORT_DECODER, levels_for
 
 
@@ -61,6 +62,18 @@ def decoder_of(generator: keras.Model) -> str:
     return "resize" if "out_upconv" in names else REPORT_DECODER
 
 
+def encoder_of(generator: keras.Model) -> str:
+    """Which encoder a generator ``build_generator`` made was built with: "unet" or "mobilenet_v2"."""
+    names = {layer.name for layer in generator.layers}
+    return MOBILENET_V2 if MOBILENET_V2 in names else "unet"
+
+
+def width_of(generator: keras.Model) -> int:
+    """The ``width`` a generator ``build_generator`` made was built with; ValueError for others."""
+    name = "dec_out_conv" if encoder_of(generator) == MOBILENET_V2 else "enc1_conv"
+    return int(generator.get_layer(name).filters)
+
+
 def upsample(
     x, skip, filters: int, dropout: bool, name: str | None = None, dtype=None, decoder: str = REPORT_DECODER
 ):
@@ -81,14 +94,20 @@ def build_generator(
     width: int = 64,
     dtype: str | None = None,
     decoder: str = REPORT_DECODER,
+    encoder: str = "unet",
 ) -> keras.Model:
     """U-Net generator. At 256, width 64, 3->3 channels it is the report's (54,429,315 params).
 
     ``dtype`` is a Keras dtype policy for every layer but the output ("mixed_bfloat16",
     "mixed_float16"; None: the global policy, float32 by default); the output stays float32.
     ``decoder`` is how the decoder upsamples (see ``up_conv``; "transpose" is the report's).
+    ``encoder`` "mobilenet_v2" makes ``pretrained_unet`` instead (1 channel in only).
     Raises ValueError for an image size that is not a power of two in range or an unknown decoder.
     """
+    if encoder == MOBILENET_V2:
+        return pretrained_unet(image_size, in_channels, out_channels, width, dtype, decoder)
+    if encoder != "unet":
+        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
     depth = levels_for(image_size)
     filters = encoder_filters(depth, width)
     # Spatial dims stay open so serving can render at any multiple of 2**depth.
@@ -116,6 +135,61 @@ def build_generator(
     x = up_conv(x, out_channels, decoder, name="out", dtype=dtype)
     outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="generator")
+
+
+def pretrained_unet(
+    image_size: int = 256,
+    in_channels: int = 1,
+    out_channels: int = 2,
+    width: int = 32,
+    dtype: str | None = None,
+    decoder: str = "resize",
+) -> keras.Model:
+    """A U-Net whose encoder is MobileNetV2 (models.backbones; ImageNet weights are loaded apart,
+    by ``models.backbones.pretrained_mobilenet_v2``) and stays frozen, batch norm included: the
+    decoder (bilinear upsampling, Conv 3x3, BatchNorm, dropout 0.5 in its first three blocks,
+    skips from the encoder's stride 16, 8, 4 and 2 features and from the input) learns the colours.
+    """
+    from models.backbones import mobilenet_v2_features
+
+    if levels_for(image_size) < 5:
+        raise ValueError("a MobileNetV2 encoder needs an image_size of at least 32")
+    if in_channels != 1 or decoder != "resize":
+        raise ValueError("a MobileNetV2 encoder takes the lab preset (1 channel in) and the resize decoder")
+    gray = keras.Input((None, None, 1), name="gray")
+    features, skips = mobilenet_v2_features(gray, dtype=dtype)
+    encoder = keras.Model(gray, [features, *skips], name=MOBILENET_V2)
+    encoder.trainable = False
+    features, *skips = encoder(gray)
+    x = layers.Conv2D(width * 8, 1, kernel_initializer=init(), name="dec_reduce_conv", dtype=dtype)(features)
+    x = layers.BatchNormalization(name="dec_reduce_bn", dtype=dtype)(x)
+    x = layers.Activation("relu", name="dec_reduce_act", dtype=dtype)(x)
+    for i, (filters, skip) in enumerate(zip((8, 4, 2, 1), reversed(skips), strict=True)):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{i + 1}_resize", dtype=dtype)(x)
+        x = layers.Concatenate(name=f"dec{i + 1}_skip", dtype=dtype)([x, skip])
+        x = layers.Conv2D(
+            width * filters,
+            3,
+            padding="same",
+            kernel_initializer=init(),
+            name=f"dec{i + 1}_conv",
+            dtype=dtype,
+        )(x)
+        x = layers.BatchNormalization(name=f"dec{i + 1}_bn", dtype=dtype)(x)
+        x = layers.Activation("relu", name=f"dec{i + 1}_act", dtype=dtype)(x)
+        if i < 3:
+            x = layers.Dropout(0.5, name=f"dec{i + 1}_dropout", dtype=dtype)(x)
+    x = layers.UpSampling2D(2, interpolation="bilinear", name="dec_out_resize", dtype=dtype)(x)
+    x = layers.Concatenate(name="dec_out_skip", dtype=dtype)([x, gray])
+    x = layers.Conv2D(width, 3, padding="same", kernel_initializer=init(), name="dec_out_conv", dtype=dtype)(
+        x
+    )
+    x = layers.Activation("relu", name="dec_out_act", dtype=dtype)(x)
+    x = layers.Conv2D(
+        out_channels, 3, padding="same", kernel_initializer=init(), name="out_upconv", dtype=dtype
+    )(x)
+    outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
+    return keras.Model(gray, outputs, name="generator")
 
 
 def build_discriminator(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from models.networks import build_generator, decoder_of
+from models.networks import build_generator, decoder_of, encoder_of, width_of
 from models.presets import get_preset
 from models.store import LoadedModel
 
@@ -39,7 +39,7 @@ def precision_twin(model: LoadedModel, policy: str) -> Any:
     generator = model.generator
     preset = get_preset(model.preset)
     try:
-        width = int(generator.get_layer("enc1_conv").filters)
+        width = width_of(generator)
     except (ValueError, AttributeError) as exc:
         raise ValueError(f"the generator is not a U-Net this code builds: {exc}") from exc
     twin = build_generator(
@@ -49,6 +49,7 @@ def precision_twin(model: LoadedModel, policy: str) -> Any:
         width=width,
         dtype=policy,
         decoder=decoder_of(generator),
+        encoder=encoder_of(generator),
     )
     twin.set_weights(generator.get_weights())  # raises ValueError when the shapes differ
     return twin

@@ -161,7 +161,12 @@ def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: 
     decoder = metadata.get("decoder") or REPORT_DECODER  # versions from before the option
     try:
         generator = build_generator(
-            image_size, preset.in_channels, preset.out_channels, width=width, decoder=decoder
+            image_size,
+            preset.in_channels,
+            preset.out_channels,
+            width=width,
+            decoder=decoder,
+            encoder=metadata.get("encoder", "unet"),
         )
     except ValueError as exc:
         raise BrokenVersion(f"{path}: {exc}") from exc

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from models import color
+from models.backbones import MOBILENET_V2, PROVENANCE, pretrained_mobilenet_v2
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import (
@@ -38,7 +39,7 @@ from models.data import (
     split_validation,
     to_pair,
 )
-from models.networks import build_discriminator, build_generator, decoder_of
+from models.networks import build_discriminator, build_generator, decoder_of, encoder_of
 from models.pix2pix import Pix2Pix, adam
 from models.presets import REPORT_DECODER, get_preset
 from models.store import BrokenVersion, LoadedModel, ModelStore
@@ -440,7 +441,8 @@ def build_pix2pix(config: TrainConfig, policy: str | None = None) -> Pix2Pix:
     preset = get_preset(config.preset)
     shape = (config.image_size, preset.in_channels, preset.out_channels)
     decoder = config.decoder or REPORT_DECODER
-    generator = build_generator(*shape, width=config.width, dtype=dtype, decoder=decoder)
+    encoder = config.encoder or "unet"
+    generator = build_generator(*shape, width=config.width, dtype=dtype, decoder=decoder, encoder=encoder)
     discriminator = build_discriminator(*shape, width=config.width, dtype=dtype)
     model = Pix2Pix(generator, discriminator)
     loss_scale = policy == "mixed_float16"
@@ -481,15 +483,28 @@ def init_source(config: TrainConfig, store: ModelStore) -> LoadedModel:
 
 
 def resolve_decoder(config: TrainConfig, source: LoadedModel | None) -> TrainConfig:
-    """``config`` with its decoder set: as asked, else the init_from model's, else the report's."""
-    if config.decoder is not None:
-        return config
-    decoder = decoder_of(source.generator) if source is not None else REPORT_DECODER
-    return config.model_copy(update={"decoder": decoder})
+    """``config`` with its decoder and encoder set: as asked, else the init_from model's, else the
+    report's (a MobileNetV2 encoder implies the resize decoder)."""
+    update = {}
+    if config.encoder is None:
+        update["encoder"] = encoder_of(source.generator) if source is not None else "unet"
+    if config.decoder is None:
+        if source is not None:
+            update["decoder"] = decoder_of(source.generator)
+        else:
+            encoder = update.get("encoder", config.encoder)
+            update["decoder"] = "resize" if encoder == MOBILENET_V2 else REPORT_DECODER
+    return config.model_copy(update=update) if update else config
 
 
 def init_generator(model: Pix2Pix, config: TrainConfig, source: LoadedModel) -> None:
     """Start the generator from ``source`` (``init_source``); BrokenVersion if it does not fit."""
+    encoder = encoder_of(source.generator)
+    if encoder != config.encoder:
+        raise BrokenVersion(
+            f"init_from version {config.init_from} has a {encoder!r} encoder, the job asks for "
+            f"{config.encoder!r} (leave encoder out to take the model's)"
+        )
     decoder = decoder_of(source.generator)
     if decoder != config.decoder:
         raise BrokenVersion(
@@ -559,6 +574,8 @@ def run_training(
     model = build_pix2pix(config)
     if source is not None:
         init_generator(model, config, source)
+    elif config.encoder == MOBILENET_V2:  # a resumed run's checkpoint then overrides them
+        pretrained_mobilenet_v2(model.generator, Path(data_dir) / "pretrained")
     dataset = make_dataset(
         train_files,
         config.image_size,
@@ -652,6 +669,8 @@ def _metadata(config: TrainConfig, job_id: str | None, scan: DatasetScan) -> dic
         "image_size": config.image_size,
         "width": config.width,
         "decoder": config.decoder,
+        "encoder": config.encoder,
+        **({"pretrained_encoder": PROVENANCE} if config.encoder == MOBILENET_V2 else {}),
         "job_id": job_id,
         "config": config.model_dump(),
         "dataset": {"name": config.dataset, **scan.summary()},

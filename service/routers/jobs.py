@@ -87,7 +87,8 @@ def _init_from_metadata(store: ModelStore, init_from: int | str) -> tuple[str, d
 
 
 def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
-    """422 naming init_from unless it exists and has the job's preset, image_size, width and decoder.
+    """422 naming init_from unless it exists and has the job's preset, image_size, width, decoder and
+    encoder.
 
     A field missing from the version's metadata is not checked (the worker still refuses weights
     of the wrong shape).
@@ -100,6 +101,9 @@ def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
     if config.decoder is not None:  # left out, the job takes the model's decoder
         wanted["decoder"] = config.decoder
         known["decoder"] = known.get("decoder") or REPORT_DECODER  # versions from before the option
+    if config.encoder is not None:  # likewise the encoder
+        wanted["encoder"] = config.encoder
+        known["encoder"] = known.get("encoder") or "unet"
     differ = [key for key, value in wanted.items() if key in known and str(known[key]) != str(value)]
     if differ:
         has = ", ".join(f"{key} {known[key]!r}" for key in differ)
@@ -108,7 +112,7 @@ def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
             "body",
             "init_from",
             f"{name} has {has} but this job asks for {asks}: init_from needs a model with the job's "
-            "preset, image_size, width and decoder (change them to match, or leave init_from out)",
+            "preset, image_size, width, decoder and encoder (change them to match, or leave init_from out)",
             config.init_from,
         )
 
