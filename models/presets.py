@@ -13,6 +13,11 @@ MAX_IMAGE_SIZE = 1024
 # have the report's.
 REPORT_DECODER = "transpose"
 DECODERS = (REPORT_DECODER, "resize")
+# What a generator's encoder is (models.networks.build_generator): the report's U-Net trained from
+# scratch, or MobileNetV2 with ImageNet weights (models.backbones); versions that name none: the former.
+REPORT_ENCODER = "unet"
+MOBILENET_V2 = "mobilenet_v2"
+ENCODERS = (REPORT_ENCODER, MOBILENET_V2)
 
 
 def levels_for(image_size: int) -> int:

@@ -152,7 +152,7 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
 def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: dict[str, Any]) -> Any:
     """Rebuild the generator named by ``metadata`` and load float16 weights (no pickle) as float32."""
     from models.networks import build_generator
-    from models.presets import REPORT_DECODER
+    from models.presets import REPORT_DECODER, REPORT_ENCODER
 
     try:
         width = int(metadata["width"])
@@ -166,7 +166,7 @@ def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: 
             preset.out_channels,
             width=width,
             decoder=decoder,
-            encoder=metadata.get("encoder", "unet"),
+            encoder=metadata.get("encoder") or REPORT_ENCODER,
         )
     except ValueError as exc:
         raise BrokenVersion(f"{path}: {exc}") from exc

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from models import color
-from models.backbones import MOBILENET_V2, PROVENANCE, pretrained_mobilenet_v2
+from models.backbones import PROVENANCE, pretrained_mobilenet_v2
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import (
@@ -41,7 +41,7 @@ from models.data import (
 )
 from models.networks import build_discriminator, build_generator, decoder_of, encoder_of
 from models.pix2pix import Pix2Pix, adam
-from models.presets import REPORT_DECODER, get_preset
+from models.presets import MOBILENET_V2, REPORT_DECODER, REPORT_ENCODER, get_preset
 from models.store import BrokenVersion, LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
@@ -441,7 +441,7 @@ def build_pix2pix(config: TrainConfig, policy: str | None = None) -> Pix2Pix:
     preset = get_preset(config.preset)
     shape = (config.image_size, preset.in_channels, preset.out_channels)
     decoder = config.decoder or REPORT_DECODER
-    encoder = config.encoder or "unet"
+    encoder = config.encoder or REPORT_ENCODER
     generator = build_generator(*shape, width=config.width, dtype=dtype, decoder=decoder, encoder=encoder)
     discriminator = build_discriminator(*shape, width=config.width, dtype=dtype)
     model = Pix2Pix(generator, discriminator)
@@ -482,12 +482,12 @@ def init_source(config: TrainConfig, store: ModelStore) -> LoadedModel:
     return loaded
 
 
-def resolve_decoder(config: TrainConfig, source: LoadedModel | None) -> TrainConfig:
+def resolve_architecture(config: TrainConfig, source: LoadedModel | None) -> TrainConfig:
     """``config`` with its decoder and encoder set: as asked, else the init_from model's, else the
     report's (a MobileNetV2 encoder implies the resize decoder)."""
     update = {}
     if config.encoder is None:
-        update["encoder"] = encoder_of(source.generator) if source is not None else "unet"
+        update["encoder"] = encoder_of(source.generator) if source is not None else REPORT_ENCODER
     if config.decoder is None:
         if source is not None:
             update["decoder"] = decoder_of(source.generator)
@@ -568,7 +568,7 @@ def run_training(
         # A worker killed between a publish and its ledger write: the store knows better.
         state.published.update(published_steps(store, job_id))
     source = init_source(config, store) if config.init_from is not None else None
-    config = resolve_decoder(config, source)
+    config = resolve_architecture(config, source)
     _save_resolved_config(job_dir, config, scan, state, validation_files)
 
     model = build_pix2pix(config)

@@ -14,7 +14,6 @@ import pytest
 
 from models import backbones
 from models.backbones import (
-    MOBILENET_V2,
     PretrainedWeightsError,
     load_mobilenet_v2,
     mobilenet_v2_body,
@@ -23,6 +22,7 @@ from models.backbones import (
 from models.config import TrainConfig
 from models.networks import build_discriminator, build_generator, decoder_of, encoder_of, width_of
 from models.pix2pix import Pix2Pix, adam
+from models.presets import MOBILENET_V2
 
 
 class _Storage:
@@ -117,7 +117,7 @@ def _torch_shaped_state(encoder: keras.Model, rng) -> dict[str, np.ndarray]:
     for block in range(19):
         expansion = expansions[block] if 0 < block < 18 else 0
         for suffix, names in backbones._torch_names(block, expansion).items():
-            conv_key, bn_key = names.split("|")
+            conv_key, bn_key = names
             kernel = encoder.get_layer(f"mnv2_{block}{suffix}_conv").get_weights()[0]
             order = (2, 3, 0, 1) if suffix == "_dw" else (3, 2, 0, 1)
             state[f"{conv_key}.weight"] = rng.normal(size=kernel.transpose(order).shape).astype("float32")
@@ -219,13 +219,13 @@ def test_a_pretrained_unet_goes_through_the_store_and_its_bfloat16_twin(tmp_path
 
 
 def test_a_mobilenet_job_needs_the_lab_preset_and_the_resize_decoder():
-    from models.training import resolve_decoder
+    from models.training import resolve_architecture
 
     with pytest.raises(ValueError, match="lab preset and the resize decoder"):
         TrainConfig(dataset="d", steps=1, preset="seed", encoder=MOBILENET_V2)
     with pytest.raises(ValueError, match="lab preset and the resize decoder"):
         TrainConfig(dataset="d", steps=1, decoder="transpose", encoder=MOBILENET_V2)
-    resolved = resolve_decoder(TrainConfig(dataset="d", steps=1, encoder=MOBILENET_V2), None)
+    resolved = resolve_architecture(TrainConfig(dataset="d", steps=1, encoder=MOBILENET_V2), None)
     assert (resolved.encoder, resolved.decoder) == (MOBILENET_V2, "resize")
-    plain = resolve_decoder(TrainConfig(dataset="d", steps=1), None)
+    plain = resolve_architecture(TrainConfig(dataset="d", steps=1), None)
     assert (plain.encoder, plain.decoder) == ("unet", "transpose")

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 import models.store as store_module
 from models.config import TrainConfig
 from models.jobs import FINAL_STATES
-from models.presets import REPORT_DECODER
+from models.presets import REPORT_DECODER, REPORT_ENCODER
 from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion, read_metadata
 from service.deps import CeleryDep, JobStoreDep, SettingsDep, StoreDep, require_api_key
 from service.errors import ApiError, field_error
@@ -103,7 +103,7 @@ def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
         known["decoder"] = known.get("decoder") or REPORT_DECODER  # versions from before the option
     if config.encoder is not None:  # likewise the encoder
         wanted["encoder"] = config.encoder
-        known["encoder"] = known.get("encoder") or "unet"
+        known["encoder"] = known.get("encoder") or REPORT_ENCODER
     differ = [key for key, value in wanted.items() if key in known and str(known[key]) != str(value)]
     if differ:
         has = ", ".join(f"{key} {known[key]!r}" for key in differ)
