@@ -36,6 +36,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/colorizer up
 
+# Two test processes (pytest-xdist): half of the suite waits on the processes it starts.
+# PYTEST_ARGS="-n 0 tests/test_api.py" runs one file in this process.
+PYTEST_ARGS ?= -n 2
+
 test: $(DEV_STAMP) | $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -33,10 +33,11 @@ cv2.setNumThreads(1)
 
 
 def check_render_size(model: LoadedModel, render_size: int | None) -> int:
-    """The side the model runs at; raises ValueError unless a positive multiple of 2**levels."""
+    """The side the model runs at (its own ``render_size`` when None); raises ValueError unless a
+    positive multiple of the model's size_step."""
     if render_size is None:
-        return model.image_size
-    step = 2**model.levels
+        return model.render_size
+    step = model.size_step
     if render_size < step or render_size % step:
         raise ValueError(f"render_size must be a multiple of {step} for this model")
     return render_size

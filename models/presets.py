@@ -18,6 +18,8 @@ DECODERS = (REPORT_DECODER, "resize")
 REPORT_ENCODER = "unet"
 MOBILENET_V2 = "mobilenet_v2"
 ENCODERS = (REPORT_ENCODER, MOBILENET_V2)
+# MobileNetV2 halves the side five times: it runs on any side that is a multiple of this.
+MOBILENET_V2_STRIDE = 32
 
 
 def levels_for(image_size: int) -> int:

@@ -379,6 +379,27 @@ CHROMA_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 1.15, 1.3, 1.5)
 CALIBRATED_COLOURFULNESS = 0.8
 
 
+# Serving may run the generator at a larger side than it was trained at: the chroma then has finer
+# detail (a face's edge, a collar), and the encoder sees objects larger, as ImageNet showed them.
+# The side is chosen on the calibration photographs among these (the multiples of the model's
+# size_step among them), by lowest_ciede; CPU time grows as its square.
+RENDER_SIZES = (128, 160, 192, 224, 256)
+# What the comparison calls the default that was in out_dir before this run (export_default).
+PREVIOUS_DEFAULT = "previous default"
+
+
+def calibrate_render_size(model: LoadedModel, photos: Photos) -> tuple[int, list[dict[str, Any]]]:
+    """(the chosen render size, the calibration summary at each size tried), at chroma scale 1."""
+    tried = []
+    for size in [s for s in RENDER_SIZES if s % model.size_step == 0] or [model.image_size]:
+        sized = replace(model, metadata={**model.metadata, "render_size": size, "chroma_scale": 1.0})
+        tried.append(
+            {"render_size": size, **summary(_evaluate(sized, photos.calibration, SELECT_SIDE), "full")}
+        )
+        log.info("render size %d: %s", size, tried[-1])
+    return lowest_ciede(tried, lambda t: t)["render_size"], tried
+
+
 def calibrate_chroma(model: LoadedModel, photos: Photos) -> tuple[float, list[dict[str, Any]]]:
     """(the chosen chroma scale, the calibration summary at each scale tried)."""
     tried = []
@@ -498,11 +519,50 @@ def write_old_photographs_sheet(workdir: Path, model: LoadedModel, out: Path) ->
     return out
 
 
+def calibrated(model: LoadedModel, photos: Photos) -> dict[str, Any]:
+    """The render size, then the chroma scale at that size, chosen on the calibration photographs:
+    ``{"model": the model with both in its metadata, "calibration": its summary there, ...}``."""
+    render_size, sizes_tried = calibrate_render_size(model, photos)
+    model = replace(model, metadata={**model.metadata, "render_size": render_size})
+    chroma_scale, tried = calibrate_chroma(model, photos)
+    return {
+        "model": replace(model, metadata={**model.metadata, "chroma_scale": chroma_scale}),
+        "calibration": next(t for t in tried if t["chroma_scale"] == chroma_scale),
+        "render_size": render_size,
+        "render_sizes_tried": sizes_tried,
+        "chroma_scale": chroma_scale,
+        "chroma_scales_tried": tried,
+    }
+
+
+def incumbent(out_dir: Path, manifest: list[dict[str, Any]]) -> LoadedModel | None:
+    """The default model shipped in ``out_dir`` when it was trained, chosen and validated on exactly
+    these photographs and splits (so it is a fair rival for this run: none of today's calibration
+    or validation photographs was in its training set); else None."""
+    from models.store import BrokenVersion
+
+    try:
+        model = ModelStore.load_dir(out_dir, "default")
+    except (BrokenVersion, OSError) as exc:
+        log.info("no previous default to compare with: %s", exc)
+        return None
+    photos = model.metadata.get("photos")
+    if not isinstance(photos, list) or {(p.get("sha256"), p.get("split")) for p in photos} != {
+        (p["sha256"], p["split"]) for p in manifest
+    }:
+        log.info("the previous default was made from other photographs: not compared")
+        return None
+    return model
+
+
 def export_default(
     workdir: Path, comparison: dict[str, Any], out_dir: Path = DEFAULT_MODEL_DIR, docs_dir: Path | None = None
 ) -> dict[str, Any]:
     """Ship the better of the winning candidate and its longer run (lower calibration CIEDE2000),
-    with the chroma scale chosen on the calibration photographs (``calibrate_chroma``).
+    at the render size and chroma scale chosen on the calibration photographs (``calibrated``);
+    but keep the default already in ``out_dir`` when it was made from the same photographs and,
+    calibrated the same way, scores better there (``incumbent``): training is not bit-for-bit
+    repeatable across CPUs, and a rebuild must not ship a worse model than the one it replaces.
 
     Longer GAN training is not always better on held-out photographs (the adversarial loss can
     drift into colour blotches), so the longer run must earn its place. The chosen generator is
@@ -515,18 +575,31 @@ def export_default(
     final = comparison["final"]
     shipped = final if final["calibration"]["ciede2000"] <= winner["calibration"]["ciede2000"] else winner
     store = ModelStore(workdir / "models")
-    model = store.load(shipped["version"])
-    chroma_scale, tried = calibrate_chroma(model, photos)
+    fresh = calibrated(store.load(shipped["version"]), photos)
+    previous = incumbent(out_dir, comparison["photos"])
+    rival = calibrated(previous, photos) if previous is not None else None
+    keep = rival is not None and rival["calibration"]["ciede2000"] < fresh["calibration"]["ciede2000"]
+    chosen = rival if keep else fresh
+    log.info(
+        "calibration CIEDE2000: this run %.3f, the previous default %s: ships %s",
+        fresh["calibration"]["ciede2000"],
+        f"{rival['calibration']['ciede2000']:.3f}" if rival else "not comparable",
+        "the previous default" if keep else shipped["name"],
+    )
+    render_size, chroma_scale = chosen["render_size"], chosen["chroma_scale"]
     staging = workdir / "default-export"
     shutil.rmtree(staging, ignore_errors=True)
-    export_float16(replace(model, metadata={**model.metadata, "chroma_scale": chroma_scale}), staging)
+    export_float16(chosen["model"], staging)
     exported_model = ModelStore.load_dir(staging, "default")
     exported = _evaluate(exported_model, photos.validation)
     comparison = {
         **comparison,
-        "shipped": shipped["name"],
-        "chroma_scale": chroma_scale,
-        "chroma_scales_tried": tried,
+        "shipped": PREVIOUS_DEFAULT if keep else shipped["name"],
+        **{k: v for k, v in chosen.items() if k != "model"},
+        "calibrated": {
+            shipped["name"]: {k: v for k, v in fresh.items() if k != "model"},
+            **({PREVIOUS_DEFAULT: {k: v for k, v in rival.items() if k != "model"}} if rival else {}),
+        },
         "float16": exported,
     }
     meta_path = staging / "metadata.json"
@@ -535,11 +608,18 @@ def export_default(
         {
             "version": "default",
             "recipe": {
-                "winner": comparison["winner"],
-                "shipped_run": shipped["name"],
-                "steps": shipped["step"] + (winner["step"] if shipped is final else 0),
+                **(
+                    {**previous.metadata["recipe"], "kept_over": shipped["name"]}
+                    if keep
+                    else {
+                        "winner": comparison["winner"],
+                        "shipped_run": shipped["name"],
+                        "steps": shipped["step"] + (winner["step"] if shipped is final else 0),
+                        **comparison["budget"],
+                    }
+                ),
+                "render_size": render_size,
                 "chroma_scale": chroma_scale,
-                **comparison["budget"],
             },
             # "validation" at the model's size, like every trained version; full resolution too.
             "metrics": {
@@ -621,8 +701,9 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
         f"Winner: **{comparison['winner']}**, trained on for {comparison['final']['steps']} more steps "
         f"({comparison['final']['seconds']:.0f} s; its best snapshot on calibration was step "
         f"{comparison['final']['step']}). The better of the two on calibration CIEDE2000, "
-        f"**{comparison['shipped']}**, ships, stored with float16 weights and serving its chroma "
-        f"scaled by **{comparison['chroma_scale']}** (chosen on calibration, below):",
+        f"**{comparison['shipped']}**, ships, stored with float16 weights, run at "
+        f"**{comparison['render_size']} px** and serving its chroma scaled by "
+        f"**{comparison['chroma_scale']}** (both chosen on calibration, below):",
         "",
         markdown_table(
             {
@@ -637,7 +718,30 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
             "full",
         ),
         "",
-        "The chroma scale on the calibration photographs (the lowest CIEDE2000 keeping at least "
+        "Calibrated the same way (render size, then chroma scale), this run against the default "
+        "that was shipped before it, when that one was made from the same photographs (the better "
+        "on calibration ships; training is not bit-for-bit repeatable across CPUs):",
+        "",
+        "| model | render size | chroma scale | calibration CIEDE2000 | colourfulness |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {c['render_size']} | {c['chroma_scale']} | {c['calibration']['ciede2000']:.2f} "
+            f"| {c['calibration']['colourfulness']:.1f} |"
+            for name, c in comparison.get("calibrated", {}).items()
+        ),
+        "",
+        "The shipped model's render size on the calibration photographs (chroma scale 1; the lowest "
+        "CIEDE2000 among the sizes at least half as colourful as the truth):",
+        "",
+        "| render size | CIEDE2000 | gray input's | colourfulness | truth's |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {t['render_size']} | {t['ciede2000']:.2f} | {t['grayscale_ciede2000']:.2f} "
+            f"| {t['colourfulness']:.1f} | {t['colourfulness_gt']:.1f} |"
+            for t in comparison.get("render_sizes_tried", [])
+        ),
+        "",
+        "The chroma scale at that size on the calibration photographs (the lowest CIEDE2000 keeping at least "
         f"{CALIBRATED_COLOURFULNESS:.0%} of the truth's colourfulness):",
         "",
         "| chroma scale | CIEDE2000 | gray input's | colourfulness | truth's |",

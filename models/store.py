@@ -95,6 +95,20 @@ class LoadedModel:
         return levels_for(self.image_size)
 
     @property
+    def size_step(self) -> int:
+        """The sides the generator can run at are multiples of this: its encoder's total stride
+        (32 for MobileNetV2's; 2**levels for the report's U-Net, which goes down to 1x1)."""
+        from models.presets import MOBILENET_V2, MOBILENET_V2_STRIDE
+
+        return MOBILENET_V2_STRIDE if self.metadata.get("encoder") == MOBILENET_V2 else 2**self.levels
+
+    @property
+    def render_size(self) -> int:
+        """The side serving runs the generator at unless a request asks for another (metadata
+        ``render_size``, chosen on calibration photographs by models.recipe; else image_size)."""
+        return int(self.metadata.get("render_size", self.image_size))
+
+    @property
     def chroma_scale(self) -> float:
         """The factor serving multiplies the predicted chroma by (metadata ``chroma_scale``, 1 when
         absent): a model calibrated to mute colours it is unsure of (models.recipe)."""
@@ -128,6 +142,15 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
     scale = metadata.get("chroma_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0.0 < scale <= 2.0:
         raise BrokenVersion(f"{path}: chroma_scale must be a number in (0, 2], got {scale!r}")
+    render_size = metadata.get("render_size", image_size)
+    if (
+        isinstance(render_size, bool)
+        or not isinstance(render_size, int)
+        or not 0 < render_size <= 8 * image_size
+    ):
+        raise BrokenVersion(
+            f"{path}: render_size must be a whole number in (0, {8 * image_size}], got {render_size!r}"
+        )
     use_keras_file = (path / GENERATOR_FILE).exists() or not (path / WEIGHTS_FILE).exists()
     try:
         if use_keras_file:
@@ -146,7 +169,10 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
             f"{path}: generator maps {in_ch}->{out_ch} channels, preset {preset.name!r} needs "
             f"{preset.in_channels}->{preset.out_channels}"
         )
-    return LoadedModel(version, generator, preset.name, image_size, metadata)
+    model = LoadedModel(version, generator, preset.name, image_size, metadata)
+    if render_size % model.size_step:
+        raise BrokenVersion(f"{path}: render_size must be a multiple of {model.size_step}, got {render_size}")
+    return model
 
 
 def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: dict[str, Any]) -> Any:

@@ -382,7 +382,7 @@ class Engine:
             "now serving model version %s (preset %s, %d px) on %s",
             model.version,
             model.preset,
-            model.image_size,
+            model.render_size,
             self._device,
         )
 
@@ -459,7 +459,7 @@ class Engine:
         from models.colorize import finish, prepare
 
         serving = self._serving(model)
-        serving.warm_up(model.image_size, self.buckets)
+        serving.warm_up(model.render_size, self.buckets)
         import tensorflow as tf
 
         with tf.device(self.setup()):

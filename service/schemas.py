@@ -83,7 +83,10 @@ class ModelInfo(BaseModel):
 
     version: int | str = Field(description='A version number, or "default" for the packaged model.')
     preset: str | None = Field(None, description="The preset it was trained with (lab, seed, ...).")
-    image_size: int | None = Field(None, description="The side of the square the generator runs at.")
+    image_size: int | None = Field(None, description="The side of the square the generator was trained at.")
+    render_size: int | None = Field(
+        None, description="The side /colorize runs it at unless ?render_size= asks another."
+    )
     created_at: float | None = Field(None, description="When it was published (Unix time).")
     served: bool = Field(False, description="The version /colorize uses when no ?model= is given.")
     loaded: bool = Field(False, description="Held in memory (served or cached).")

@@ -13,8 +13,13 @@ from pathlib import Path
 
 import httpx
 
-# The tests' own Redis database (test_e2e, test_compose), emptied around each use.
-REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
+# The tests' own Redis database (test_e2e, test_compose), emptied around each use: 13, and one
+# more per pytest-xdist worker after the first (gw0 -> 13, gw1 -> 14, ...), so that parallel
+# workers never empty each other's queue.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+if _WORKER > 2:
+    raise RuntimeError("at most 3 pytest-xdist workers: Redis has databases 13-15 for them")
+REDIS_TEST_URL = f"redis://127.0.0.1:6379/{13 + _WORKER}"
 
 
 def free_port() -> int:

@@ -146,6 +146,7 @@ def test_models_lists_versions_with_metadata_and_the_served_one(client, settings
         (2, "seed", True),
     ]
     assert body["versions"][1]["metadata"]["image_size"] == 32
+    assert body["versions"][1]["image_size"] == body["versions"][1]["render_size"] == 32  # none set
     assert body["versions"][0]["loaded"] is True  # the previous one stays cached
 
 

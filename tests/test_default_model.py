@@ -59,10 +59,11 @@ def publish_tiny(store: ModelStore, preset: str = "lab", **metadata) -> int:
 
 @pytest.fixture
 def default_dir(tmp_path, monkeypatch) -> Path:
-    """A tiny packaged default model (lab, 32 px, width 4, float16 weights) in a temporary folder."""
+    """A tiny packaged default model (lab, 32 px, width 4, float16 weights, run at 64 px like the real
+    one runs above its training size) in a temporary folder."""
     keras.utils.set_random_seed(123)
     generator = build_generator(32, 1, 2, width=4)
-    metadata = {"preset": "lab", "image_size": 32, "width": 4, "metrics": DEFAULT_METRICS}
+    metadata = {"preset": "lab", "image_size": 32, "render_size": 64, "width": 4, "metrics": DEFAULT_METRICS}
     folder = export_float16(
         LoadedModel(DEFAULT_VERSION, generator, "lab", 32, metadata), tmp_path / "default"
     )
@@ -164,6 +165,7 @@ def test_the_api_serves_the_default_then_swaps_to_version_1(settings, start, def
     ]
     assert listing["versions"][0]["metrics"] == DEFAULT_METRICS
     assert listing["versions"][0]["metadata"]["width"] == 4 and listing["versions"][0]["preset"] == "lab"
+    assert (listing["versions"][0]["image_size"], listing["versions"][0]["render_size"]) == (32, 64)
 
     publish_tiny(ModelStore(settings.models_dir))
     wait_for(lambda: client.get("/readyz").json()["model_version"] == 1, what="version 1 served")

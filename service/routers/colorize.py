@@ -130,8 +130,8 @@ RenderSizeQuery = Annotated[
     int | None,
     Query(
         ge=1,
-        description="Side the model runs at: a multiple of the model's image_size (128 for the default "
-        "model; GET /models lists each image_size). Default: its image_size.",
+        description="Side the model runs at: a multiple of 32 for a MobileNetV2-encoder model (the "
+        "default), of its image_size for others. Default: the model's render_size (GET /models).",
     ),
 ]
 ModelQuery = Annotated[

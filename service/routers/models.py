@@ -56,6 +56,7 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
                 version=version,
                 preset=meta.get("preset") if isinstance(meta.get("preset"), str) else None,
                 image_size=_as_int(meta.get("image_size")),
+                render_size=_as_int(meta.get("render_size", meta.get("image_size"))),
                 created_at=_as_float(meta.get("created_at")),
                 served=version == served,
                 loaded=version == served or version in cached,

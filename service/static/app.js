@@ -201,14 +201,16 @@ function chosenModelInfo() {
 /** Render sizes the chosen model accepts: multiples of its own size (the server has the last word). */
 function updateRenderSizes() {
   const select = $("#render-size");
-  const size = chosenModelInfo()?.image_size;
-  select.options[0].textContent = size ? `Model’s own size (${size} px)` : "Model’s own size";
+  const info = chosenModelInfo();
+  const size = info?.image_size;
+  const own = info?.render_size ?? size;
+  select.options[0].textContent = own ? `Model’s own size (${own} px)` : "Model’s own size";
   const sizes = new Set();
   if (size) {
     for (let k = 2; k <= 4; k++) sizes.add(size * k);
     for (let s = size * 2; s <= 1024; s *= 2) sizes.add(s);
   }
-  const options = [...sizes].filter((s) => s <= 1024).sort((a, b) => a - b);
+  const options = [...sizes].filter((s) => s <= 1024 && s !== own).sort((a, b) => a - b);
   setOptions(select, options.map((s) => ({ value: String(s), label: `${s} px` })));
 }
 
