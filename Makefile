@@ -68,6 +68,7 @@ default-model: $(DEV_STAMP)
 bench-serve: $(DEV_STAMP)
 	$(BIN)/python bench/serve.py $(BENCH_ARGS)
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/render_size.py $(BENCH_ARGS)
 
 bench-train: $(DEV_STAMP)
 	$(BIN)/python bench/train.py $(BENCH_ARGS)
