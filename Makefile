@@ -36,9 +36,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/colorizer up
 
-# Two test processes (pytest-xdist): half of the suite waits on the processes it starts.
-# PYTEST_ARGS="-n 0 tests/test_api.py" runs one file in this process.
-PYTEST_ARGS ?= -n 2
+# PYTEST_ARGS="-n 2" runs the suite on two processes (pytest-xdist; 0.63x the time here), but
+# test_faults' killed-worker test once timed out that way (a SIGKILLed child's job was not
+# redelivered within 180 s): one process until that is understood.
+PYTEST_ARGS ?=
 
 test: $(DEV_STAMP) | $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
