@@ -519,14 +519,13 @@ def write_old_photographs_sheet(workdir: Path, model: LoadedModel, out: Path) ->
     return out
 
 
-def calibrated(model: LoadedModel, photos: Photos) -> dict[str, Any]:
+def calibrated(model: LoadedModel, photos: Photos) -> tuple[LoadedModel, dict[str, Any]]:
     """The render size, then the chroma scale at that size, chosen on the calibration photographs:
-    ``{"model": the model with both in its metadata, "calibration": its summary there, ...}``."""
+    (the model with both in its metadata, ``{"calibration": its summary there, ...}``)."""
     render_size, sizes_tried = calibrate_render_size(model, photos)
     model = replace(model, metadata={**model.metadata, "render_size": render_size})
     chroma_scale, tried = calibrate_chroma(model, photos)
-    return {
-        "model": replace(model, metadata={**model.metadata, "chroma_scale": chroma_scale}),
+    return replace(model, metadata={**model.metadata, "chroma_scale": chroma_scale}), {
         "calibration": next(t for t in tried if t["chroma_scale"] == chroma_scale),
         "render_size": render_size,
         "render_sizes_tried": sizes_tried,
@@ -575,11 +574,11 @@ def export_default(
     final = comparison["final"]
     shipped = final if final["calibration"]["ciede2000"] <= winner["calibration"]["ciede2000"] else winner
     store = ModelStore(workdir / "models")
-    fresh = calibrated(store.load(shipped["version"]), photos)
+    fresh_model, fresh = calibrated(store.load(shipped["version"]), photos)
     previous = incumbent(out_dir, comparison["photos"])
-    rival = calibrated(previous, photos) if previous is not None else None
+    rival_model, rival = calibrated(previous, photos) if previous is not None else (None, None)
     keep = rival is not None and rival["calibration"]["ciede2000"] < fresh["calibration"]["ciede2000"]
-    chosen = rival if keep else fresh
+    chosen, chosen_model = (rival, rival_model) if keep else (fresh, fresh_model)
     log.info(
         "calibration CIEDE2000: this run %.3f, the previous default %s: ships %s",
         fresh["calibration"]["ciede2000"],
@@ -589,17 +588,14 @@ def export_default(
     render_size, chroma_scale = chosen["render_size"], chosen["chroma_scale"]
     staging = workdir / "default-export"
     shutil.rmtree(staging, ignore_errors=True)
-    export_float16(chosen["model"], staging)
+    export_float16(chosen_model, staging)
     exported_model = ModelStore.load_dir(staging, "default")
     exported = _evaluate(exported_model, photos.validation)
     comparison = {
         **comparison,
         "shipped": PREVIOUS_DEFAULT if keep else shipped["name"],
-        **{k: v for k, v in chosen.items() if k != "model"},
-        "calibrated": {
-            shipped["name"]: {k: v for k, v in fresh.items() if k != "model"},
-            **({PREVIOUS_DEFAULT: {k: v for k, v in rival.items() if k != "model"}} if rival else {}),
-        },
+        **chosen,
+        "calibrated": {shipped["name"]: fresh, **({PREVIOUS_DEFAULT: rival} if rival else {})},
         "float16": exported,
     }
     meta_path = staging / "metadata.json"

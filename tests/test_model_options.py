@@ -295,9 +295,9 @@ def test_a_rebuild_calibrates_size_then_chroma_and_meets_the_previous_default_on
 
     monkeypatch.setattr(recipe, "_evaluate", fake_evaluate)
     model = _tiny_model({"render_size": 32, "encoder": "mobilenet_v2"})
-    result = calibrated(model, Photos([Path("c.png")], []))
+    chosen, result = calibrated(model, Photos([Path("c.png")], []))
     assert (result["render_size"], result["chroma_scale"]) == (160, 0.9)
-    assert (result["model"].render_size, result["model"].chroma_scale) == (160, 0.9)
+    assert (chosen.render_size, chosen.chroma_scale) == (160, 0.9)
     assert result["calibration"]["ciede2000"] == pytest.approx(0.0)
 
     # The previous default is a rival only when made from the same photographs and splits.
