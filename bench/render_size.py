@@ -1,6 +1,7 @@
-"""What the default model's render size costs: one photograph through the whole colorize path
-(prepare, model, finish) at each side the recipe chooses among, in float32, as a ratio of the time
-at 128 px (the size it was trained at). Sizes are timed in interleaved rounds so that a busy
+"""What the default model's render size and flip averaging cost: one photograph through the whole
+colorize path (prepare, model, finish) at each side the recipe chooses among, without and with
+flip averaging, in float32, as a ratio of the time at 128 px without it (the size it was trained
+at). Settings are timed in interleaved rounds so that a busy
 spell of the machine falls on all of them; the table gives medians.
 
     python bench/render_size.py            # about a minute on 2 cores
@@ -28,18 +29,27 @@ def main() -> None:
     model = ModelStore.load_dir(DEFAULT_MODEL_DIR, "default")
     photos, source = photographs(1)
     photo = megapixels(photos[0], 1.0)
-    sized = {s: replace(model, metadata={**model.metadata, "render_size": s}) for s in RENDER_SIZES}
-    times: dict[int, list[float]] = {s: [] for s in RENDER_SIZES}
+    settings = [(s, f) for s in RENDER_SIZES for f in (False, True)]
+    runs = {
+        key: replace(model, metadata={**model.metadata, "render_size": key[0], "flip_average": key[1]})
+        for key in settings
+    }
+    times: dict[tuple[int, bool], list[float]] = {key: [] for key in settings}
     for _ in range(rounds):
-        for size, m in sized.items():
-            times[size] += timed(lambda m=m: colorize_array(m, photo), repeat)
-    base = median(times[RENDER_SIZES[0]])
+        for key, m in runs.items():
+            times[key] += timed(lambda m=m: colorize_array(m, photo), repeat)
+    base = median(times[settings[0]])
+    served = (model.render_size, model.flip_average)
     rows = [
-        (f"{s}{' (served)' if s == model.render_size else ''}", median(t) * 1000, median(t) / base)
-        for s, t in times.items()
+        (
+            f"{s}{' flip-averaged' if f else ''}{' (served)' if (s, f) == served else ''}",
+            median(t) * 1000,
+            median(t) / base,
+        )
+        for (s, f), t in times.items()
     ]
     print(machine())
-    print(f"photograph: {photo.shape[1]}x{photo.shape[0]} from {source}; {rounds * repeat} calls per size")
+    print(f"photograph: {photo.shape[1]}x{photo.shape[0]} from {source}; {rounds * repeat} calls per setting")
     print(table("default model, whole colorize path", ["render size", "median ms", "x 128 px"], rows))
 
 

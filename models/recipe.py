@@ -400,6 +400,19 @@ def calibrate_render_size(model: LoadedModel, photos: Photos) -> tuple[int, list
     return lowest_ciede(tried, lambda t: t)["render_size"], tried
 
 
+def calibrate_flip(model: LoadedModel, photos: Photos) -> tuple[bool, list[dict[str, Any]]]:
+    """(whether to average each photograph's colours with its mirror image's, the calibration
+    summary without and with), at chroma scale 1: on by lowest_ciede (twice the model's work)."""
+    tried = []
+    for flip in (False, True):
+        flipped = replace(model, metadata={**model.metadata, "flip_average": flip, "chroma_scale": 1.0})
+        tried.append(
+            {"flip_average": flip, **summary(_evaluate(flipped, photos.calibration, SELECT_SIDE), "full")}
+        )
+        log.info("flip average %s: %s", flip, tried[-1])
+    return lowest_ciede(tried, lambda t: t)["flip_average"], tried
+
+
 def calibrate_chroma(model: LoadedModel, photos: Photos) -> tuple[float, list[dict[str, Any]]]:
     """(the chosen chroma scale, the calibration summary at each scale tried)."""
     tried = []
@@ -520,18 +533,28 @@ def write_old_photographs_sheet(workdir: Path, model: LoadedModel, out: Path) ->
 
 
 def calibrated(model: LoadedModel, photos: Photos) -> tuple[LoadedModel, dict[str, Any]]:
-    """The render size, then the chroma scale at that size, chosen on the calibration photographs:
-    (the model with both in its metadata, ``{"calibration": its summary there, ...}``)."""
-    render_size, sizes_tried = calibrate_render_size(model, photos)
+    """The render size, then flip averaging at that size, then the chroma scale, chosen on the
+    calibration photographs: (the model with all three in its metadata, ``{"calibration": its
+    summary there, ...}``)."""
+    render_size, sizes_tried = calibrate_render_size(replace(model, metadata=_uncalibrated(model)), photos)
     model = replace(model, metadata={**model.metadata, "render_size": render_size})
+    flip_average, flips_tried = calibrate_flip(model, photos)
+    model = replace(model, metadata={**model.metadata, "flip_average": flip_average})
     chroma_scale, tried = calibrate_chroma(model, photos)
     return replace(model, metadata={**model.metadata, "chroma_scale": chroma_scale}), {
         "calibration": next(t for t in tried if t["chroma_scale"] == chroma_scale),
         "render_size": render_size,
         "render_sizes_tried": sizes_tried,
+        "flip_average": flip_average,
+        "flip_averages_tried": flips_tried,
         "chroma_scale": chroma_scale,
         "chroma_scales_tried": tried,
     }
+
+
+def _uncalibrated(model: LoadedModel) -> dict[str, Any]:
+    """The model's metadata without what ``calibrated`` chooses (flip averaging off)."""
+    return {**model.metadata, "flip_average": False}
 
 
 def incumbent(out_dir: Path, manifest: list[dict[str, Any]]) -> LoadedModel | None:
@@ -558,10 +581,11 @@ def export_default(
     workdir: Path, comparison: dict[str, Any], out_dir: Path = DEFAULT_MODEL_DIR, docs_dir: Path | None = None
 ) -> dict[str, Any]:
     """Ship the better of the winning candidate and its longer run (lower calibration CIEDE2000),
-    at the render size and chroma scale chosen on the calibration photographs (``calibrated``);
-    but keep the default already in ``out_dir`` when it was made from the same photographs and,
-    calibrated the same way, scores better there (``incumbent``): training is not bit-for-bit
-    repeatable across CPUs, and a rebuild must not ship a worse model than the one it replaces.
+    at the render size, flip averaging and chroma scale chosen on the calibration photographs
+    (``calibrated``); but keep the default already in ``out_dir`` when it was made from the same
+    photographs and, calibrated the same way, scores better there (``incumbent``): training is not
+    bit-for-bit repeatable across CPUs, and a rebuild must not ship a worse model than the one it
+    replaces.
 
     Longer GAN training is not always better on held-out photographs (the adversarial loss can
     drift into colour blotches), so the longer run must earn its place. The chosen generator is
@@ -578,44 +602,97 @@ def export_default(
     previous = incumbent(out_dir, comparison["photos"])
     rival_model, rival = calibrated(previous, photos) if previous is not None else (None, None)
     keep = rival is not None and rival["calibration"]["ciede2000"] < fresh["calibration"]["ciede2000"]
-    chosen, chosen_model = (rival, rival_model) if keep else (fresh, fresh_model)
     log.info(
         "calibration CIEDE2000: this run %.3f, the previous default %s: ships %s",
         fresh["calibration"]["ciede2000"],
         f"{rival['calibration']['ciede2000']:.3f}" if rival else "not comparable",
         "the previous default" if keep else shipped["name"],
     )
-    render_size, chroma_scale = chosen["render_size"], chosen["chroma_scale"]
-    staging = workdir / "default-export"
-    shutil.rmtree(staging, ignore_errors=True)
-    export_float16(chosen_model, staging)
-    exported_model = ModelStore.load_dir(staging, "default")
-    exported = _evaluate(exported_model, photos.validation)
+    if keep:
+        recipe = {**previous.metadata["recipe"], "kept_over": shipped["name"]}
+    else:
+        recipe = {
+            "winner": comparison["winner"],
+            "shipped_run": shipped["name"],
+            "steps": shipped["step"] + (winner["step"] if shipped is final else 0),
+            **comparison["budget"],
+        }
     comparison = {
         **comparison,
         "shipped": PREVIOUS_DEFAULT if keep else shipped["name"],
-        **chosen,
         "calibrated": {shipped["name"]: fresh, **({PREVIOUS_DEFAULT: rival} if rival else {})},
-        "float16": exported,
     }
+    return _ship(
+        workdir,
+        rival_model if keep else fresh_model,
+        rival if keep else fresh,
+        recipe,
+        comparison,
+        out_dir,
+        docs_dir,
+    )
+
+
+def recalibrate_default(
+    workdir: Path, out_dir: Path = DEFAULT_MODEL_DIR, docs_dir: Path | None = None
+) -> dict[str, Any]:
+    """Calibrate the shipped default again (render size, flip averaging, chroma scale) on the
+    photographs it was made from, without training: for when the recipe's serving choices change
+    and its weights do not. Reads the comparison in ``docs_dir`` (``comparison.json``) and writes
+    it back with the new calibration; the photographs are fetched into ``workdir`` if needed.
+
+    Raises RuntimeError when the default in ``out_dir`` was not made from these photographs.
+    """
+    workdir = Path(workdir)
+    manifest = fetch_photos(workdir)
+    previous = incumbent(out_dir, manifest)
+    if previous is None:
+        raise RuntimeError(f"the default in {out_dir} was not made from the recipe's photographs: rebuild it")
+    comparison = json.loads((docs_dir / "comparison.json").read_text()) if docs_dir is not None else {}
+    model, record = calibrated(previous, Photos.of(workdir))
+    log.info("recalibrated: %s", {k: v for k, v in record.items() if not k.endswith("_tried")})
+    comparison = {
+        **comparison,
+        "photos": manifest,
+        "recalibrated": time.strftime("%Y-%m-%d"),
+        "calibrated": {
+            **comparison.get("calibrated", {}),
+            comparison.get("shipped", PREVIOUS_DEFAULT): record,
+        },
+    }
+    return _ship(workdir, model, record, dict(previous.metadata["recipe"]), comparison, out_dir, docs_dir)
+
+
+def _ship(
+    workdir: Path,
+    model: LoadedModel,
+    calibration: dict[str, Any],
+    recipe: dict[str, Any],
+    comparison: dict[str, Any],
+    out_dir: Path,
+    docs_dir: Path | None,
+) -> dict[str, Any]:
+    """Write the calibrated ``model`` to ``out_dir`` with float16 weights, scored again on the
+    validation photographs, its ``recipe`` and the calibration in its metadata; the comparison,
+    manifest and sheets to ``docs_dir``. Returns the comparison with ``calibration`` and the
+    float16 model's report (``float16``) in it."""
+    photos = Photos.of(workdir)
+    staging = workdir / "default-export"
+    shutil.rmtree(staging, ignore_errors=True)
+    export_float16(model, staging)
+    exported_model = ModelStore.load_dir(staging, "default")
+    exported = _evaluate(exported_model, photos.validation)
+    comparison = {**comparison, **calibration, "float16": exported}
     meta_path = staging / "metadata.json"
     metadata = json.loads(meta_path.read_text())
     metadata.update(
         {
             "version": "default",
             "recipe": {
-                **(
-                    {**previous.metadata["recipe"], "kept_over": shipped["name"]}
-                    if keep
-                    else {
-                        "winner": comparison["winner"],
-                        "shipped_run": shipped["name"],
-                        "steps": shipped["step"] + (winner["step"] if shipped is final else 0),
-                        **comparison["budget"],
-                    }
-                ),
-                "render_size": render_size,
-                "chroma_scale": chroma_scale,
+                **recipe,
+                "render_size": calibration["render_size"],
+                "flip_average": calibration["flip_average"],
+                "chroma_scale": calibration["chroma_scale"],
             },
             # "validation" at the model's size, like every trained version; full resolution too.
             "metrics": {
@@ -699,7 +776,9 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
         f"{comparison['final']['step']}). The better of the two on calibration CIEDE2000, "
         f"**{comparison['shipped']}**, ships, stored with float16 weights, run at "
         f"**{comparison['render_size']} px** and serving its chroma scaled by "
-        f"**{comparison['chroma_scale']}** (both chosen on calibration, below):",
+        f"**{comparison['chroma_scale']}**, flip averaging "
+        f"{'on' if comparison.get('flip_average') else 'off'} "
+        "(all chosen on calibration, below):",
         "",
         markdown_table(
             {
@@ -714,14 +793,25 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
             "full",
         ),
         "",
-        "Calibrated the same way (render size, then chroma scale), this run against the default "
+        *(
+            [
+                f"The shipped model was calibrated again on {comparison['recalibrated']} without "
+                "training (`colorizer default-model --recalibrate`); the other rows below are from "
+                "the run that trained it, calibrated by the rules of then.",
+                "",
+            ]
+            if comparison.get("recalibrated")
+            else []
+        ),
+        "Calibrated the same way (render size, flip averaging, chroma scale), this run against the default "
         "that was shipped before it, when that one was made from the same photographs (the better "
         "on calibration ships; training is not bit-for-bit repeatable across CPUs):",
         "",
-        "| model | render size | chroma scale | calibration CIEDE2000 | colourfulness |",
-        "|---|---:|---:|---:|---:|",
+        "| model | render size | flip average | chroma scale | calibration CIEDE2000 | colourfulness |",
+        "|---|---:|---:|---:|---:|---:|",
         *(
-            f"| {name} | {c['render_size']} | {c['chroma_scale']} | {c['calibration']['ciede2000']:.2f} "
+            f"| {name} | {c['render_size']} | {c.get('flip_average', False)} | {c['chroma_scale']} "
+            f"| {c['calibration']['ciede2000']:.2f} "
             f"| {c['calibration']['colourfulness']:.1f} |"
             for name, c in comparison.get("calibrated", {}).items()
         ),
@@ -729,24 +819,17 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
         "The shipped model's render size on the calibration photographs (chroma scale 1; the lowest "
         "CIEDE2000 among the sizes at least half as colourful as the truth):",
         "",
-        "| render size | CIEDE2000 | gray input's | colourfulness | truth's |",
-        "|---:|---:|---:|---:|---:|",
-        *(
-            f"| {t['render_size']} | {t['ciede2000']:.2f} | {t['grayscale_ciede2000']:.2f} "
-            f"| {t['colourfulness']:.1f} | {t['colourfulness_gt']:.1f} |"
-            for t in comparison.get("render_sizes_tried", [])
-        ),
+        *_tried_table("render size", "render_size", comparison.get("render_sizes_tried", [])),
+        "",
+        "Flip averaging at that size (each photograph's colours averaged with its mirror image's; "
+        "chroma scale 1; on when it has the lower CIEDE2000):",
+        "",
+        *_tried_table("flip average", "flip_average", comparison.get("flip_averages_tried", [])),
         "",
         "The chroma scale at that size on the calibration photographs (the lowest CIEDE2000 keeping at least "
         f"{CALIBRATED_COLOURFULNESS:.0%} of the truth's colourfulness):",
         "",
-        "| chroma scale | CIEDE2000 | gray input's | colourfulness | truth's |",
-        "|---:|---:|---:|---:|---:|",
-        *(
-            f"| {t['chroma_scale']} | {t['ciede2000']:.2f} | {t['grayscale_ciede2000']:.2f} "
-            f"| {t['colourfulness']:.1f} | {t['colourfulness_gt']:.1f} |"
-            for t in comparison["chroma_scales_tried"]
-        ),
+        *_tried_table("chroma scale", "chroma_scale", comparison["chroma_scales_tried"]),
         "",
         "The shipped model by category (validation, full resolution):",
         "",
@@ -760,6 +843,19 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
         ),
     ]
     (docs_dir / "comparison.md").write_text("\n".join(lines))
+
+
+def _tried_table(title: str, key: str, tried: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: each setting ``key`` tried on the calibration photographs and its scores."""
+    return [
+        f"| {title} | CIEDE2000 | gray input's | colourfulness | truth's |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {t[key]} | {t['ciede2000']:.2f} | {t['grayscale_ciede2000']:.2f} "
+            f"| {t['colourfulness']:.1f} | {t['colourfulness_gt']:.1f} |"
+            for t in tried
+        ),
+    ]
 
 
 def write_manifest(docs_dir: Path, photos: list[dict[str, Any]], skipped: dict[str, int]) -> Path:

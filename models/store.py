@@ -114,6 +114,12 @@ class LoadedModel:
         absent): a model calibrated to mute colours it is unsure of (models.recipe)."""
         return float(self.metadata.get("chroma_scale", 1.0))
 
+    @property
+    def flip_average(self) -> bool:
+        """Whether serving averages the generator's output on the photograph and on its mirror
+        image (metadata ``flip_average``, chosen on calibration photographs by models.recipe)."""
+        return bool(self.metadata.get("flip_average", False))
+
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """metadata.json of a version directory; raises BrokenVersion if missing or not a JSON object."""
@@ -151,6 +157,8 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
         raise BrokenVersion(
             f"{path}: render_size must be a whole number in (0, {8 * image_size}], got {render_size!r}"
         )
+    if not isinstance(metadata.get("flip_average", False), bool):
+        raise BrokenVersion(f"{path}: flip_average must be true or false, got {metadata['flip_average']!r}")
     use_keras_file = (path / GENERATOR_FILE).exists() or not (path / WEIGHTS_FILE).exists()
     try:
         if use_keras_file:

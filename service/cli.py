@@ -1022,15 +1022,33 @@ def evaluate(
     show_default=True,
     help="Where to write the comparison that chose the model.",
 )
+@click.option(
+    "--recalibrate",
+    is_flag=True,
+    help="Do not train: choose the shipped model's render size, flip averaging and chroma scale "
+    "again on the calibration photographs, and score it again.",
+)
 def default_model(
-    workdir: Path, candidate_steps: int | None, final_steps: int | None, out: Path | None, docs: Path
+    workdir: Path,
+    candidate_steps: int | None,
+    final_steps: int | None,
+    out: Path | None,
+    docs: Path,
+    recalibrate: bool,
 ) -> None:
     """Build the shipped default model: fetch photographs, compare candidates, train, evaluate."""
     settings = load_settings()
     setup_logging(settings)
-    from models.recipe import CANDIDATE_STEPS, FINAL_STEPS, build_default_model
+    from models.recipe import CANDIDATE_STEPS, FINAL_STEPS, build_default_model, recalibrate_default
     from models.store import DEFAULT_MODEL_DIR
 
+    if recalibrate:
+        try:
+            recalibrate_default(workdir, out or DEFAULT_MODEL_DIR, docs)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"recalibrated {out or DEFAULT_MODEL_DIR}; see {docs}")
+        return
     comparison = build_default_model(
         workdir,
         candidate_steps or CANDIDATE_STEPS,

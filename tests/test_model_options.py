@@ -283,22 +283,32 @@ def test_the_render_size_is_the_lowest_ciede_among_the_sizes_the_model_can_run_a
 def test_a_rebuild_calibrates_size_then_chroma_and_meets_the_previous_default_only_on_the_same_photos(
     tmp_path, monkeypatch
 ):
+    seen = []
+
     def fake_evaluate(model, files, max_side=None):
-        # best at 160 px; there, chroma 0.9 is the lowest CIEDE2000 keeping 80% of the colour
-        size, scale = model.render_size, model.chroma_scale
+        # best at 160 px, flip averaged; there, chroma 0.9 is the lowest CIEDE2000 keeping 80% of
+        # the colour
+        size, scale, flip = model.render_size, model.chroma_scale, model.flip_average
+        seen.append((size, flip, scale))
         metrics = {
-            "ciede2000": abs(size - 160) / 10 + abs(scale - 0.9),
+            "ciede2000": abs(size - 160) / 10 + abs(scale - 0.9) + (0.0 if flip else 0.5),
             "colourfulness": 48.0 * scale,
             "colourfulness_gt": 50.0,
         }
         return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
 
     monkeypatch.setattr(recipe, "_evaluate", fake_evaluate)
-    model = _tiny_model({"render_size": 32, "encoder": "mobilenet_v2"})
+    model = _tiny_model({"render_size": 32, "encoder": "mobilenet_v2", "flip_average": True})
     chosen, result = calibrated(model, Photos([Path("c.png")], []))
-    assert (result["render_size"], result["chroma_scale"]) == (160, 0.9)
-    assert (chosen.render_size, chosen.chroma_scale) == (160, 0.9)
+    assert (result["render_size"], result["flip_average"], result["chroma_scale"]) == (160, True, 0.9)
+    assert (chosen.render_size, chosen.flip_average, chosen.chroma_scale) == (160, True, 0.9)
     assert result["calibration"]["ciede2000"] == pytest.approx(0.0)
+    # Sizes are compared as the model runs without calibration (no flip, chroma 1); then flip
+    # averaging at the chosen size; then the chroma scale with both.
+    n = len(recipe.RENDER_SIZES)
+    assert seen[:n] == [(size, False, 1.0) for size in recipe.RENDER_SIZES]
+    assert seen[n : n + 2] == [(160, False, 1.0), (160, True, 1.0)]
+    assert [s[:2] for s in seen[n + 2 :]] == [(160, True)] * len(recipe.CHROMA_SCALES)
 
     # The previous default is a rival only when made from the same photographs and splits.
     manifest = [{"sha256": "a", "split": "train"}, {"sha256": "b", "split": "calibration"}]
@@ -434,6 +444,35 @@ def test_serving_multiplies_the_predicted_chroma_by_the_models_chroma_scale(tmp_
             ModelStore.load_dir(version, "bad")
 
 
+def test_flip_averaging_is_the_mean_of_the_photograph_and_its_mirror_image(tmp_path):
+    from models.colorize import generator_output, predict
+    from models.serving import InferenceModel
+
+    plain = _tiny_model({})
+    inputs = tf.random.stateless_uniform((3, 32, 64, 1), (1, 2), -1.0, 1.0)
+    direct = plain.generator(inputs, training=False).numpy()
+    mirrored = plain.generator(inputs[:, :, ::-1], training=False).numpy()[:, :, ::-1]
+    averaged = generator_output(plain.generator, inputs, flip_average=True).numpy()
+    assert np.abs(direct - mirrored).max() > 0.01  # the generator is not symmetric itself
+    np.testing.assert_allclose(averaged, (direct + mirrored) / 2, atol=1e-5)
+    np.testing.assert_array_equal(generator_output(plain.generator, inputs).numpy(), direct)
+    # A model whose metadata says so is served that way, by every path, and keeps it in float16.
+    flipped = ModelStore.load_dir(export_float16(_tiny_model({"flip_average": True}), tmp_path / "f"), "f")
+    assert flipped.flip_average and not plain.flip_average
+    served = InferenceModel(flipped).predict(inputs[:, :32, :32].numpy())
+    expected = generator_output(flipped.generator, inputs[:, :32, :32], flip_average=True).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(predict(flipped, inputs[:, :32, :32]).numpy(), expected, atol=1e-5)
+    photo = make_photo(50, 40, 2)
+    mirror = np.asarray(colorize_array(flipped, photo[:, ::-1]))[:, ::-1].astype(int)
+    assert np.abs(mirror - np.asarray(colorize_array(flipped, photo)).astype(int)).max() <= 1
+    for bad in ("yes", 1, None):
+        version = tmp_path / f"bad-{bad}"
+        export_float16(_tiny_model({"flip_average": bad}), version)
+        with pytest.raises(BrokenVersion, match="flip_average"):
+            ModelStore.load_dir(version, "bad")
+
+
 def _publish_resize(store: ModelStore) -> int:
     generator = build_generator(32, 1, 2, width=4, decoder="resize")
     return store.publish(generator, {"preset": "lab", "image_size": 32, "width": 4, "decoder": "resize"})
@@ -516,3 +555,85 @@ def test_the_manifest_lists_every_photograph_with_its_credit_and_the_dropped_cou
     ]
     assert rows[0].startswith("| validation | people | p (1) | `/b.jpg` |")  # validation first
     assert "| A / B | CC0-1.0 | `" + "ab" * 32 + "` |" in rows[1]  # a | in a name cannot break the table
+
+
+def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weights(tmp_path, monkeypatch):
+    """The recipe's last step, end to end on tiny models and photographs: the run's model and the
+    previous default are calibrated the same way, the better on calibration ships with its
+    choices and its validation figures in its metadata; ``recalibrate_default`` calibrates the
+    shipped one again without training and keeps its weights."""
+    from PIL import Image
+
+    workdir = tmp_path / "work"
+    manifest = []
+    for split, folder in (
+        (("calibration", "calibration"),) * 2
+        + (("validation", "validation/people"),) * 2
+        + (("validation", "validation/animal"),)
+    ):
+        (workdir / folder).mkdir(parents=True, exist_ok=True)
+        name = f"{folder}/{len(manifest)}.png"
+        Image.fromarray(make_photo(56, 40, len(manifest))).save(workdir / name)
+        credit = {
+            "package": "p",
+            "version": "1",
+            "path": name,
+            "kind": "photograph",
+            "author": "A",
+            "license": "CC0-1.0",
+        }
+        manifest.append({"sha256": f"{len(manifest)}", "split": split, "name": name, **credit})
+    monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: manifest)
+    store = ModelStore(workdir / "models")
+    version = store.publish(_tiny_model({}).generator, _tiny_model({}).metadata)
+    report = recipe._evaluate(store.load(version), recipe.Photos.of(workdir).validation)
+    run = {"name": "tiny", "version": version, "step": 4, "steps": 4, "seconds": 1.0, "report": report}
+    scores = recipe.summary(
+        recipe._evaluate(store.load(version), recipe.Photos.of(workdir).calibration), "full"
+    )
+    run["calibration"] = {**scores, "ciede2000": 1.0}
+    comparison = {
+        "candidates": [run],
+        "winner": "tiny",
+        "final": {**run, "name": "tiny-final", "calibration": {**scores, "ciede2000": 2.0}},
+        "photos": manifest,
+        "budget": {"candidate_steps": 4, "final_steps": 8},
+    }
+    out = tmp_path / "default"
+    previous = _tiny_model({"photos": manifest, "recipe": {"winner": "older"}})
+    previous.generator.layers[-1].set_weights(
+        [w * 3 for w in previous.generator.layers[-1].get_weights()]  # wronger, louder colours
+    )
+    export_float16(previous, out)
+
+    shipped = recipe.export_default(workdir, comparison, out)
+    rows = shipped["calibrated"]
+    assert set(rows) == {"tiny", recipe.PREVIOUS_DEFAULT}
+    best = min(rows, key=lambda name: rows[name]["calibration"]["ciede2000"])
+    assert shipped["shipped"] == best
+    meta = ModelStore.load_dir(out, "default").metadata
+    for key in ("render_size", "flip_average", "chroma_scale"):
+        assert meta[key] == meta["recipe"][key] == rows[best][key]
+    assert ("kept_over" in meta["recipe"]) == (best == recipe.PREVIOUS_DEFAULT)
+    categories = meta["metrics"]["validation_categories"]
+    assert (categories["people"]["images"], categories["animal"]["images"], categories["all"]["images"]) == (
+        2,
+        1,
+        3,
+    )
+    assert meta["photos"] == manifest
+
+    weights = np.load(out / "generator.weights.npz")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "comparison.json").write_text(__import__("json").dumps(shipped, default=str))
+    monkeypatch.setattr(recipe, "write_old_photographs_sheet", lambda *args: None)  # needs gramps
+    again = recipe.recalibrate_default(workdir, out, docs)
+    assert again["recalibrated"] and again["shipped"] == best
+    assert "calibrated again" in (docs / "comparison.md").read_text()
+    after = np.load(out / "generator.weights.npz")
+    assert all(np.array_equal(weights[k], after[k]) for k in weights.files)  # no training
+    # A default made from other photographs cannot be recalibrated on these: rebuild it.
+    monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: manifest[:1])
+    with pytest.raises(RuntimeError, match="rebuild"):
+        recipe.recalibrate_default(workdir, out, docs)
