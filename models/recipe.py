@@ -175,6 +175,8 @@ CANDIDATE_STEPS = 1500
 # The winner trains on for this many steps, publishing this many snapshots; the best ships.
 FINAL_STEPS = 8000
 FINAL_SNAPSHOTS = 8
+# ... and the average of its last this many snapshots is one more to choose from (average_snapshots).
+FINAL_AVERAGED = 5
 # Snapshots are compared on the validation photographs shrunk to this long side (the model still
 # sees each whole photograph at its own 128 px; only the scoring is cheaper than full size).
 SELECT_SIDE = 1024
@@ -270,7 +272,9 @@ def _config(
     )
 
 
-def train_and_score(workdir: Path, name: str, config: TrainConfig, photos: Photos) -> dict[str, Any]:
+def train_and_score(
+    workdir: Path, name: str, config: TrainConfig, photos: Photos, average_last: int = 0
+) -> dict[str, Any]:
     """One training run, then its best published version chosen and scored (``score_snapshots``)."""
     store = ModelStore(workdir / "models")
     start = time.monotonic()
@@ -294,13 +298,16 @@ def train_and_score(workdir: Path, name: str, config: TrainConfig, photos: Photo
         "seconds": round(seconds, 1),
         "snapshots": snapshots,
     }
-    score_snapshots(store, run, photos)
+    score_snapshots(store, run, photos, average_last)
     log.info("%s: %d steps in %.0f s", name, result.steps, seconds)
     return run
 
 
-def score_snapshots(store: ModelStore, run: dict[str, Any], photos: Photos) -> None:
+def score_snapshots(store: ModelStore, run: dict[str, Any], photos: Photos, average_last: int = 0) -> None:
     """Pick the run's version to keep and score it (sets version, step, calibration, report).
+
+    With ``average_last``, the average of the run's last that many snapshots (``average_snapshots``)
+    is one more snapshot to choose from.
 
     Each snapshot is scored as served, on the whole calibration photographs (squeezed to the
     model's square; long side shrunk to SELECT_SIDE to save time), and the best of those
@@ -309,6 +316,9 @@ def score_snapshots(store: ModelStore, run: dict[str, Any], photos: Photos) -> N
     photograph badly: seen, colourfulness 39 against 12 on the same meadow.) The kept one is then
     scored on the validation photographs at full resolution (``report``), which only reports.
     """
+    trained = [s for s in run["snapshots"] if "averaged_steps" not in s]
+    if average_last > 1 and len(trained) >= average_last and len(trained) == len(run["snapshots"]):
+        run["snapshots"].append(average_snapshots(store, trained[-average_last:], run["name"]))
     for snapshot in run["snapshots"]:
         if "whole" not in snapshot:
             report = _evaluate(store.load(snapshot["version"]), photos.calibration, max_side=SELECT_SIDE)
@@ -319,6 +329,29 @@ def score_snapshots(store: ModelStore, run: dict[str, Any], photos: Photos) -> N
         run["report"] = _evaluate(store.load(chosen["version"]), photos.validation)
     run["version"], run["step"], run["calibration"] = chosen["version"], chosen["step"], chosen["whole"]
     log.info("%s: keeps version %s: %s", run["name"], chosen["version"], summary(run["report"], "full"))
+
+
+def average_snapshots(store: ModelStore, snapshots: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Publish the mean of the snapshots' generators (every weight, BatchNorm's moving statistics
+    included) as a new version: its snapshot record (``averaged_steps``, and the last one's step).
+
+    Averaging the weights of a run's last snapshots (Izmailov et al. 2018, stochastic weight
+    averaging) lands between the minima the snapshots sit in, where the model is less sure of
+    colours no photograph settles: at 128 px, an average of this recipe's final snapshots kept the
+    best snapshot's mean on the validation photographs (12.43 against 12.44) and beat gray on 59%
+    of people against 45% (an experiment of 2026-12-02).
+    """
+    loaded = [store.load(s["version"]) for s in snapshots]
+    weights = [np.mean(ws, axis=0) for ws in zip(*(m.generator.get_weights() for m in loaded), strict=True)]
+    generator = loaded[-1].generator
+    generator.set_weights(weights)
+    steps = [s["step"] for s in snapshots]
+    metadata = {**loaded[-1].metadata, "averaged_steps": steps}
+    for key in ("metrics", "created_at"):
+        metadata.pop(key, None)
+    version = store.publish(generator, metadata)
+    log.info("%s: averaged steps %s as version %s", name, steps, version)
+    return {"version": version, "step": steps[-1], "averaged_steps": steps}
 
 
 def lowest_ciede(
@@ -427,7 +460,9 @@ def calibrate_chroma(model: LoadedModel, photos: Photos) -> tuple[float, list[di
     return best["chroma_scale"], tried
 
 
-def scored_run(workdir: Path, name: str, config: TrainConfig, photos: Photos) -> dict[str, Any]:
+def scored_run(
+    workdir: Path, name: str, config: TrainConfig, photos: Photos, average_last: int = 0
+) -> dict[str, Any]:
     """train_and_score, or its saved result (``workdir/results/<name>.json``) from an earlier
     run of the recipe with the same configuration: a recipe cut short resumes after its last
     scored run instead of training it again."""
@@ -439,10 +474,10 @@ def scored_run(workdir: Path, name: str, config: TrainConfig, photos: Photos) ->
             and result.get("photos") == photos.fingerprint()
         ):
             log.info("%s: reusing the trained run in %s", name, saved)
-            score_snapshots(ModelStore(workdir / "models"), result, photos)
+            score_snapshots(ModelStore(workdir / "models"), result, photos, average_last)
             saved.write_text(json.dumps(result, indent=2, default=_json_default))
             return result
-    result = {**train_and_score(workdir, name, config, photos), "photos": photos.fingerprint()}
+    result = {**train_and_score(workdir, name, config, photos, average_last), "photos": photos.fingerprint()}
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(result, indent=2, default=_json_default))
     return result
@@ -472,6 +507,7 @@ def build_default_model(
             candidate, final_steps, winner["version"], publish_every=max(1, final_steps // FINAL_SNAPSHOTS)
         ),
         photos,
+        average_last=FINAL_AVERAGED,
     )
     comparison = {
         "budget": {"candidate_steps": candidate_steps, "final_steps": final_steps},

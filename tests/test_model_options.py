@@ -344,7 +344,7 @@ def test_a_scored_run_is_reused_only_for_the_same_configuration(tmp_path, monkey
     metrics = {"ciede2000": 15.0, "colourfulness": 30.0, "colourfulness_gt": 50.0}
     report = {"images": [], "mean": {"full": {"model": metrics, "grayscale": metrics}}}
 
-    def fake_train_and_score(workdir, name, config, photos):
+    def fake_train_and_score(workdir, name, config, photos, average_last=0):
         calls.append(config.steps)
         snapshot = {"version": 1, "step": 7, **metrics, "whole": metrics}
         return {"name": name, "config": config.model_dump(), "steps": 7, "snapshots": [snapshot],
@@ -637,3 +637,32 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
     monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: manifest[:1])
     with pytest.raises(RuntimeError, match="rebuild"):
         recipe.recalibrate_default(workdir, out, docs)
+
+
+def test_the_last_snapshots_averaged_are_one_more_snapshot_to_choose_from(tmp_path, monkeypatch):
+    store = ModelStore(tmp_path / "models")
+    model = _tiny_model({})
+    shapes = [w.shape for w in model.generator.get_weights()]
+    snapshots = []
+    for step, value in ((10, 1.0), (20, 2.0), (30, 4.0)):
+        model.generator.set_weights([np.full(shape, value, np.float32) for shape in shapes])
+        version = store.publish(model.generator, {**model.metadata, "step": step, "metrics": {}})
+        snapshots.append({"version": version, "step": step, "ciede2000": 9.0, "colourfulness": 30.0,
+                          "colourfulness_gt": 50.0})  # fmt: skip
+
+    def fake_evaluate(model, files, max_side=None):
+        averaged = "averaged_steps" in model.metadata  # the average is the best here
+        metrics = {"ciede2000": 8.0 if averaged else 9.0, "colourfulness": 30.0, "colourfulness_gt": 50.0}
+        return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+
+    monkeypatch.setattr(recipe, "_evaluate", fake_evaluate)
+    run = {"name": "final", "snapshots": snapshots}
+    recipe.score_snapshots(store, run, Photos([Path("c.png")], []), average_last=2)
+    averaged = run["snapshots"][-1]
+    assert len(run["snapshots"]) == 4 and averaged["averaged_steps"] == [20, 30]
+    assert run["version"] == averaged["version"] and run["step"] == 30
+    loaded = store.load(averaged["version"])
+    assert all(np.allclose(w, 3.0) for w in loaded.generator.get_weights())  # (2 + 4) / 2, BN stats too
+    assert loaded.metadata["step"] == 30 and "metrics" not in loaded.metadata
+    recipe.score_snapshots(store, run, Photos([Path("c.png")], []), average_last=2)  # a resumed recipe
+    assert len(run["snapshots"]) == 4  # averaged once
