@@ -42,11 +42,15 @@ RECORD_LOCK_FILE = ".record.lock"
 # How long a new trainer waits for a lease that is only being probed (see JobStore.is_claimed).
 CLAIM_WAIT_S = 2.0
 
-# Held while a lease is probed, and by os.fork: a child forked meanwhile (the Celery worker forks
-# its pool children from another thread than the one that probes) never inherits a probe's lock.
-_probing = threading.Lock()
+# Held while this process holds a short-lived flock (a lease being probed, a record being
+# written), and by os.fork: a child forked meanwhile never inherits the locked file, which would
+# keep the lock held for as long as the child lives. (The Celery worker forks its pool children
+# from billiard's supervisor thread while its recovery thread probes leases and marks records:
+# a replacement child forked while recovery marked a job would hold that job's record lock, and
+# block on it at its first update of the record, for good.)
+_fork_guard = threading.RLock()
 os.register_at_fork(
-    before=_probing.acquire, after_in_parent=_probing.release, after_in_child=_probing.release
+    before=_fork_guard.acquire, after_in_parent=_fork_guard.release, after_in_child=_fork_guard.release
 )
 
 
@@ -157,12 +161,13 @@ class JobStore:
         folder = self.job_dir(job_id)
         if not folder.is_dir():
             raise UnknownJob(f"job {job_id!r} does not exist")
-        fd = os.open(folder / RECORD_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        with _fork_guard:
+            fd = os.open(folder / RECORD_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     def claim(self, job_id: str, wait: float = CLAIM_WAIT_S) -> JobLease | None:
         """Take the job's lease for this process, or None if another live process holds it.
@@ -188,7 +193,7 @@ class JobStore:
 
     def is_claimed(self, job_id: str) -> bool:
         """Whether a live process holds the job's lease (i.e. is training it right now)."""
-        with _probing:
+        with _fork_guard:
             try:
                 fd = os.open(self.job_dir(job_id) / LEASE_FILE, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:

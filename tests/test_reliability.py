@@ -4,11 +4,13 @@ leases and the recovery of jobs nobody trains. (The same faults with real proces
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -250,6 +252,38 @@ def test_a_job_lease_is_exclusive_and_freed_when_its_holder_is_killed(tmp_path):
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_a_child_forked_while_a_record_is_written_holds_no_lock_of_it(tmp_path):
+    """The Celery worker forks pool children from one thread while its recovery thread writes job
+    records: a child must not inherit a record's lock (it would hold it for as long as it lives,
+    and the job's next record update, its own included, would wait for ever)."""
+    jobs = JobStore(tmp_path / "jobs")
+    job_id = jobs.create({})["id"]
+    inside = threading.Event()
+
+    def slow_change(record):
+        inside.set()
+        time.sleep(0.5)  # the fork below is asked for meanwhile
+        return {"marked": True}
+
+    writer = threading.Thread(target=jobs.modify, args=(job_id, slow_change))
+    writer.start()
+    assert inside.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child keeps whatever it inherited for a while, then leaves without cleanup
+        time.sleep(3)
+        os._exit(0)
+    try:
+        writer.join(10)
+        fd = os.open(jobs.job_dir(job_id) / ".record.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child holds it
+        finally:
+            os.close(fd)
+        assert jobs.get(job_id)["marked"] and os.waitpid(pid, os.WNOHANG) == (0, 0)  # child alive
+    finally:
+        os.waitpid(pid, 0)
 
 
 def test_a_second_delivery_of_a_job_in_training_steps_aside(dataset_dir):
