@@ -36,10 +36,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/colorizer up
 
-# PYTEST_ARGS="-n 2" runs the suite on two processes (pytest-xdist; 0.63x the time here), but
-# test_faults' killed-worker test once timed out that way (a SIGKILLed child's job was not
-# redelivered within 180 s): one process until that is understood.
-PYTEST_ARGS ?=
+# The suite runs on one pytest-xdist process per core, at most 3 (tests/procs.py gives each its
+# own Redis database): half of it waits on the processes it starts (uvicorn, Celery, TensorFlow's
+# import). 2 cores: 0.63x the time of one process. PYTEST_ARGS="-n 0" runs it in one.
+TEST_PROCESSES := $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 3 ] && n=3; echo $$n)
+PYTEST_ARGS ?= -n $(TEST_PROCESSES)
 
 test: $(DEV_STAMP) | $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
