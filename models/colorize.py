@@ -103,7 +103,9 @@ def predict(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
     fn = getattr(model, "_predict_fn", None)
     if fn is None:
         flip = model.flip_average
-        fn = tf.function(lambda x: generator_output(model.generator, x, flip), reduce_retracing=True)
+        # one trace per input shape (a render size): a retrace with unknown sides would hand the
+        # resize decoder's upsampling a shape it cannot take
+        fn = tf.function(lambda x: generator_output(model.generator, x, flip))
         model._predict_fn = fn  # type: ignore[attr-defined]
     return fn(batch)
 

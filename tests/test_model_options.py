@@ -339,6 +339,16 @@ def test_a_model_runs_at_its_render_size_unless_asked_another(tmp_path):
             ModelStore.load_dir(version, "bad")
 
 
+def test_one_loaded_model_colorizes_at_several_render_sizes_in_turn():
+    # colorize_array once failed at the second size it met (a retrace with unknown spatial
+    # dimensions, which the resize decoder's upsampling cannot take).
+    model = _tiny_model({"render_size": 64, "flip_average": True})
+    photo = make_photo(50, 40, 2)
+    outputs = {size: np.asarray(colorize_array(model, photo, size)) for size in (64, 32, 96)}
+    assert all(out.shape == photo.shape for out in outputs.values())
+    assert np.array_equal(np.asarray(colorize_array(model, photo, 64)), outputs[64])
+
+
 def test_a_scored_run_is_reused_only_for_the_same_configuration(tmp_path, monkeypatch):
     calls = []
     metrics = {"ciede2000": 15.0, "colourfulness": 30.0, "colourfulness_gt": 50.0}
