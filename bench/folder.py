@@ -6,7 +6,7 @@ at 256x256 and at about 2 MP:
 
 1. the old loop: open, EXIF-transpose, ``colorize_array`` (float32 Keras generator, batch 1),
    save, one file after another (the command before the pipeline);
-2. the pipeline (``service.cli.FolderRun``, what the command runs now): decoding and encoding
+2. the pipeline (``cli.colorize.FolderRun``, what the command runs now): decoding and encoding
    thread pools around the engine's batched model, in float32 and in the served precision
    (bfloat16 where the CPU has it).
 
@@ -68,7 +68,7 @@ def old_loop(model, folder: Path, out_dir: Path, fmt: str) -> int:
 
 
 def pipeline(engine, model, folder: Path, out_dir: Path, fmt: str, jobs: int, window: int) -> int:
-    from service.cli import FolderRun, plan_outputs
+    from cli.colorize import FolderRun, plan_outputs
 
     tasks = plan_outputs((folder,), out_dir, fmt)
     failures: list[str] = []
@@ -113,9 +113,9 @@ def main() -> None:
     from models.device import configure_tensorflow
 
     configure_tensorflow("cpu")
+    from common.settings import Settings
     from models.store import ModelStore
     from service.engine import Engine
-    from service.settings import Settings
 
     settings = Settings()
     jobs = min(4, os.cpu_count() or 1)

@@ -21,8 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from common import PRESET, SIZE, WIDTH, jpeg, machine, megapixels, photographs, report_generator, table
 from serve import Server
+
+from common import PRESET, SIZE, WIDTH, jpeg, machine, megapixels, photographs, report_generator, table
 
 
 def main() -> None:

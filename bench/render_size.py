@@ -23,8 +23,8 @@ def main() -> None:
     rounds, repeat = (3, 3) if args.quick else (5, 5)
 
     from models.colorize import colorize_array
-    from models.recipe import RENDER_SIZES
     from models.store import DEFAULT_MODEL_DIR, ModelStore
+    from recipe.default_model import RENDER_SIZES
 
     model = ModelStore.load_dir(DEFAULT_MODEL_DIR, "default")
     photos, source = photographs(1)

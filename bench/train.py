@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from common import PRESET, ROOT, SIZE, WIDTH, conv_flops, machine, matmul_gflops, median, table
 
 

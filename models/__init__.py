@@ -1,5 +1,5 @@
 """The ML core: networks, the Pix2Pix model, colour spaces, data, training and the model store.
 
 Importable without FastAPI or Celery. TensorFlow is imported lazily by the modules that need it,
-so `models.store` metadata helpers and `models.jobs` stay cheap to import.
+so the metadata helpers stay cheap to import.
 """

@@ -105,19 +105,19 @@ class LoadedModel:
     @property
     def render_size(self) -> int:
         """The side serving runs the generator at unless a request asks for another (metadata
-        ``render_size``, chosen on calibration photographs by models.recipe; else image_size)."""
+        ``render_size``, chosen on calibration photographs by recipe.default_model; else image_size)."""
         return int(self.metadata.get("render_size", self.image_size))
 
     @property
     def chroma_scale(self) -> float:
         """The factor serving multiplies the predicted chroma by (metadata ``chroma_scale``, 1 when
-        absent): a model calibrated to mute colours it is unsure of (models.recipe)."""
+        absent): a model calibrated to mute colours it is unsure of (recipe.default_model)."""
         return float(self.metadata.get("chroma_scale", 1.0))
 
     @property
     def flip_average(self) -> bool:
         """Whether serving averages the generator's output on the photograph and on its mirror
-        image (metadata ``flip_average``, chosen on calibration photographs by models.recipe)."""
+        image (metadata ``flip_average``, chosen on calibration photographs by recipe.default_model)."""
         return bool(self.metadata.get("flip_average", False))
 
 

@@ -18,13 +18,13 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
-from models.jobs import JobStore
+from common.jobs import JobStore
+from common.settings import Settings, get_settings
 from models.store import ModelStore
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.routers import batch, colorize, datasets, health, jobs, metrics, models, web
-from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

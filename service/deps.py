@@ -13,11 +13,11 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Header, Request
 
-from models.jobs import JobStore
+from common.jobs import JobStore
+from common.settings import Settings
 from models.store import ModelStore
 from service.engine import Engine
 from service.errors import ApiError
-from service.settings import Settings
 
 _celery_lock = threading.Lock()
 
@@ -51,7 +51,7 @@ def get_celery(request: Request) -> Celery:
     with _celery_lock:
         if state.celery is None:
             try:
-                from worker.celery_app import create_celery
+                from common.queue import create_celery
             except ImportError as exc:
                 raise ApiError(503, f"the job queue is not available on this server: {exc}") from exc
             state.celery = create_celery(state.settings)

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.jobs import UnknownJob
+from common.jobs import UnknownJob
 from models.store import BrokenVersion, UnknownVersion
 
 log = logging.getLogger(__name__)

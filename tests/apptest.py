@@ -20,6 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from common.settings import Settings
+
 # Imported before any test app starts: its engine thread imports TensorFlow, and a test that
 # builds a model meanwhile would import it from a second thread (Python's import locks can then
 # deadlock; seen running the readyz test alone).
@@ -27,7 +29,6 @@ from models.networks import build_generator
 from models.store import ModelStore
 from service.app import create_app
 from service.deps import get_celery
-from service.settings import Settings
 from tests.conftest import make_photo
 
 TINY_JOB = {"dataset": "tiny", "preset": "lab", "image_size": 32, "width": 4, "steps": 4}

@@ -61,7 +61,7 @@ def no_default(tmp_path_factory, monkeypatch) -> Path:
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch) -> Iterator[Path]:
     """COLORIZER_DATA_DIR=<tmp>/data for in-process CLI calls (the cached settings are reset)."""
-    from service.settings import get_settings
+    from common.settings import get_settings
 
     for key in list(os.environ):
         if key.startswith("COLORIZER_"):

@@ -71,7 +71,7 @@ class Proc:
 
 
 def colorizer(*args: str) -> list[str]:
-    return [sys.executable, "-m", "service.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, procs: tuple[Proc, ...] = ()):

@@ -47,7 +47,7 @@ def test_importing_and_creating_the_app_does_not_import_tensorflow(tmp_path):
     code = (
         "import sys\n"
         "import service.app\n"
-        "from service.settings import Settings\n"
+        "from common.settings import Settings\n"
         f"service.app.create_app(Settings(data_dir={str(tmp_path)!r}))\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
         "assert not heavy, heavy[:5]\n"

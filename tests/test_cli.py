@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageCms, ImageOps
 
+from cli import main
 from models.store import ModelStore
-from service.cli import main
 from tests.conftest import make_photo, write_dataset
 from tests.procs import Proc, colorizer, free_port, wait_for
 
@@ -75,7 +75,7 @@ def kill_groups(pids) -> None:
 def test_help_lists_every_command_without_importing_heavy_modules():
     code = (
         "import sys\n"
-        "from service.cli import main\n"
+        "from cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit as exc:\n    assert exc.code == 0\n"
         "print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'celery', 'uvicorn') if m in sys.modules))"
     )
@@ -409,7 +409,7 @@ def test_train_on_a_folder_publishes_into_the_settings_model_store(data_dir, tmp
     assert result.exit_code == 0, result.output
     assert "succeeded; published versions: [1]" in result.output
     assert "\x1b[" not in result.output  # not a terminal: Keras's plain lines, no cursor or colour codes
-    from models.jobs import JobStore
+    from common.jobs import JobStore
     from models.store import ModelStore
 
     assert ModelStore(data_dir / "models").versions() == [1]
@@ -431,8 +431,8 @@ def test_train_rejects_invalid_options_before_creating_a_job(data_dir, tmp_path)
 
 
 def test_train_takes_every_field_a_training_job_takes(data_dir, tmp_path):
+    from common.jobs import JobStore
     from models.config import TrainConfig
-    from models.jobs import JobStore
 
     command = main.commands["train"]
     options = {name for param in command.params for name in param.opts}

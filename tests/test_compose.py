@@ -147,6 +147,21 @@ def test_dockerfile_builds_one_non_root_image_that_serves_by_default():
     assert ".venv" in ignored and "var" in ignored
 
 
+def test_the_image_copies_every_package_the_project_installs():
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = sorted(
+        path.parent.name
+        for pattern in patterns["include"]
+        for path in REPO.glob(f"{pattern.rstrip('*')}/__init__.py")
+    )
+    assert {"cli", "common", "models", "service", "worker"} <= set(packages)
+    text = (REPO / "Dockerfile").read_text()
+    for package in packages:
+        assert re.search(rf"^COPY {package} \./{package}$", text, re.M), package
+
+
 def test_compose_interpolation_and_mapping_used_by_these_tests():
     service = {"environment": {"A": "${COLORIZER_API_KEY:-}", "B": "redis://redis:6379/0", "C": "/data"}}
     env = local_env(service, Path("/tmp/x"))

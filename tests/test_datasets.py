@@ -19,10 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from common.settings import Settings
 from models.config import TrainConfig
 from models.data import scan_images
 from service.archives import safe_path
-from service.settings import Settings
 from tests.apptest import TINY_JOB, assert_json_error, changed
 from tests.conftest import make_photo
 

@@ -14,6 +14,8 @@ from PIL import Image
 from skimage.color import rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from cli import main
+from common.settings import Settings
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import load_photo
@@ -30,8 +32,6 @@ from models.networks import build_generator
 from models.store import ModelStore
 from models.training import run_training
 from service.app import create_app
-from service.cli import main
-from service.settings import Settings
 from tests.conftest import make_photo
 
 # Observed on this machine: |tf - skimage| at most 6e-6 for SSIM and 3e-6 dB for PSNR (TensorFlow

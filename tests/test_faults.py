@@ -21,9 +21,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from models.jobs import JobStore
+from common.jobs import JobStore
+from common.settings import Settings
 from models.store import ModelStore
-from service.settings import Settings
 from tests.conftest import make_photo, write_dataset
 from tests.procs import Proc, colorizer, colorizer_env, free_port, wait_for
 
@@ -106,7 +106,7 @@ def step_of(jobs: JobStore, job_id: str) -> int:
 
 def submit(settings: Settings, config: dict) -> str:
     """Queue a job as the API does (record first, then the message), without an API process."""
-    from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK, create_celery
+    from common.queue import TRAIN_QUEUE, TRAIN_TASK, create_celery
 
     job_id = JobStore(settings.jobs_dir).create(config)["id"]
     app = create_celery(settings)

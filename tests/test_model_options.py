@@ -12,13 +12,16 @@ import tensorflow as tf
 from keras import layers
 from pydantic import ValidationError
 
-import models.recipe as recipe
+import recipe.default_model as recipe
 from models.backbones import WEIGHTS_SHA256
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import random_view
 from models.networks import build_generator, decoder_of, encoder_of
-from models.recipe import (
+from models.serving import precision_twin
+from models.store import BrokenVersion, LoadedModel, ModelStore, export_float16
+from models.training import run_training
+from recipe.default_model import (
     CANDIDATES,
     CATEGORIES,
     VALIDATION,
@@ -33,9 +36,6 @@ from models.recipe import (
     scored_run,
     split_of,
 )
-from models.serving import precision_twin
-from models.store import BrokenVersion, LoadedModel, ModelStore, export_float16
-from models.training import run_training
 from tests.conftest import make_photo
 
 # The shipped default (models/default/) was built and scored with all 62 validation photographs.
@@ -174,7 +174,7 @@ def test_issue_13_adds_validation_photographs_and_keeps_the_first_44():
 
 
 def test_gramps_colour_portraits_validate_and_are_not_shown_as_old_photographs():
-    from models.photo_sources import GRAMPS_COLOUR_PORTRAITS
+    from recipe.photo_sources import GRAMPS_COLOUR_PORTRAITS
 
     assert recipe.OLD_PHOTOGRAPHS[0] == "gramps"
     for name in GRAMPS_COLOUR_PORTRAITS:
@@ -549,7 +549,7 @@ def test_the_training_input_pipeline_crops_decodable_photographs_only(tmp_path):
 
 
 def test_the_manifest_lists_every_photograph_with_its_credit_and_the_dropped_counts(tmp_path):
-    from models.recipe import write_manifest
+    from recipe.default_model import write_manifest
 
     photos = [
         {"name": "p/a.jpg", "split": "train", "package": "p", "version": "1", "path": "/a.jpg",

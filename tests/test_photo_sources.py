@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.photo_sources import (
+from recipe.photo_sources import (
     GRAMPS_COLOUR_PORTRAITS,
     SOURCES,
     Source,

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from models.jobs import JobStore
+from common.jobs import JobStore
+from common.settings import Settings
 from models.networks import build_generator
 from models.store import ModelStore, UnknownVersion, parse_version
 from models.training import run_training
-from service.settings import Settings
 from tests.test_training import tiny_config
 from worker import recovery
 from worker.tasks import run_job
@@ -232,7 +232,7 @@ def test_a_job_lease_is_exclusive_and_freed_when_its_holder_is_killed(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from models.jobs import JobStore\n"
+            "import sys, time; from common.jobs import JobStore\n"
             f"lease = JobStore({str(jobs.root)!r}).claim({job_id!r})\n"
             "print('held' if lease else 'refused', flush=True); time.sleep(120)",
         ],

@@ -96,10 +96,10 @@ def test_no_generated_request_gets_a_server_error_or_an_undeclared_answer(api_sc
 def test_the_schema_gives_examples_and_describes_every_job_status_field(tmp_path):
     from fastapi.testclient import TestClient
 
+    from common.settings import Settings
     from models.config import TrainConfig
     from service.app import create_app
     from service.schemas import JobStatus, ModelsResponse
-    from service.settings import Settings
 
     schema = TestClient(create_app(Settings(data_dir=tmp_path / "data"))).get("/openapi.json").json()
     components = schema["components"]["schemas"]

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from models.jobs import JobStore
+from common.jobs import JobStore
+from common.settings import Settings, redact_url
 from service.app import create_app
 from service.deps import get_celery
-from service.settings import Settings, redact_url
 from tests.apptest import FakeCelery
 from tests.procs import colorizer_env
 
@@ -117,7 +117,7 @@ def test_celery_accepts_json_only(tmp_path):
     from kombu.exceptions import ContentDisallowed
     from kombu.serialization import dumps, loads, prepare_accept_content
 
-    from worker.celery_app import create_celery
+    from common.queue import create_celery
 
     for broker in (None, "redis://127.0.0.1:6379/13"):
         conf = create_celery(Settings(data_dir=tmp_path, broker_url=broker)).conf
@@ -150,7 +150,7 @@ def test_cli_errors_name_the_bad_settings_without_their_secret_values(tmp_path):
         COLORIZER_BROKER_URL="ftp://admin:hunter2-pw@broker/0",
     )
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cli", "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode != 0
     assert "COLORIZER_PORT" in out.stderr and "COLORIZER_BROKER_URL" in out.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from common.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from models.jobs import JobStore
-from service.settings import Settings
+from common.jobs import JobStore
+from common.queue import TRAIN_QUEUE, TRAIN_TASK, broker_transport_options, create_celery, sqlite_path
+from common.settings import Settings
 from worker import tasks
-from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK, broker_transport_options, create_celery, sqlite_path
 from worker.tasks import MAX_ATTEMPTS, ProgressWriter, run_job
 
 TINY = {

@@ -23,11 +23,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+from common.settings import Settings
 from models.config import TrainConfig
 from models.presets import DEFAULT_PRESET, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, PRESETS
 from service.app import create_app
 from service.routers.web import IMMUTABLE, STATIC_DIR
-from service.settings import Settings
 from tests.conftest import make_photo, write_dataset
 from tests.procs import Proc, colorizer, colorizer_env, free_port, wait_for
 

@@ -29,8 +29,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 
-from models.jobs import JobStore
-from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK
+from common.jobs import JobStore
+from common.queue import TRAIN_QUEUE, TRAIN_TASK
 
 log = logging.getLogger(__name__)
 

@@ -43,11 +43,11 @@ from celery import shared_task
 from celery.signals import worker_process_init, worker_shutting_down
 from pydantic import ValidationError
 
+from common.jobs import FINAL_STATES, JobStore, UnknownJob
+from common.queue import TRAIN_QUEUE, TRAIN_TASK
+from common.settings import Settings
 from models.config import TrainConfig
-from models.jobs import FINAL_STATES, JobStore, UnknownJob
 from models.store import BrokenVersion, ModelStore, UnknownVersion
-from service.settings import Settings
-from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK
 
 log = logging.getLogger(__name__)
 

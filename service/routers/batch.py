@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
+from common.settings import Settings
 from models.store import LoadedModel
 from service.archives import ArchiveReader, EntryTooLarge, EntryUnreadable, is_hidden, safe_path
 from service.deps import EngineDep, SettingsDep
@@ -43,7 +44,6 @@ from service.errors import ApiError, EngineBusy, field_error, summarize_validati
 from service.images import decode_image
 from service.routers.colorize import ModelQuery, RenderSizeQuery, finish_upload, requested_version
 from service.schemas import ErrorResponse, ValidationErrorResponse, upload_body_doc
-from service.settings import Settings
 from service.uploads import receive_archive
 
 log = logging.getLogger(__name__)

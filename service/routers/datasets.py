@@ -15,13 +15,13 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
+from common.jobs import JobStore
+from common.settings import Settings
 from models.config import DATASET_NAME_PATTERN
-from models.jobs import JobStore
 from service.datasets import DatasetLimits, DatasetStore, check_name, dataset_exists
 from service.deps import JobStoreDep, SettingsDep, require_api_key
 from service.errors import field_error
 from service.schemas import ErrorResponse, ValidationErrorResponse, upload_body_doc
-from service.settings import Settings
 from service.uploads import receive_archive
 
 log = logging.getLogger(__name__)

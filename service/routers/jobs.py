@@ -16,14 +16,14 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
 import models.store as store_module
+from common.jobs import FINAL_STATES
+from common.settings import redact_url
 from models.config import TrainConfig
-from models.jobs import FINAL_STATES
 from models.presets import REPORT_DECODER, REPORT_ENCODER
 from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion, read_metadata
 from service.deps import CeleryDep, JobStoreDep, SettingsDep, StoreDep, require_api_key
 from service.errors import ApiError, field_error
 from service.schemas import ErrorResponse, JobQueueError, JobStatus, ValidationErrorResponse
-from service.settings import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def submit_job(
     config_dict = config.model_dump(mode="json")
     record = jobs.create(config_dict)
     try:
-        from worker.celery_app import TRAIN_QUEUE, TRAIN_TASK
+        from common.queue import TRAIN_QUEUE, TRAIN_TASK
 
         # ignore_result: job state lives in the record; without it the Redis result backend
         # would first retry its subscription for ~20 s when Redis is down.

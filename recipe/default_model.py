@@ -1,6 +1,6 @@
 """The recipe that builds the default model shipped in ``models/default/``.
 
-1. Fetch openly licensed photographs from Debian packages (``models.photo_sources``: animals,
+1. Fetch openly licensed photographs from Debian packages (``recipe.photo_sources``: animals,
    buildings, streets, rooms, objects, landscapes, musicians, people cut out and pasted onto
    scenes); keep a validation set by category out of training, and a calibration share too.
 2. Train each candidate (preset, L1 weight, degraded inputs, decoder, a U-Net from scratch or on
@@ -33,9 +33,9 @@ import numpy as np
 
 from models.config import TrainConfig
 from models.evaluate import by_category, category_table, evaluate_model, markdown_table, summary
-from models.photo_sources import GRAMPS_COLOUR_PORTRAITS
 from models.store import DEFAULT_MODEL_DIR, LoadedModel, ModelStore, export_float16
 from models.training import run_training
+from recipe.photo_sources import GRAMPS_COLOUR_PORTRAITS
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ _AVATARS = "plasma-workspace-data/usr/share/plasma/avatars/photos/"
 # The scenes with people: anne_helene | bar55 | cold_water | grand_canyon | jesper | new_wave |
 # pool (with wayne) | qt-logo; validation takes the 1st, 3rd, 5th and 7th.
 KPA_VALIDATION = ("anne_helene", "cold_water", "jesper", "jesper_2", "pool", "pool_2", "wayne")
-# Scratch's people are cut-outs pasted onto a training scene (models.photo_sources); a person in
+# Scratch's people are cut-outs pasted onto a training scene (recipe.photo_sources); a person in
 # validation is held out of training in every pose.
 VALIDATION_PEOPLE_CUTOUTS = ("marissa", "nathan", "nina", "paul", "sam", "jay")
 VALIDATION: dict[str, str] = {
@@ -183,7 +183,7 @@ SELECT_SIDE = 1024
 
 
 def fetch_photos(workdir: Path) -> list[dict[str, Any]]:
-    """Collect the sources' photographs (``models.photo_sources.collect``) and lay them out:
+    """Collect the sources' photographs (``recipe.photo_sources.collect``) and lay them out:
     training ones in ``workdir/datasets/default-train/``, calibration ones in
     ``workdir/calibration/``, validation ones in ``workdir/validation/<category>/``. Returns the
     manifest (each photograph's name, package, version, path, sha256, author, licence, split and
@@ -191,7 +191,7 @@ def fetch_photos(workdir: Path) -> list[dict[str, Any]]:
 
     Raises RuntimeError without apt-get, or when a validation photograph is missing.
     """
-    from models.photo_sources import collect
+    from recipe.photo_sources import collect
 
     collected = collect(workdir, workdir / "photos", scene_ok=lambda name: split_of(name) == "train")
     found = {photo["name"] for photo in collected.photos}
@@ -540,7 +540,7 @@ def write_old_photographs_sheet(workdir: Path, model: LoadedModel, out: Path) ->
 
     from models.colorize import colorize_array
     from models.evaluate import load_rgb
-    from models.photo_sources import unpack
+    from recipe.photo_sources import unpack
 
     package, pattern = OLD_PHOTOGRAPHS
     folder = unpack(workdir, [package])

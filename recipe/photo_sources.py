@@ -216,7 +216,7 @@ SOURCES: list[Source] = [
         ),
     ),
     # Gramps' example family tree: the three colour portraits (the sepia and gray ones are only
-    # shown on the old-photographs sheet, see models.recipe.OLD_PHOTOGRAPHS).
+    # shown on the old-photographs sheet, see recipe.default_model.OLD_PHOTOGRAPHS).
     *(
         Source("gramps", f"usr/share/doc/gramps/example/gramps/{name}", strip="usr/share/doc/gramps/")
         for name in GRAMPS_COLOUR_PORTRAITS

@@ -1,0 +1,388 @@
+"""``colorizer colorize``: photographs and folders colorized into files, decoding, the model and
+encoding overlapped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.main import load_settings, main, setup_logging
+
+log = logging.getLogger("colorizer.cli")
+
+# What ``colorize`` picks up from a folder (files named on the command line are always tried).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+OUTPUT_FORMATS = ("jpeg", "png", "webp")  # names of service.images.FORMATS
+
+
+@dataclass(frozen=True)
+class ColorizeTask:
+    """One photograph to colorize and where its result goes."""
+
+    source: Path
+    target: Path
+
+
+def collect_inputs(
+    inputs: tuple[Path, ...], recursive: bool = False, exclude: Path | None = None
+) -> list[Path]:
+    """Files named on the command line, plus the image files inside named folders (and their
+    subfolders with ``recursive``), in a stable order; nothing under ``exclude`` (the output
+    folder, when it lies inside an input folder)."""
+    excluded = exclude.resolve() if exclude is not None else None
+
+    def wanted(path: Path) -> bool:
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            return False
+        return excluded is None or not path.resolve().is_relative_to(excluded)
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = item.rglob("*") if recursive else item.iterdir()
+            files += sorted((p for p in found if wanted(p)), key=lambda p: p.relative_to(item).parts)
+        else:
+            files.append(item)
+    return files
+
+
+def output_path(source: Path, out_dir: Path, fmt: str, taken: set[Path]) -> Path:
+    """``<out>/<stem>.<fmt>``, with ``-1``, ``-2``... when two inputs share a stem."""
+    suffix = ".jpg" if fmt == "jpeg" else f".{fmt}"
+    target = out_dir / f"{source.stem}{suffix}"
+    n = 0
+    while target in taken:
+        n += 1
+        target = out_dir / f"{source.stem}-{n}{suffix}"
+    taken.add(target)
+    return target
+
+
+def plan_outputs(
+    inputs: tuple[Path, ...], out_dir: Path, fmt: str, recursive: bool = False
+) -> list[ColorizeTask]:
+    """Every photograph to colorize with its output path; ``recursive`` mirrors the subfolders of
+    each input folder under ``out_dir``. The same inputs always give the same outputs (so a
+    second run can tell what is done)."""
+    taken: set[Path] = set()
+    tasks = []
+    for item in inputs:
+        for source in collect_inputs((item,), recursive, exclude=out_dir):
+            folder = out_dir / source.parent.relative_to(item) if item.is_dir() else out_dir
+            tasks.append(ColorizeTask(source, output_path(source, folder, fmt, taken)))
+    return tasks
+
+
+def partial_path(target: Path) -> Path:
+    """Where ``target`` is written before it is renamed into place: hidden, and not an image suffix,
+    so a run killed mid-write leaves nothing a later run would take for a finished output."""
+    return target.with_name(f".{target.name}.part")
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` through a temporary file and a rename; raises OSError."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = partial_path(target)
+    try:
+        with open(temporary, "wb") as fh:
+            fh.write(data)
+        os.replace(temporary, target)  # atomic: readers see the old state or the whole file
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line reason for a photograph that could not be colorized."""
+    detail = getattr(exc, "detail", None)  # service.errors.ApiError: a sentence already
+    if isinstance(detail, str):
+        return detail
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class FolderRun:
+    """Colorize many photographs with the API's serving path, in a pipeline of three stages.
+
+    A pool of ``jobs`` threads reads, decodes (``service.images.decode_image``: upright, sRGB,
+    alpha kept aside) and prepares each photograph; the engine's inference thread runs the model
+    on batches of up to ``max_batch_size`` prepared photographs (padded to its bucket sizes, in
+    its precision); another pool of ``jobs`` threads finishes, encodes and writes each result
+    atomically. At most ``window`` photographs are between reading and writing at any time, so
+    memory stays bounded whatever the folder's size. Heavy work releases the GIL (Pillow,
+    TensorFlow, XLA), so the stages overlap on several cores.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        model: Any,
+        *,
+        fmt: str,
+        render_size: int | None,
+        max_pixels: int,
+        min_side: int,
+        jobs: int,
+        window: int,
+    ):
+        self.engine = engine
+        self.model = model
+        self.fmt = fmt
+        self.render_size = render_size
+        self.max_pixels = max_pixels
+        self.min_side = min_side
+        self.jobs = jobs
+        self.window = window
+
+    def _decode(self, task: ColorizeTask) -> tuple[Any, Any, Any, int]:
+        from service.images import decode_image
+
+        photo = decode_image(task.source.read_bytes(), self.max_pixels, self.min_side)
+        inputs, lum, size = self.engine.prepare(self.model, photo.pixels, self.render_size)
+        return photo.alpha, inputs, lum, size
+
+    def _finish(self, task: ColorizeTask, prediction: Any, lum: Any, alpha: Any) -> None:
+        from service.images import encode_image
+
+        rgb = self.engine.finish(self.model, prediction, lum)
+        write_atomically(task.target, encode_image(rgb, self.fmt, alpha))
+
+    def run(self, tasks: list[ColorizeTask], on_done: Callable[[ColorizeTask, str | None], None]) -> None:
+        """Colorize ``tasks``; ``on_done(task, None or the reason it failed)`` is called once per
+        task, in this thread, as each finishes (in any order). KeyboardInterrupt stops the run:
+        queued work is dropped, work in flight finishes or leaves only a hidden partial file."""
+        done: queue.SimpleQueue[tuple[ColorizeTask, str | None]] = queue.SimpleQueue()
+        decoders = ThreadPoolExecutor(self.jobs, thread_name_prefix="decode")
+        encoders = ThreadPoolExecutor(self.jobs, thread_name_prefix="encode")
+
+        def failed(task: ColorizeTask, exc: BaseException) -> None:
+            log.debug("colorizing %s failed", task.source, exc_info=exc)
+            done.put((task, describe_failure(exc)))
+
+        def decoded(task: ColorizeTask, future: Future) -> None:
+            # in a decoder thread: queue the model input for the inference thread
+            if future.cancelled():
+                done.put((task, "cancelled"))
+            elif future.exception() is not None:
+                failed(task, future.exception())
+            else:
+                alpha, inputs, lum, size = future.result()
+                try:
+                    prediction = self.engine.submit(self.model, inputs, size)
+                except Exception as exc:  # the engine stopped, or refused it
+                    failed(task, exc)
+                else:
+                    prediction.add_done_callback(lambda f: predicted(task, f, lum, alpha))
+
+        def predicted(task: ColorizeTask, future: Future, lum: Any, alpha: Any) -> None:
+            # in the inference thread: hand the work over at once, never do it here
+            if future.exception() is not None:
+                failed(task, future.exception())
+                return
+            try:
+                finished = encoders.submit(self._finish, task, future.result(), lum, alpha)
+            except RuntimeError as exc:  # the pool is shut down: the run was interrupted
+                failed(task, exc)
+            else:
+                finished.add_done_callback(lambda f: written(task, f))
+
+        def written(task: ColorizeTask, future: Future) -> None:
+            if future.cancelled():
+                done.put((task, "cancelled"))
+            elif future.exception() is not None:
+                failed(task, future.exception())
+            else:
+                done.put((task, None))
+
+        pending = list(reversed(tasks))
+        in_flight = 0
+        try:
+            while pending or in_flight:
+                while pending and in_flight < self.window:
+                    task = pending.pop()
+                    decoders.submit(self._decode, task).add_done_callback(lambda f, t=task: decoded(t, f))
+                    in_flight += 1
+                task, error = done.get()
+                in_flight -= 1
+                on_done(task, error)
+        finally:
+            decoders.shutdown(wait=True, cancel_futures=True)
+            encoders.shutdown(wait=True, cancel_futures=True)
+
+
+def resolve_colorize_model(engine: Any, store: Any, value: str) -> Any:
+    """The LoadedModel for --model: a version number, 'latest' (the newest published version, else
+    the packaged default) or 'default'. Raises click errors."""
+    from models.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, parse_version
+
+    text = value.strip().lower()
+    if text == "latest":
+        latest = store.latest()
+        if latest is not None:
+            text = str(latest.version)
+        elif store.has_default():
+            click.echo(f"no model in {store.root}: using the packaged default model", err=True)
+            text = DEFAULT_VERSION
+        else:
+            raise click.ClickException(
+                f"no model in {store.root}: train one first (colorizer train, or POST /jobs)"
+            )
+    if text != DEFAULT_VERSION and parse_version(text) is None:
+        raise click.BadParameter(
+            f"{value!r} is not a version number, 'latest' or 'default'", param_hint="--model"
+        )
+    try:
+        return engine.model(text)
+    except (UnknownVersion, BrokenVersion) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the colorized images (created if missing).",
+)
+@click.option(
+    "--model",
+    "model_version",
+    default="latest",
+    show_default=True,
+    help="Model version number, 'latest' (the newest published, else the packaged default) or 'default'.",
+)
+@click.option(
+    "--render-size",
+    type=int,
+    default=None,
+    help="Side the model runs at (a multiple of 2**levels) [default: its training size].",
+)
+@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="png", show_default=True)
+@click.option(
+    "--recursive", "-r", is_flag=True, help="Take images from subfolders too, mirroring them under --out."
+)
+@click.option("--overwrite", is_flag=True, help="Colorize again photographs whose output already exists.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Threads decoding, and threads encoding [default: the number of CPUs, at most 4].",
+)
+def colorize(
+    inputs: tuple[Path, ...],
+    out_dir: Path,
+    model_version: str,
+    render_size: int | None,
+    fmt: str,
+    recursive: bool,
+    overwrite: bool,
+    jobs: int | None,
+) -> None:
+    """Colorize image files, or the images in folders, into the --out folder.
+
+    Photographs are decoded and encoded in parallel around the batched model (the API's serving
+    path, in COLORIZER_INFERENCE_PRECISION, batches of up to COLORIZER_MAX_BATCH_SIZE); EXIF
+    orientation is applied, ICC profiles are converted to sRGB, transparency is kept in png and
+    webp outputs. Outputs that already exist are skipped (--overwrite redoes them), and each is
+    written under a temporary name first, so an interrupted run can simply be run again. Files
+    that cannot be colorized are reported; the exit code is then 1.
+    """
+    settings = load_settings()
+    setup_logging(settings)
+    tasks = plan_outputs(inputs, out_dir, fmt, recursive)
+    if not tasks:
+        raise click.UsageError("no image files in the given inputs")
+    todo = tasks if overwrite else [t for t in tasks if not t.target.exists()]
+    skipped = len(tasks) - len(todo)
+    if not todo:  # a finished run run again: answer without loading TensorFlow and a model
+        click.echo(f"nothing to do: the {skipped} output(s) exist in {out_dir} (--overwrite redoes them)")
+        return
+
+    from PIL import Image
+
+    from models.store import ModelStore
+    from service.engine import Engine
+
+    jobs = jobs or min(4, os.cpu_count() or 1)
+    window = max(2 * settings.max_batch_size, 2 * jobs)
+    engine = Engine(
+        ModelStore(settings.models_dir),
+        device_preference=settings.device,
+        max_render_size=settings.max_render_size,
+        cache_size=1,
+        precision=settings.inference_precision,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout=settings.batch_timeout_ms / 1000.0,
+        max_queue=window + 1,  # the window bounds what is queued: never "busy"
+    )
+    try:
+        model = resolve_colorize_model(engine, engine.store, model_version)
+        try:
+            engine.check_render_size(model, render_size)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--render-size") from None
+        click.echo(
+            f"colorizing {len(todo)} of {len(tasks)} file(s) with model version {model.version} "
+            f"({model.serving.precision} on {engine.device}, batches of up to {settings.max_batch_size})",
+            err=True,
+        )
+        previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, settings.max_image_pixels
+        run = FolderRun(
+            engine,
+            model,
+            fmt=fmt,
+            render_size=render_size,
+            max_pixels=settings.max_image_pixels,
+            min_side=settings.min_image_side,
+            jobs=jobs,
+            window=window,
+        )
+        failures: list[str] = []
+        written = 0
+        try:
+            with click.progressbar(length=len(todo), label="Colorizing", file=sys.stderr) as bar:
+
+                def on_done(task: ColorizeTask, error: str | None) -> None:
+                    nonlocal written
+                    if error is None:
+                        written += 1
+                    else:
+                        failures.append(f"failed {task.source}: {error}")
+                    bar.update(1)
+
+                run.run(todo, on_done)
+        except KeyboardInterrupt:
+            # photographs already being written were finished: outputs are whole or absent
+            click.echo(
+                "\ninterrupted: the outputs written so far are kept; run the same command again for the rest",
+                err=True,
+            )
+            sys.exit(130)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous_limit
+    finally:
+        engine.stop()
+    for message in failures:
+        click.echo(message, err=True)
+    summary = f"colorized {written} of {len(tasks)} file(s) into {out_dir} with model version {model.version}"
+    if skipped:
+        summary += f"; skipped {skipped} whose output already exists (--overwrite redoes them)"
+    if failures:
+        summary += f"; {len(failures)} failed"
+    click.echo(summary)
+    if failures:
+        sys.exit(1)
