@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (
+from harness import (
     PRESET,
     SIZE,
     WIDTH,

@@ -21,9 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from harness import PRESET, SIZE, WIDTH, jpeg, machine, megapixels, photographs, report_generator, table
 from serve import Server
-
-from common import PRESET, SIZE, WIDTH, jpeg, machine, megapixels, photographs, report_generator, table
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from common import machine, median, megapixels, photographs, table, timed
+from harness import machine, median, megapixels, photographs, table, timed
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
-from common import (
+from harness import (
     PRESET,
     ROOT,
     SIZE,

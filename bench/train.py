@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from common import PRESET, ROOT, SIZE, WIDTH, conv_flops, machine, matmul_gflops, median, table
+from harness import PRESET, ROOT, SIZE, WIDTH, conv_flops, machine, matmul_gflops, median, table
 
 
 def dataset_files(tmp: Path) -> tuple[list[Path], str]:
@@ -38,7 +37,7 @@ def dataset_files(tmp: Path) -> tuple[list[Path], str]:
         return files, f"{folder} ({len(files)} photographs)"
     from PIL import Image
 
-    from tests.conftest import make_photo
+    from tests.photos import make_photo
 
     files = []
     for i in range(12):

@@ -29,7 +29,7 @@ from models.networks import build_generator
 from models.store import ModelStore
 from service.app import create_app
 from service.deps import get_celery
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 TINY_JOB = {"dataset": "tiny", "preset": "lab", "image_size": 32, "width": 4, "steps": 4}
 

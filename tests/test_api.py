@@ -38,7 +38,7 @@ from tests.apptest import (
     publish_tiny,
     wait_for,
 )
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 # -- import hygiene ------------------------------------------------------------------------------
 

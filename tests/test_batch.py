@@ -22,7 +22,7 @@ from tests.apptest import (
     publish_tiny,
     wait_for,
 )
-from tests.conftest import make_photo
+from tests.photos import make_photo
 from tests.test_datasets import file_info, tar_made_the_usual_way, tar_of, zip_of
 
 

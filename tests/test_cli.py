@@ -19,7 +19,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from cli import main
 from models.store import ModelStore
-from tests.conftest import make_photo, write_dataset
+from tests.photos import make_photo, write_dataset
 from tests.procs import Proc, colorizer, free_port, wait_for
 
 COMMANDS = ("serve", "worker", "up", "train", "colorize", "evaluate", "default-model")

@@ -32,7 +32,7 @@ from models.colorize import (
     prepare,
     shrink,
 )
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 
 def reference_lightness(rgb: np.ndarray) -> np.ndarray:

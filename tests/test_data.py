@@ -20,7 +20,7 @@ from models.data import (
     make_dataset,
     scan_images,
 )
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 
 def toned(rgb: np.ndarray, tint: tuple[float, float, float]) -> np.ndarray:

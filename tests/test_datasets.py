@@ -24,7 +24,7 @@ from models.config import TrainConfig
 from models.data import scan_images
 from service.archives import safe_path
 from tests.apptest import TINY_JOB, assert_json_error, changed
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 # -- archives built on the fly -------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_photo, write_dataset
+from tests.photos import make_photo, write_dataset
 from tests.procs import REDIS_TEST_URL, Proc, colorizer, colorizer_env, free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -32,7 +32,7 @@ from models.networks import build_generator
 from models.store import ModelStore
 from models.training import run_training
 from service.app import create_app
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 # Observed on this machine: |tf - skimage| at most 6e-6 for SSIM and 3e-6 dB for PSNR (TensorFlow
 # computes in float32, skimage in float64). The bounds leave room for other CPUs' float32 rounding

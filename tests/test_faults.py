@@ -24,7 +24,7 @@ from PIL import Image
 from common.jobs import JobStore
 from common.settings import Settings
 from models.store import ModelStore
-from tests.conftest import make_photo, write_dataset
+from tests.photos import make_photo, write_dataset
 from tests.procs import Proc, colorizer, colorizer_env, free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -36,7 +36,7 @@ from recipe.default_model import (
     scored_run,
     split_of,
 )
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 # The shipped default (models/default/) was built and scored with all 62 validation photographs.
 SHIPPED_VALIDATION = 62

@@ -28,7 +28,7 @@ from recipe.photo_sources import (
     spdx_credit,
     upright,
 )
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 
 def build_rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:

@@ -15,7 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import write_dataset
+from tests.photos import write_dataset
 from tests.procs import Proc, colorizer, colorizer_env, free_port, wait_for
 
 pytestmark = pytest.mark.integration

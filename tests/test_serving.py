@@ -34,7 +34,7 @@ from service.batcher import BatcherStopped, DynamicBatcher, QueueFull, batch_buc
 from service.engine import Engine
 from service.errors import EngineBusy
 from service.metrics import ServiceMetrics
-from tests.conftest import make_photo
+from tests.photos import make_photo
 
 
 def lively(generator: keras.Model, seed: int = 0) -> keras.Model:

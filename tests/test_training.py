@@ -18,7 +18,7 @@ from models.data import DatasetError, resolve_dataset, scan_images
 from models.networks import build_generator
 from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, ModelStore, UnknownVersion
 from models.training import run_training
-from tests.conftest import make_photo, write_dataset
+from tests.photos import make_photo, write_dataset
 
 
 def tiny_config(**overrides) -> TrainConfig:

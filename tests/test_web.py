@@ -28,7 +28,7 @@ from models.config import TrainConfig
 from models.presets import DEFAULT_PRESET, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, PRESETS
 from service.app import create_app
 from service.routers.web import IMMUTABLE, STATIC_DIR
-from tests.conftest import make_photo, write_dataset
+from tests.photos import make_photo, write_dataset
 from tests.procs import Proc, colorizer, colorizer_env, free_port, wait_for
 
 CHROMIUM = "/usr/bin/chromium"

@@ -113,9 +113,9 @@ def photographs(count: int = 4) -> tuple[list[np.ndarray], str]:
     files = sorted(RECIPE_PHOTOS.glob("*.jpg"))[:count]
     if files:
         return [np.asarray(Image.open(f).convert("RGB")) for f in files], f"{RECIPE_PHOTOS} ({len(files)})"
-    from tests.conftest import make_photo
+    from tests.photos import make_photo
 
-    return [make_photo(2000, 1500, seed=i) for i in range(count)], "synthetic (tests.conftest.make_photo)"
+    return [make_photo(2000, 1500, seed=i) for i in range(count)], "synthetic (tests.photos.make_photo)"
 
 
 def square(photo: np.ndarray, side: int) -> np.ndarray:
