@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.photos import make_photo, write_dataset  # noqa: E402, F401
+from tests.photos import write_dataset  # noqa: E402
 
 
 @pytest.fixture
