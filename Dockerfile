@@ -33,6 +33,7 @@ print('\n'.join(d.replace('tensorflow', f'tensorflow[{extras}]', 1) if extras an
 COPY README.md ./
 COPY cli ./cli
 COPY common ./common
+COPY inference ./inference
 COPY models ./models
 COPY recipe ./recipe
 COPY service ./service

@@ -69,16 +69,15 @@ def old_loop(model, folder: Path, out_dir: Path, fmt: str) -> int:
 
 def pipeline(engine, model, folder: Path, out_dir: Path, fmt: str, jobs: int, window: int) -> int:
     from cli.colorize import FolderRun, plan_outputs
+    from inference.pipeline import Pipeline
 
     tasks = plan_outputs((folder,), out_dir, fmt)
     failures: list[str] = []
     run = FolderRun(
-        engine,
+        Pipeline(engine, max_pixels=10**9),
         model,
         fmt=fmt,
         render_size=None,
-        max_pixels=10**9,
-        min_side=1,
         jobs=jobs,
         window=window,
     )
@@ -114,8 +113,8 @@ def main() -> None:
 
     configure_tensorflow("cpu")
     from common.settings import Settings
+    from inference.engine import Engine
     from models.store import ModelStore
-    from service.engine import Engine
 
     settings = Settings()
     jobs = min(4, os.cpu_count() or 1)

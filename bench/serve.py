@@ -77,7 +77,8 @@ def report_predict(generator, inputs: list, count: int) -> dict:
 
 
 def engine_runs(store, precision: str, photos256: list, counts: dict) -> dict:
-    from service.engine import Engine
+    from inference.engine import Engine
+    from inference.pipeline import Pipeline
 
     engine = Engine(store, device_preference="cpu", precision=precision, max_batch_size=8, max_queue=1024)
     started = time.perf_counter()
@@ -112,11 +113,13 @@ def engine_runs(store, precision: str, photos256: list, counts: dict) -> dict:
     lock = threading.Lock()
     deadline = time.monotonic() + counts["seconds"]
 
+    pipeline = Pipeline(engine, max_pixels=10**9)
+
     def colorize_loop(index: int) -> None:
         i = index
         while time.monotonic() < deadline:
             t = time.perf_counter()
-            engine.colorize(model, photos256[i % len(photos256)])
+            pipeline.colorize_array(photos256[i % len(photos256)], model)
             i += 1
             with lock:
                 latencies.append(time.perf_counter() - t)
@@ -142,8 +145,8 @@ def pre_post_2mp(engine, photos2mp: list, repeat: int) -> dict:
     fair between times taken side by side)."""
     import numpy as np
 
+    from inference.images import decode_image, encode_image
     from models.evaluate import grayscale_of
-    from service.images import decode_image, encode_image
 
     model = engine.model()
     photo = photos2mp[0]
@@ -179,7 +182,7 @@ def pre_post_2mp(engine, photos2mp: list, repeat: int) -> dict:
         for name, payload in [("gray", gray_data), ("colour", data)]
     }
     few = max(2, repeat // 2)  # PNG at level 6 takes most of a second
-    times["encode PNG (service.images options)"] = timed(lambda: encode_image(colored, "png"), few)
+    times["encode PNG (inference.images options)"] = timed(lambda: encode_image(colored, "png"), few)
     times["encode PNG, zlib level 6 (Pillow's default)"] = timed(lambda: png_level(colored, 6), few)
     found = {name: median(t) for name, t in times.items()}
     return found | {"pixels": photo.shape[0] * photo.shape[1], "requests": requests}
@@ -193,7 +196,7 @@ def requests_in_order(engine, model, payload: bytes, count: int) -> dict:
     model, finish, encode), each timed: every stage starts as it would in the service, finish
     right after the model call has been through the caches. Medians of each stage (s) and of each
     request's pre/post time over its own model call."""
-    from service.images import decode_image, encode_image
+    from inference.images import decode_image, encode_image
 
     rows, shares = [], []
     for i in range(count + 1):  # the first request warms up
@@ -423,7 +426,7 @@ def main() -> None:
         data_dir = Path(tmp)
         store = ModelStore(data_dir / "models")
         store.publish(generator, {"preset": PRESET, "image_size": SIZE, "width": WIDTH})
-        from service.engine import Engine
+        from inference.engine import Engine
 
         probe = Engine(store, device_preference="cpu", precision="float32")
         probe.refresh()

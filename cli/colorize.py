@@ -21,7 +21,7 @@ log = logging.getLogger("colorizer.cli")
 
 # What ``colorize`` picks up from a folder (files named on the command line are always tried).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-OUTPUT_FORMATS = ("jpeg", "png", "webp")  # names of service.images.FORMATS
+OUTPUT_FORMATS = ("jpeg", "png", "webp")  # names of inference.images.FORMATS
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,10 @@ def write_atomically(target: Path, data: bytes) -> None:
 
 def describe_failure(exc: BaseException) -> str:
     """A one-line reason for a photograph that could not be colorized."""
-    detail = getattr(exc, "detail", None)  # service.errors.ApiError: a sentence already
-    if isinstance(detail, str):
-        return detail
+    from inference.errors import BadRenderSize, EngineBusy, ImageRejected
+
+    if isinstance(exc, ImageRejected | BadRenderSize | EngineBusy):  # a sentence for the person already
+        return str(exc)
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
     return f"{type(exc).__name__}: {exc}"
@@ -114,48 +115,37 @@ def describe_failure(exc: BaseException) -> str:
 class FolderRun:
     """Colorize many photographs with the API's serving path, in a pipeline of three stages.
 
-    A pool of ``jobs`` threads reads, decodes (``service.images.decode_image``: upright, sRGB,
-    alpha kept aside) and prepares each photograph; the engine's inference thread runs the model
-    on batches of up to ``max_batch_size`` prepared photographs (padded to its bucket sizes, in
-    its precision); another pool of ``jobs`` threads finishes, encodes and writes each result
-    atomically. At most ``window`` photographs are between reading and writing at any time, so
-    memory stays bounded whatever the folder's size. Heavy work releases the GIL (Pillow,
-    TensorFlow, XLA), so the stages overlap on several cores.
+    The stages are ``inference.pipeline.Pipeline``'s, as the API runs them. A pool of ``jobs``
+    threads reads, decodes (upright, sRGB, alpha kept aside) and prepares each photograph; the
+    engine's inference thread runs the model on batches of up to ``max_batch_size`` prepared
+    photographs (padded to its bucket sizes, in its precision); another pool of ``jobs`` threads
+    finishes, encodes and writes each result atomically. At most ``window`` photographs are
+    between reading and writing at any time, so memory stays bounded whatever the folder's size.
+    Heavy work releases the GIL (Pillow, TensorFlow, XLA), so the stages overlap on several cores.
     """
 
     def __init__(
         self,
-        engine: Any,
+        pipeline: Any,
         model: Any,
         *,
         fmt: str,
         render_size: int | None,
-        max_pixels: int,
-        min_side: int,
         jobs: int,
         window: int,
     ):
-        self.engine = engine
+        self.pipeline = pipeline
         self.model = model
         self.fmt = fmt
         self.render_size = render_size
-        self.max_pixels = max_pixels
-        self.min_side = min_side
         self.jobs = jobs
         self.window = window
 
-    def _decode(self, task: ColorizeTask) -> tuple[Any, Any, Any, int]:
-        from service.images import decode_image
+    def _decode(self, task: ColorizeTask) -> Any:
+        return self.pipeline.decode_and_prepare(task.source.read_bytes(), self.model, self.render_size)
 
-        photo = decode_image(task.source.read_bytes(), self.max_pixels, self.min_side)
-        inputs, lum, size = self.engine.prepare(self.model, photo.pixels, self.render_size)
-        return photo.alpha, inputs, lum, size
-
-    def _finish(self, task: ColorizeTask, prediction: Any, lum: Any, alpha: Any) -> None:
-        from service.images import encode_image
-
-        rgb = self.engine.finish(self.model, prediction, lum)
-        write_atomically(task.target, encode_image(rgb, self.fmt, alpha))
+    def _finish(self, task: ColorizeTask, prepared: Any, prediction: Any) -> None:
+        write_atomically(task.target, self.pipeline.finish_and_encode(prepared, prediction, self.fmt))
 
     def run(self, tasks: list[ColorizeTask], on_done: Callable[[ColorizeTask, str | None], None]) -> None:
         """Colorize ``tasks``; ``on_done(task, None or the reason it failed)`` is called once per
@@ -176,21 +166,21 @@ class FolderRun:
             elif future.exception() is not None:
                 failed(task, future.exception())
             else:
-                alpha, inputs, lum, size = future.result()
+                prepared = future.result()
                 try:
-                    prediction = self.engine.submit(self.model, inputs, size)
+                    prediction = self.pipeline.submit(prepared)
                 except Exception as exc:  # the engine stopped, or refused it
                     failed(task, exc)
                 else:
-                    prediction.add_done_callback(lambda f: predicted(task, f, lum, alpha))
+                    prediction.add_done_callback(lambda f: predicted(task, f, prepared))
 
-        def predicted(task: ColorizeTask, future: Future, lum: Any, alpha: Any) -> None:
+        def predicted(task: ColorizeTask, future: Future, prepared: Any) -> None:
             # in the inference thread: hand the work over at once, never do it here
             if future.exception() is not None:
                 failed(task, future.exception())
                 return
             try:
-                finished = encoders.submit(self._finish, task, future.result(), lum, alpha)
+                finished = encoders.submit(self._finish, task, prepared, future.result())
             except RuntimeError as exc:  # the pool is shut down: the run was interrupted
                 failed(task, exc)
             else:
@@ -314,19 +304,16 @@ def colorize(
 
     from PIL import Image
 
+    from inference.engine import engine_from_settings
+    from inference.pipeline import Pipeline
     from models.store import ModelStore
-    from service.engine import Engine
 
     jobs = jobs or min(4, os.cpu_count() or 1)
     window = max(2 * settings.max_batch_size, 2 * jobs)
-    engine = Engine(
+    engine = engine_from_settings(
         ModelStore(settings.models_dir),
-        device_preference=settings.device,
-        max_render_size=settings.max_render_size,
+        settings,
         cache_size=1,
-        precision=settings.inference_precision,
-        max_batch_size=settings.max_batch_size,
-        batch_timeout=settings.batch_timeout_ms / 1000.0,
         max_queue=window + 1,  # the window bounds what is queued: never "busy"
     )
     try:
@@ -342,12 +329,10 @@ def colorize(
         )
         previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, settings.max_image_pixels
         run = FolderRun(
-            engine,
+            Pipeline(engine, settings.max_image_pixels, settings.min_image_side),
             model,
             fmt=fmt,
             render_size=render_size,
-            max_pixels=settings.max_image_pixels,
-            min_side=settings.min_image_side,
             jobs=jobs,
             window=window,
         )

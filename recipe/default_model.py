@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -421,40 +421,36 @@ RENDER_SIZES = (128, 160, 192, 224, 256)
 PREVIOUS_DEFAULT = "previous default"
 
 
+def _try_each(
+    model: LoadedModel, photos: Photos, key: str, values: Iterable[Any], **fixed: Any
+) -> list[dict[str, Any]]:
+    """The calibration summary of ``model`` with metadata ``key`` set to each of ``values`` (and
+    ``fixed`` set too): ``[{key: value, ciede2000, colourfulness, ...}, ...]``."""
+    tried = []
+    for value in values:
+        trial = replace(model, metadata={**model.metadata, **fixed, key: value})
+        tried.append({key: value, **summary(_evaluate(trial, photos.calibration, SELECT_SIDE), "full")})
+        log.info("%s %s: %s", key, value, tried[-1])
+    return tried
+
+
 def calibrate_render_size(model: LoadedModel, photos: Photos) -> tuple[int, list[dict[str, Any]]]:
     """(the chosen render size, the calibration summary at each size tried), at chroma scale 1."""
-    tried = []
-    for size in [s for s in RENDER_SIZES if s % model.size_step == 0] or [model.image_size]:
-        sized = replace(model, metadata={**model.metadata, "render_size": size, "chroma_scale": 1.0})
-        tried.append(
-            {"render_size": size, **summary(_evaluate(sized, photos.calibration, SELECT_SIDE), "full")}
-        )
-        log.info("render size %d: %s", size, tried[-1])
+    sizes = [s for s in RENDER_SIZES if s % model.size_step == 0] or [model.image_size]
+    tried = _try_each(model, photos, "render_size", sizes, chroma_scale=1.0)
     return lowest_ciede(tried, lambda t: t)["render_size"], tried
 
 
 def calibrate_flip(model: LoadedModel, photos: Photos) -> tuple[bool, list[dict[str, Any]]]:
     """(whether to average each photograph's colours with its mirror image's, the calibration
     summary without and with), at chroma scale 1: on by lowest_ciede (twice the model's work)."""
-    tried = []
-    for flip in (False, True):
-        flipped = replace(model, metadata={**model.metadata, "flip_average": flip, "chroma_scale": 1.0})
-        tried.append(
-            {"flip_average": flip, **summary(_evaluate(flipped, photos.calibration, SELECT_SIDE), "full")}
-        )
-        log.info("flip average %s: %s", flip, tried[-1])
+    tried = _try_each(model, photos, "flip_average", (False, True), chroma_scale=1.0)
     return lowest_ciede(tried, lambda t: t)["flip_average"], tried
 
 
 def calibrate_chroma(model: LoadedModel, photos: Photos) -> tuple[float, list[dict[str, Any]]]:
     """(the chosen chroma scale, the calibration summary at each scale tried)."""
-    tried = []
-    for scale in CHROMA_SCALES:
-        scaled = replace(model, metadata={**model.metadata, "chroma_scale": scale})
-        tried.append(
-            {"chroma_scale": scale, **summary(_evaluate(scaled, photos.calibration, SELECT_SIDE), "full")}
-        )
-        log.info("chroma scale %.2f: %s", scale, tried[-1])
+    tried = _try_each(model, photos, "chroma_scale", CHROMA_SCALES)
     keep = [t for t in tried if t["colourfulness"] >= CALIBRATED_COLOURFULNESS * t["colourfulness_gt"]]
     best = min(keep or tried[:1], key=lambda t: t["ciede2000"])
     return best["chroma_scale"], tried

@@ -20,8 +20,9 @@ from PIL import Image
 
 from common.jobs import JobStore
 from common.settings import Settings, get_settings
+from inference.engine import Engine, engine_from_settings
+from inference.pipeline import Pipeline
 from models.store import ModelStore
-from service.engine import Engine
 from service.errors import install_error_handlers
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.routers import batch, colorize, datasets, health, jobs, metrics, models, web
@@ -98,19 +99,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_store = store
     app.state.job_store = JobStore(settings.jobs_dir)
     service_metrics = ServiceMetrics(max_batch_size=settings.max_batch_size)
-    engine = Engine(
-        store,
-        device_preference=settings.device,
-        reload_interval=settings.reload_interval,
-        max_render_size=settings.max_render_size,
-        precision=settings.inference_precision,
-        max_batch_size=settings.max_batch_size,
-        batch_timeout=settings.batch_timeout_ms / 1000.0,
-        max_queue=settings.max_queue,
-        observer=service_metrics,
-    )
+    engine = engine_from_settings(store, settings, observer=service_metrics)
     service_metrics.watch_queue(engine.queue_depth)
     app.state.engine = engine
+    app.state.pipeline = Pipeline(engine, settings.max_image_pixels, settings.min_image_side)
     app.state.metrics = service_metrics
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     app.state.celery = None  # created on first use by service.deps.get_celery

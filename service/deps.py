@@ -15,8 +15,9 @@ from fastapi import Depends, Header, Request
 
 from common.jobs import JobStore
 from common.settings import Settings
+from inference.engine import Engine
+from inference.pipeline import Pipeline
 from models.store import ModelStore
-from service.engine import Engine
 from service.errors import ApiError
 
 _celery_lock = threading.Lock()
@@ -30,6 +31,11 @@ def get_app_settings(request: Request) -> Settings:
 def get_engine(request: Request) -> Engine:
     """The inference engine."""
     return request.app.state.engine
+
+
+def get_pipeline(request: Request) -> Pipeline:
+    """The colorize pipeline on the engine, with the upload limits of the settings."""
+    return request.app.state.pipeline
 
 
 def get_model_store(request: Request) -> ModelStore:
@@ -90,6 +96,7 @@ def require_api_key(
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 StoreDep = Annotated[ModelStore, Depends(get_model_store)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]

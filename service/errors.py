@@ -1,7 +1,8 @@
 """Errors the API raises and the handlers that turn every error into ``{"detail": "<sentence>", ...}``.
 
 Validation errors (422) keep FastAPI's list of field errors under ``errors`` (with their ``loc``)
-and put a readable summary in ``detail``.
+and put a readable summary in ``detail``. The inference room raises plain exceptions
+(``inference.errors``); ``http_error`` says what each means in HTTP, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.jobs import UnknownJob
+from inference.errors import (
+    BadRenderSize,
+    CannotEncode,
+    DamagedImage,
+    EmptyImage,
+    EngineBusy,
+    ImageRejected,
+    ImageTooLarge,
+    ImageTooSmall,
+    NoModelLoaded,
+    NotAnImage,
+)
 from models.store import BrokenVersion, UnknownVersion
 
 log = logging.getLogger(__name__)
@@ -42,29 +55,34 @@ class ApiError(Exception):
         self.extra = extra
 
 
-class NoModelLoaded(ApiError):
-    """The engine has no model to serve yet (empty store, or still loading)."""
+# The inference room's plain exceptions as HTTP answers: a status, or a 422 on a request field.
+_IMAGE_STATUS: dict[type[ImageRejected], int] = {
+    EmptyImage: 400,
+    DamagedImage: 400,
+    ImageTooLarge: 413,
+    NotAnImage: 415,
+}
+_FIELD_OF: dict[type[ValueError], tuple[str, str]] = {
+    ImageTooSmall: ("body", "image"),
+    CannotEncode: ("query", "format"),
+    BadRenderSize: ("query", "render_size"),
+}
 
-    def __init__(self, detail: str | None = None):
-        super().__init__(
-            503,
-            detail
-            or "no model is loaded yet: publish a model version (train one with POST /jobs) "
-            "and retry; GET /readyz says when one is served",
-            headers={"Retry-After": "5"},
-        )
 
-
-class EngineBusy(ApiError):
-    """The inference queue is full: the client should come back after ``retry_after`` seconds."""
-
-    def __init__(self, queued: int, retry_after: int = 1):
-        super().__init__(
-            503,
-            f"the server is busy: {queued} photographs are already waiting for the model "
-            f"(COLORIZER_MAX_QUEUE); retry in {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
-        )
+def http_error(exc: Exception) -> ApiError | RequestValidationError | None:
+    """The API's answer to an inference error (None for any other exception): what the handlers
+    send, and what a batch writes in its manifest."""
+    if isinstance(exc, EngineBusy):
+        return ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, NoModelLoaded):
+        return ApiError(503, str(exc), headers={"Retry-After": "5"})
+    for kind, (location, name) in _FIELD_OF.items():
+        if isinstance(exc, kind):
+            return field_error(location, name, str(exc))
+    for kind, status in _IMAGE_STATUS.items():
+        if isinstance(exc, kind):
+            return ApiError(status, str(exc))
+    return None
 
 
 def field_error(location: str, field: str, message: str, value: Any = None) -> RequestValidationError:
@@ -149,6 +167,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     )
 
 
+async def _inference_error(request: Request, exc: Exception) -> JSONResponse:
+    answer = http_error(exc)
+    if answer is None:  # an ImageRejected subclass without a status of its own
+        answer = ApiError(400, str(exc))
+    if isinstance(answer, RequestValidationError):
+        return await _validation_error(request, answer)
+    return await _api_error(request, answer)
+
+
 async def _unknown_version(request: Request, exc: UnknownVersion) -> JSONResponse:
     return JSONResponse(
         status_code=404, content=_error_body(f"{exc}; GET /models lists the versions there are")
@@ -182,6 +209,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for kind in (ImageRejected, BadRenderSize, EngineBusy, NoModelLoaded):
+        app.add_exception_handler(kind, _inference_error)
     app.add_exception_handler(UnknownVersion, _unknown_version)
     app.add_exception_handler(BrokenVersion, _broken_version)
     app.add_exception_handler(UnknownJob, _unknown_job)

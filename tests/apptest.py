@@ -48,11 +48,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def publish_tiny(settings: Settings, preset: str = "lab") -> int:
-    """Publish a tiny untrained generator (32 px, width 4) and return its version."""
+def publish_tiny_to(store: ModelStore, preset: str = "lab", **metadata: Any) -> int:
+    """Publish a tiny untrained generator (32 px, width 4) into ``store``; returns its version."""
     channels = {"lab": (1, 2), "seed": (3, 3)}[preset]
     generator = build_generator(32, *channels, width=4)
-    return ModelStore(settings.models_dir).publish(generator, {"preset": preset, "image_size": 32})
+    return store.publish(generator, {"preset": preset, "image_size": 32, **metadata})
+
+
+def publish_tiny(settings: Settings, preset: str = "lab") -> int:
+    """Publish a tiny untrained generator (32 px, width 4) into the settings' store."""
+    return publish_tiny_to(ModelStore(settings.models_dir), preset)
 
 
 def changed(settings: Settings, **changes: Any) -> Settings:

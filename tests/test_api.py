@@ -22,10 +22,10 @@ from kombu.exceptions import OperationalError
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference.images import to_array
 from models.store import GENERATOR_FILE, METADATA_FILE
 from service.app import create_app
 from service.deps import get_celery
-from service.images import to_array
 from tests.apptest import (
     TINY_JOB,
     FakeCelery,
@@ -76,7 +76,7 @@ def test_readyz_is_503_on_an_empty_store_then_200_once_a_version_is_published(se
 
 
 def test_readyz_says_the_first_model_is_loading_while_it_loads(settings, start, monkeypatch):
-    from service.engine import Engine
+    from inference.engine import Engine
 
     publish_tiny(settings)
     release = threading.Event()
@@ -113,7 +113,7 @@ def test_a_newer_version_is_served_without_restart(client, settings):
 
 
 def test_broken_version_is_skipped_once_and_the_old_one_keeps_serving(client, settings, caplog):
-    caplog.set_level(logging.WARNING, logger="service.engine")
+    caplog.set_level(logging.WARNING, logger="inference.engine")
     broken = settings.models_dir / "2"
     broken.mkdir()
     (broken / METADATA_FILE).write_text('{"preset": "lab", "image_size": 32, "version": 2}')
@@ -843,7 +843,7 @@ def test_colorize_reads_progressive_jpeg_tiff_and_bmp(client, fmt, options):
 def test_an_srgb_profile_changes_nothing_and_a_broken_profile_does_not_cost_the_photo():
     from PIL import ImageCms
 
-    from service.images import decode_image
+    from inference.images import decode_image
 
     source = photo(32, 24)
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -854,7 +854,7 @@ def test_an_srgb_profile_changes_nothing_and_a_broken_profile_does_not_cost_the_
 
 
 def test_jpeg_encoding_takes_rgbx_pixels_in_place_only_where_the_whole_buffer_is_there():
-    from service.images import encode_image, rgbx_in_place
+    from inference.images import encode_image, rgbx_in_place
 
     rng = np.random.default_rng(3)
     words = rng.integers(0, 256, (20, 7, 4), dtype=np.uint8)  # rows of 7 pixels, 5 kept: the join's shape
@@ -876,13 +876,14 @@ def test_jpeg_encoding_takes_rgbx_pixels_in_place_only_where_the_whole_buffer_is
 
 
 def test_a_jpeg_too_tall_for_the_format_is_a_422_naming_the_format():
-    from fastapi.exceptions import RequestValidationError
+    from inference.errors import CannotEncode
+    from inference.images import encode_image
+    from service.errors import http_error
 
-    from service.images import encode_image
-
-    with pytest.raises(RequestValidationError) as caught:
+    with pytest.raises(CannotEncode) as caught:
         encode_image(np.zeros((65501, 1, 3), np.uint8), "jpeg")
-    (error,) = caught.value.errors()
+    assert "at most 65500 pixels" in str(caught.value)
+    (error,) = http_error(caught.value).errors()  # what the API answers
     assert error["loc"] == ("query", "format") and "at most 65500 pixels" in error["msg"]
 
 

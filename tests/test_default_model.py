@@ -16,6 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 import models.store
+from inference.engine import Engine, version_key
+from inference.pipeline import Pipeline
 from models.config import TrainConfig
 from models.networks import build_generator
 from models.store import (
@@ -29,7 +31,6 @@ from models.store import (
 )
 from models.training import run_training
 from service.deps import get_celery
-from service.engine import Engine, version_key
 from tests.apptest import FakeCelery, assert_json_error, encode, photo, wait_for
 
 TINY_JOB = {"dataset": "tiny", "preset": "lab", "image_size": 32, "width": 4, "steps": 4}
@@ -101,7 +102,7 @@ def test_the_engine_serves_the_default_until_a_version_is_published(store, defau
     assert engine.model().version == "default" and engine.model().preset == "lab"
     assert engine.describe()["model_version"] == "default"
     assert engine.refresh() is None  # nothing better yet, and the default is not loaded again
-    assert engine.colorize(engine.model(), np.full((20, 30), 90, np.uint8)).shape == (20, 30, 3)
+    assert Pipeline(engine, 10**8).colorize_array(np.full((20, 30), 90, np.uint8)).shape == (20, 30, 3)
 
     assert publish_tiny(store) == 1
     assert engine.refresh() == 1

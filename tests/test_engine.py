@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from inference.engine import Engine
+from inference.errors import NoModelLoaded
+from inference.pipeline import Pipeline
 from models.device import XLA_WIDE_VECTORS, configure_tensorflow, prefer_wide_vectors
 from models.networks import build_generator
 from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, ModelStore, UnknownVersion
-from service.engine import Engine
-from service.errors import NoModelLoaded
 
 
 @pytest.fixture
@@ -189,7 +190,8 @@ def test_refresh_swaps_in_a_newer_version_and_requests_in_flight_keep_theirs(sto
 
     assert in_flight.version == 1
     image = np.full((20, 30), 90, np.uint8)
-    assert engine.colorize(in_flight, image).shape == (20, 30, 3)  # the old one still works
+    # the old one still works
+    assert Pipeline(engine, 10**8).colorize_array(image, in_flight).shape == (20, 30, 3)
     assert engine.model().version == 2 and engine.model().preset == "seed"
     assert engine.model(1) is in_flight  # the previous version stays cached
     assert engine.cached_versions() == [1]

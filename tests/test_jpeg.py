@@ -1,4 +1,4 @@
-"""JPEG encoding in bands on every core (service/jpeg.py): the joined file is exactly a one-piece
+"""JPEG encoding in bands on every core (inference/jpeg.py): the joined file is exactly a one-piece
 encode with restart markers, and decodes to the pixels Pillow's encode gives. And plain JPEG
 uploads decoded by OpenCV: the pixels Pillow decodes, and Pillow's path for everything else."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import images, jpeg
-from service.errors import ApiError
+from inference import images, jpeg
+from inference.errors import DamagedImage
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -141,7 +141,7 @@ def _saved(array: np.ndarray, **options) -> bytes:
 
 @pytest.fixture
 def opencv_decodes(monkeypatch) -> list[str]:
-    """The modes of the uploads ``service.images`` hands to OpenCV's decoder (and what it gave)."""
+    """The modes of the uploads ``inference.images`` hands to OpenCV's decoder (and what it gave)."""
     calls: list[str] = []
 
     def recording(data, mode, size):
@@ -186,7 +186,7 @@ def test_jpegs_that_need_more_than_decoding_take_pillows_path(opencv_decodes):
     assert images.decode_image(_saved(rgb, icc_profile=srgb), 10**6).pixels.shape == (40, 60, 3)
     assert opencv_decodes == []
     whole = _saved(rgb)
-    with pytest.raises(ApiError) as caught:  # OpenCV refuses a truncated file; Pillow says why
+    with pytest.raises(DamagedImage) as caught:  # OpenCV refuses a truncated file; Pillow says why
         images.decode_image(whole[: len(whole) * 2 // 3], 10**6)
-    assert caught.value.status_code == 400 and "truncated" in caught.value.detail
+    assert "truncated" in str(caught.value)
     assert opencv_decodes == ["RGB:refused"]

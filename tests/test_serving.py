@@ -16,6 +16,10 @@ import keras
 import numpy as np
 import pytest
 
+from inference.batcher import BatcherStopped, DynamicBatcher, QueueFull, batch_buckets, bucket_for
+from inference.engine import Engine
+from inference.errors import EngineBusy
+from inference.pipeline import Pipeline
 from models.colorize import (
     _gray_pixels_rgb,
     _pixels_lightness,
@@ -30,9 +34,6 @@ from models.device import CPU, bfloat16_supported
 from models.networks import build_generator
 from models.serving import InferenceModel
 from models.store import LoadedModel, ModelStore
-from service.batcher import BatcherStopped, DynamicBatcher, QueueFull, batch_buckets, bucket_for
-from service.engine import Engine
-from service.errors import EngineBusy
 from service.metrics import ServiceMetrics
 from tests.photos import make_photo
 
@@ -293,6 +294,11 @@ def _sample(metrics: ServiceMetrics, name: str) -> float:
     return 0.0 if value is None else value
 
 
+def colorize(engine: Engine, model, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
+    """One photograph through the pipeline the API uses, on ``engine``'s queue."""
+    return Pipeline(engine, 10**8).colorize_array(image, model, render_size)
+
+
 def test_the_engine_batches_concurrent_photographs_into_one_model_call(engine):
     model = engine.model()
     prepared = [engine.prepare(model, p) for p in photos(8)]
@@ -301,7 +307,7 @@ def test_the_engine_batches_concurrent_photographs_into_one_model_call(engine):
     assert _sample(engine.metrics, "colorizer_inference_batch_size_count") == 1
     assert _sample(engine.metrics, "colorizer_inference_batch_size_sum") == 8
     engine.batcher.timeout = 0.0  # each alone, now: a batch of one, without waiting for company
-    alone = [engine.colorize(model, p) for p in photos(8)]
+    alone = [colorize(engine, model, p) for p in photos(8)]
     for (_, lum, _), prediction, single in zip(prepared, predictions, alone, strict=True):
         assert np.abs(engine.finish(model, prediction, lum).astype(int) - single).max() <= 1
 
@@ -319,7 +325,7 @@ def test_no_retracing_across_photographs_of_many_sizes(engine):
     def colorize_all(shapes, shift: int = 0) -> None:
         for i, w, h in shapes:  # every third one gray: a gray photograph has its own join
             photo = make_photo(w, h, seed=i + shift)
-            out = engine.colorize(model, photo if i % 3 else photo[..., 0])
+            out = colorize(engine, model, photo if i % 3 else photo[..., 0])
             assert out.shape[:2] == photo.shape[:2]
 
     assert serving.tracing_count() == 1  # one signature per (model, render size), traced at warm-up
@@ -338,8 +344,8 @@ def test_no_retracing_across_photographs_of_many_sizes(engine):
     assert len(others) >= 8
     colorize_all(others, shift=100)
     assert traces() == seen
-    engine.colorize(model, make_photo(50, 40, seed=1), render_size=64)  # a new size: one more trace
-    engine.colorize(model, make_photo(80, 30, seed=2), render_size=64)
+    colorize(engine, model, make_photo(50, 40, seed=1), render_size=64)  # a new size: one more trace
+    colorize(engine, model, make_photo(80, 30, seed=2), render_size=64)
     assert serving.tracing_count() == 2
 
 
@@ -366,7 +372,7 @@ def test_the_engine_answers_busy_when_its_queue_is_full(tmp_path):
         queued = engine.submit(model, inputs, size)
         with pytest.raises(EngineBusy) as busy:
             engine.submit(model, inputs, size)
-        assert busy.value.status_code == 503 and int(busy.value.headers["Retry-After"]) >= 1
+        assert busy.value.retry_after >= 1 and "retry in" in str(busy.value)
         with pytest.raises(EngineBusy):
             engine.check_capacity()
         gate.set()

@@ -36,13 +36,13 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from common.settings import Settings
+from inference.errors import EngineBusy
+from inference.pipeline import Pipeline
 from models.store import LoadedModel
 from service.archives import ArchiveReader, EntryTooLarge, EntryUnreadable, is_hidden, safe_path
-from service.deps import EngineDep, SettingsDep
-from service.engine import Engine
-from service.errors import ApiError, EngineBusy, field_error, summarize_validation_errors
-from service.images import decode_image
-from service.routers.colorize import ModelQuery, RenderSizeQuery, finish_upload, requested_version
+from service.deps import PipelineDep, SettingsDep
+from service.errors import ApiError, http_error, summarize_validation_errors
+from service.routers.colorize import ModelQuery, RenderSizeQuery, requested_version
 from service.schemas import ErrorResponse, ValidationErrorResponse, upload_body_doc
 from service.uploads import receive_archive
 
@@ -117,6 +117,7 @@ def output_name(name: str, requested: str | None) -> tuple[str, str]:
 
 
 def _sentence(exc: Exception) -> str:
+    exc = http_error(exc) or exc
     if isinstance(exc, ApiError):
         return exc.detail
     if isinstance(exc, RequestValidationError):
@@ -129,7 +130,7 @@ class _Batch:
 
     def __init__(
         self,
-        engine: Engine,
+        pipeline: Pipeline,
         model: LoadedModel,
         settings: Settings,
         out: zipfile.ZipFile,
@@ -137,7 +138,8 @@ class _Batch:
         render_size: int | None,
         limiter: anyio.CapacityLimiter | None,
     ):
-        self.engine = engine
+        self.pipeline = pipeline
+        self.engine = pipeline.engine
         self.model = model
         self.settings = settings
         self.out = out
@@ -150,11 +152,6 @@ class _Batch:
         self.outputs: set[str] = {MANIFEST_NAME}
         self.inputs: set[str] = set()
         self.busy = 0
-
-    def _decode_and_prepare(self, data: bytes) -> tuple[Any, Any, int, Any]:
-        photo = decode_image(data, self.settings.max_image_pixels, self.settings.min_image_side)
-        inputs, lum, size = self.engine.prepare(self.model, photo.pixels, self.render_size)
-        return inputs, lum, size, photo.alpha
 
     async def _wait_for_room(self, deadline: float) -> None:
         """Return when the engine's queue has room; raises EngineBusy after ``deadline``."""
@@ -174,19 +171,20 @@ class _Batch:
         try:
             deadline = time.monotonic() + BUSY_PATIENCE_S
             await self._wait_for_room(deadline)  # before decoding: no work spent while the queue is full
-            inputs, lum, size, alpha = await anyio.to_thread.run_sync(
-                self._decode_and_prepare, data, limiter=self.limiter
+            prepared = await anyio.to_thread.run_sync(
+                partial(self.pipeline.decode_and_prepare, data, self.model, self.render_size),
+                limiter=self.limiter,
             )
             del data
             while True:
                 try:
-                    future = self.engine.submit(self.model, inputs, size)
+                    future = self.pipeline.submit(prepared)
                     break
                 except EngineBusy:
                     await self._wait_for_room(deadline)
             prediction = await asyncio.wrap_future(future)
             encoded = await anyio.to_thread.run_sync(
-                partial(finish_upload, self.engine, self.model, prediction, lum, entry.format, alpha),
+                partial(self.pipeline.finish_and_encode, prepared, prediction, entry.format),
                 limiter=self.limiter,
             )
             async with self.write_lock:
@@ -194,7 +192,7 @@ class _Batch:
         except EngineBusy as exc:
             self.busy += 1
             self._fail(entry, exc)
-        except (ApiError, RequestValidationError, ValueError) as exc:
+        except (ApiError, RequestValidationError, ValueError) as exc:  # ImageRejected is a ValueError
             self._fail(entry, exc)
         except Exception as exc:  # one photograph must not cost the batch; the log keeps the trace
             log.exception("colorizing batch member %r failed", entry.name)
@@ -329,7 +327,7 @@ def _write_manifest(out: zipfile.ZipFile, manifest: dict[str, Any]) -> None:
 )
 async def colorize_batch(
     request: Request,
-    engine: EngineDep,
+    pipeline: PipelineDep,
     settings: SettingsDep,
     image_format: Annotated[
         BatchFormat | None,
@@ -340,11 +338,9 @@ async def colorize_batch(
 ) -> FileResponse:
     """Colorize every photograph of a zip; the answer is a zip of the results plus manifest.json."""
     version = requested_version(model)
-    used = await anyio.to_thread.run_sync(engine.model, version)  # one version for the whole batch
-    try:
-        engine.check_render_size(used, render_size)
-    except ValueError as exc:
-        raise field_error("query", "render_size", str(exc), render_size) from exc
+    # one version for the whole batch; a bad render_size is refused before the upload is read
+    used = await anyio.to_thread.run_sync(pipeline.engine.model, version)
+    pipeline.engine.check_render_size(used, render_size)
     staging = Path(tempfile.mkdtemp(prefix=".batch-", dir=settings.data_dir))
     cleanup = partial(shutil.rmtree, staging, ignore_errors=True)
     try:
@@ -362,7 +358,7 @@ async def colorize_batch(
         result = staging / "colorized.zip"
         with await anyio.to_thread.run_sync(reader.__enter__), zipfile.ZipFile(result, "w") as out:
             batch = _Batch(
-                engine,
+                pipeline,
                 used,
                 settings,
                 out,

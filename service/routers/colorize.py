@@ -2,9 +2,9 @@
 
 The body is read in chunks and refused past ``max_upload_bytes``, whatever Content-Length says. The
 image's size is checked against ``max_image_pixels`` from its header, before any pixel is decoded.
-Decoding and preparing the model input run in a worker thread, the model in the engine's
-inference thread (batched with other requests), chroma joining and encoding in a worker thread
-again: never on the event loop, which only awaits.
+The work is ``inference.pipeline``'s: decoding and preparing the model input in a worker thread,
+the model in the engine's inference thread (batched with other requests), chroma joining and
+encoding in a worker thread again: never on the event loop, which only awaits.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from starlette.types import Message
 
-from models.store import LoadedModel
-from service.deps import EngineDep, SettingsDep
-from service.engine import Engine, version_key
+from inference.engine import version_key
+from inference.images import FORMATS
+from inference.pipeline import Pipeline, Prepared
+from service.deps import PipelineDep, SettingsDep
 from service.errors import ApiError, field_error
-from service.images import FORMATS, Photo, decode_image, encode_image
 from service.schemas import ErrorResponse, ValidationErrorResponse, upload_body_doc
 
 log = logging.getLogger(__name__)
@@ -140,40 +139,13 @@ ModelQuery = Annotated[
 ]
 
 
-def prepare_upload(
-    engine: Engine,
-    data: bytes,
-    version: int | str | None,
-    render_size: int | None,
-    max_pixels: int,
-    min_side: int = 1,
-) -> tuple[LoadedModel, Any, Any, int, Photo]:
-    """Blocking: pick the model, check render_size and capacity, decode, prepare the model input.
-
-    Returns (model, model input, lightness, render side, the decoded photograph).
-    """
-    model = engine.model(version)
-    try:
-        engine.check_render_size(model, render_size)
-    except ValueError as exc:
-        raise field_error("query", "render_size", str(exc), render_size) from exc
-    engine.check_capacity()  # refuse before decoding when the queue is full
-    photo = decode_image(data, max_pixels, min_side)
-    inputs, lum, size = engine.prepare(model, photo.pixels, render_size)
-    return model, inputs, lum, size, photo
-
-
-def finish_upload(
-    engine: Any,
-    model: LoadedModel,
-    prediction: Any,
-    lum: Any,
-    image_format: str,
-    alpha: np.ndarray | None = None,
-) -> bytes:
-    """Blocking: join the prediction's chroma with the photograph's lightness and encode it (with
-    the photograph's transparency, where the format keeps it)."""
-    return encode_image(engine.finish(model, prediction, lum), image_format, alpha)
+def _pick_and_prepare(
+    pipeline: Pipeline, data: bytes, version: int | str | None, render_size: int | None
+) -> Prepared:
+    """Blocking: the model asked for, then the photograph decoded and prepared (refused before
+    decoding when the queue is full)."""
+    model = pipeline.engine.model(version)
+    return pipeline.decode_and_prepare(data, model, render_size, refuse_when_busy=True)
 
 
 # Removed: the generator's dropout noise gave colourings about 1 CIEDE2000 unit apart, too little
@@ -188,7 +160,7 @@ _REMOVED = {
 @router.post("/colorize", response_class=Response, responses=_RESPONSES_DOC, openapi_extra=_REQUEST_BODY_DOC)
 async def colorize(
     request: Request,
-    engine: EngineDep,
+    pipeline: PipelineDep,
     settings: SettingsDep,
     image_format: Annotated[ImageFormat, Query(alias="format", description="Output image format.")] = "png",
     render_size: RenderSizeQuery = None,
@@ -201,22 +173,12 @@ async def colorize(
             raise field_error("query", name, reason, request.query_params[name])
     data = await read_upload(request, settings.max_upload_bytes)
     limiter = getattr(request.app.state, "inference_limiter", None)
-    used, inputs, lum, size, photo = await anyio.to_thread.run_sync(
-        partial(
-            prepare_upload,
-            engine,
-            data,
-            version,
-            render_size,
-            settings.max_image_pixels,
-            settings.min_image_side,
-        ),
-        limiter=limiter,
+    prepared = await anyio.to_thread.run_sync(
+        partial(_pick_and_prepare, pipeline, data, version, render_size), limiter=limiter
     )
-    headers = {"X-Model-Version": str(used.version), "Cache-Control": "no-store"}
-    prediction = await asyncio.wrap_future(engine.submit(used, inputs, size))
+    headers = {"X-Model-Version": str(prepared.model.version), "Cache-Control": "no-store"}
+    prediction = await asyncio.wrap_future(pipeline.submit(prepared))
     encoded = await anyio.to_thread.run_sync(
-        partial(finish_upload, engine, used, prediction, lum, image_format, photo.alpha),
-        limiter=limiter,
+        partial(pipeline.finish_and_encode, prepared, prediction, image_format), limiter=limiter
     )
     return Response(encoded, media_type=FORMATS[image_format][1], headers=headers)

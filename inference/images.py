@@ -4,7 +4,8 @@ Shared by ``/colorize``, ``/colorize/batch`` and the ``colorizer colorize`` comm
 applies the same limits and the same care: the pixel count is checked from the header before any
 pixel is decoded, EXIF orientation is applied, an embedded ICC profile is converted to sRGB, 16-bit
 gray is scaled (not clipped), and transparency is kept aside to be put back on PNG and WebP output.
-Errors are ``ApiError`` with a sentence for the client. No TensorFlow here.
+Errors are ``inference.errors.ImageRejected`` subclasses with a sentence for the person. No
+TensorFlow here.
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from service.errors import ApiError, field_error
-from service.jpeg import decode_jpeg, encode_jpeg
+from inference.errors import (
+    CannotEncode,
+    DamagedImage,
+    EmptyImage,
+    ImageTooLarge,
+    ImageTooSmall,
+    NotAnImage,
+)
+from inference.jpeg import decode_jpeg, encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,7 @@ def _flatten_alpha(rgba: Image.Image) -> Image.Image:
 
 
 def to_array(image: Image.Image) -> np.ndarray:
-    """A decoded Pillow image as uint8 gray (H, W) or RGB (H, W, 3); raises ApiError 415 for odd modes."""
+    """A decoded Pillow image as uint8 gray (H, W) or RGB (H, W, 3); raises NotAnImage for odd modes."""
     mode = image.mode
     if mode == "L":
         return np.asarray(image)
@@ -88,9 +95,7 @@ def to_array(image: Image.Image) -> np.ndarray:
     try:
         return np.asarray(image.convert("RGB"))
     except (ValueError, OSError) as exc:
-        raise ApiError(
-            415, f"images in pixel mode {mode} are not supported ({exc}): send RGB or gray"
-        ) from exc
+        raise NotAnImage(f"images in pixel mode {mode} are not supported ({exc}): send RGB or gray") from exc
 
 
 def _to_srgb(image: Image.Image) -> Image.Image:
@@ -111,9 +116,8 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     return converted if converted is not None else image
 
 
-def too_many_pixels(max_pixels: int, size: str) -> ApiError:
-    return ApiError(
-        413,
+def too_many_pixels(max_pixels: int, size: str) -> ImageTooLarge:
+    return ImageTooLarge(
         f"the image is {size}, more than the {max_pixels} pixels allowed "
         "(COLORIZER_MAX_IMAGE_PIXELS): send a smaller one",
     )
@@ -128,31 +132,29 @@ def _declared_size(bomb: Image.DecompressionBombError) -> str:
 def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> Photo:
     """Decode an upload with Pillow (first frame of an animation), upright and in sRGB.
 
-    Raises ApiError: 400 empty or damaged, 413 more than ``max_pixels`` pixels (checked from the
-    header before decoding), 415 not an image, 422 (field ``image``) a side shorter than ``min_side``.
+    Raises EmptyImage, DamagedImage, ImageTooLarge (more than ``max_pixels`` pixels, checked from
+    the header before decoding), NotAnImage, ImageTooSmall (a side shorter than ``min_side``).
     """
     if not data:
-        raise ApiError(400, "the upload is empty: send a photograph")
+        raise EmptyImage("the upload is empty: send a photograph")
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # Pillow's guard (Image.MAX_IMAGE_PIXELS) caught it first
         raise too_many_pixels(max_pixels, _declared_size(exc)) from exc
     except UnidentifiedImageError as exc:
-        raise ApiError(
-            415, "the upload is not an image Pillow can read: send a PNG, JPEG, WebP, TIFF, BMP or GIF"
+        raise NotAnImage(
+            "the upload is not an image Pillow can read: send a PNG, JPEG, WebP, TIFF, BMP or GIF"
         ) from exc
     except Exception as exc:  # Pillow raises many types for a damaged header
-        raise ApiError(
-            400, f"the image header is damaged ({exc}): send the file again or another one"
+        raise DamagedImage(
+            f"the image header is damaged ({exc}): send the file again or another one"
         ) from exc
     with image:
         width, height = image.size
         if width * height > max_pixels:
             raise too_many_pixels(max_pixels, f"{width}x{height} = {width * height} pixels")
         if min(width, height) < max(1, min_side):
-            raise field_error(
-                "body",
-                "image",
+            raise ImageTooSmall(
                 f"the image is {width}x{height}: both sides must be at least {max(1, min_side)} pixels "
                 "(COLORIZER_MIN_IMAGE_SIDE)",
             )
@@ -163,8 +165,8 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> Photo:
         except Image.DecompressionBombError as exc:
             raise too_many_pixels(max_pixels, _declared_size(exc)) from exc
         except Exception as exc:  # truncated or corrupt data: OSError, SyntaxError, EOFError, ...
-            raise ApiError(
-                400, f"the image is damaged or truncated ({exc}): send the whole file again"
+            raise DamagedImage(
+                f"the image is damaged or truncated ({exc}): send the whole file again"
             ) from exc
         try:  # in place: without a rotation to do, a copy would cost 1 ms at 2 MP (RGB)
             ImageOps.exif_transpose(image, in_place=True)
@@ -181,7 +183,7 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> Photo:
 
 def _plain_jpeg(data: bytes, image: Image.Image) -> np.ndarray | None:
     """The pixels of an RGB or gray JPEG that needs nothing but decoding (no ICC profile, no EXIF
-    rotation), decoded by OpenCV (``service.jpeg.decode_jpeg``); None for any other image."""
+    rotation), decoded by OpenCV (``inference.jpeg.decode_jpeg``); None for any other image."""
     if image.format != "JPEG" or image.info.get("icc_profile"):
         return None
     try:
@@ -214,19 +216,18 @@ def rgbx_in_place(rgb: np.ndarray) -> np.ndarray | None:
     return np.ndarray((height, width, 4), np.uint8, memoryview(base).cast("B"), start, (stride, 4, 1))
 
 
-def _unencodable(image_format: str, exc: Exception) -> RequestValidationError:
-    """The 422 for a result the asked-for format cannot hold."""
-    message = f"the result cannot be encoded as {image_format} ({exc}); ask for format=png"
-    return field_error("query", "format", message)
+def _unencodable(image_format: str, exc: Exception) -> CannotEncode:
+    """The error for a result the asked-for format cannot hold."""
+    return CannotEncode(f"the result cannot be encoded as {image_format} ({exc}); ask for format=png")
 
 
 def encode_image(rgb: np.ndarray, image_format: str, alpha: np.ndarray | None = None) -> bytes:
     """Encode RGB uint8 pixels as png, jpeg or webp, with ``alpha`` (H, W) where the format keeps it.
 
-    Raises a 422 for the query field ``format`` (``field_error``) if the format cannot hold the image.
+    Raises CannotEncode if the format cannot hold the image.
     """
     pil_format, _, options = FORMATS[image_format]
-    if pil_format == "JPEG":  # on every core, from the join's 4-byte pixels as they are (service/jpeg.py)
+    if pil_format == "JPEG":  # on every core, from the join's 4-byte pixels as they are (inference/jpeg.py)
         rgbx = rgbx_in_place(rgb)
         try:
             return encode_jpeg(rgb if rgbx is None else rgbx, options["quality"])

@@ -1,6 +1,6 @@
 """The inference engine: which generator is served, hot reload from the model store, and inference.
 
-This is the only service module that uses TensorFlow, and it imports it (with ``models.colorize``
+This is the only module of the API's process that uses TensorFlow, and it imports it (with ``models.colorize``
 and ``models.device``) lazily, when the engine first needs it, so ``import service.app`` stays cheap.
 
 Serving model: ``engine.current`` is swapped atomically (one reference assignment) after the new
@@ -16,7 +16,7 @@ has no loadable version, and the first loadable published version replaces it.
 Inference (TensorFlow Serving style dynamic batching): callers ``prepare`` a photograph in their
 own thread (luminance, model input), ``submit`` the model input and get a future, and ``finish``
 the prediction in their own thread (chroma upsampled, joined with the luminance). One inference
-thread (``service.batcher.DynamicBatcher``) takes up to ``max_batch_size`` queued inputs for the
+thread (``inference.batcher.DynamicBatcher``) takes up to ``max_batch_size`` queued inputs for the
 same model version and render size, waiting at most ``batch_timeout`` after the oldest, and runs
 them as one call of a compiled function whose signature is fixed per (version, size); the batch
 is padded to a bucket size (1, 2, 4, 8). A full queue (``max_queue``) answers EngineBusy at once.
@@ -40,6 +40,9 @@ from typing import Any, Protocol
 import numpy as np
 
 import models.store as store_module
+from common.settings import Settings
+from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
+from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
 from models.store import (
     DEFAULT_VERSION,
     GENERATOR_FILE,
@@ -51,8 +54,6 @@ from models.store import (
     UnknownVersion,
     parse_version,
 )
-from service.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
-from service.errors import EngineBusy, NoModelLoaded
 
 log = logging.getLogger(__name__)
 
@@ -430,14 +431,17 @@ class Engine:
     # -- inference ---------------------------------------------------------------------------
 
     def check_render_size(self, model: LoadedModel, render_size: int | None) -> int:
-        """The side ``model`` will run at; raises ValueError naming render_size when it is not usable."""
+        """The side ``model`` will run at; raises BadRenderSize (a ValueError) when it is not usable."""
         from models.colorize import check_render_size
 
         if render_size is not None and render_size > self.max_render_size:
-            raise ValueError(
+            raise BadRenderSize(
                 f"render_size must be at most {self.max_render_size} (COLORIZER_MAX_RENDER_SIZE)"
             )
-        return check_render_size(model, render_size)
+        try:
+            return check_render_size(model, render_size)
+        except ValueError as exc:
+            raise BadRenderSize(str(exc)) from None
 
     def _serving(self, model: LoadedModel) -> Any:
         """The model's InferenceModel (compiled calls in the engine's precision), made on first use."""
@@ -517,16 +521,6 @@ class Engine:
         serving = key[0]
         return list(serving.predict(np.stack(payloads), pad_to=bucket_for(len(payloads), self.buckets)))
 
-    def colorize(self, model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
-        """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array through the batching queue.
-
-        Blocking: call it from a worker thread (never the inference thread). Raises ValueError for
-        a bad render_size, EngineBusy when the queue is full.
-        """
-        inputs, lum, size = self.prepare(model, image, render_size)
-        prediction = self.submit(model, inputs, size).result()
-        return self.finish(model, prediction, lum)
-
     def describe(self) -> dict[str, Any]:
         """What the engine serves, for health and listing endpoints."""
         current = self._current
@@ -538,3 +532,18 @@ class Engine:
             "cached_versions": self.cached_versions(),
             "failed_versions": self.failed_versions(),
         }
+
+
+def engine_from_settings(store: ModelStore, settings: Settings, **overrides: Any) -> Engine:
+    """An Engine on ``store`` configured by the ``COLORIZER_*`` settings (the API's and the CLI's
+    one place for it); ``overrides`` are Engine keyword arguments that win over them."""
+    options: dict[str, Any] = {
+        "device_preference": settings.device,
+        "reload_interval": settings.reload_interval,
+        "max_render_size": settings.max_render_size,
+        "precision": settings.inference_precision,
+        "max_batch_size": settings.max_batch_size,
+        "batch_timeout": settings.batch_timeout_ms / 1000.0,
+        "max_queue": settings.max_queue,
+    }
+    return Engine(store, **{**options, **overrides})
