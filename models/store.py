@@ -120,6 +120,15 @@ class LoadedModel:
         image (metadata ``flip_average``, chosen on calibration photographs by recipe.default_model)."""
         return bool(self.metadata.get("flip_average", False))
 
+    def scale_sizes(self, size: int) -> tuple[int, ...]:
+        """The other sides the generator also runs at when serving at side ``size``, its outputs
+        resized to ``size`` and averaged with the one at ``size`` (metadata ``scale_steps``: offsets in
+        multiples of ``size_step``, chosen on calibration photographs by recipe.default_model; none
+        when absent). Sides below one step are skipped."""
+        step = self.size_step
+        sides = (size + int(k) * step for k in self.metadata.get("scale_steps", ()))
+        return tuple(dict.fromkeys(s for s in sides if s >= step and s != size))
+
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """metadata.json of a version directory; raises BrokenVersion if missing or not a JSON object."""
@@ -159,6 +168,11 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
         )
     if not isinstance(metadata.get("flip_average", False), bool):
         raise BrokenVersion(f"{path}: flip_average must be true or false, got {metadata['flip_average']!r}")
+    steps = metadata.get("scale_steps", [])
+    if not isinstance(steps, list) or len(steps) > 4 or not all(_small_offset(k) for k in steps):
+        raise BrokenVersion(
+            f"{path}: scale_steps must be a list of up to 4 non-zero whole numbers in [-4, 4], got {steps!r}"
+        )
     use_keras_file = (path / GENERATOR_FILE).exists() or not (path / WEIGHTS_FILE).exists()
     try:
         if use_keras_file:
@@ -181,6 +195,10 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
     if render_size % model.size_step:
         raise BrokenVersion(f"{path}: render_size must be a multiple of {model.size_step}, got {render_size}")
     return model
+
+
+def _small_offset(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -4 <= value <= 4 and value != 0
 
 
 def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: dict[str, Any]) -> Any:

@@ -443,6 +443,8 @@ def build_pix2pix(config: TrainConfig, policy: str | None = None) -> Pix2Pix:
     decoder = config.decoder or REPORT_DECODER
     encoder = config.encoder or REPORT_ENCODER
     generator = build_generator(*shape, width=config.width, dtype=dtype, decoder=decoder, encoder=encoder)
+    if config.train_encoder:
+        unfreeze_encoder(generator)
     discriminator = build_discriminator(*shape, width=config.width, dtype=dtype)
     model = Pix2Pix(generator, discriminator)
     loss_scale = policy == "mixed_float16"
@@ -454,6 +456,17 @@ def build_pix2pix(config: TrainConfig, policy: str | None = None) -> Pix2Pix:
     if policy != "float32":
         log.info("training in %s", policy)
     return model
+
+
+def unfreeze_encoder(generator: keras.Model) -> None:
+    """Make a pretrained encoder's weights trainable, its batch normalisation excepted: with a few
+    photographs a batch, batch statistics would be noise, so those layers keep ImageNet's (a
+    non-trainable BatchNormalization runs in inference mode in Keras 3)."""
+    encoder = generator.get_layer(MOBILENET_V2)
+    encoder.trainable = True
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def float32_generator(generator: keras.Model) -> keras.Model:

@@ -483,6 +483,35 @@ def test_flip_averaging_is_the_mean_of_the_photograph_and_its_mirror_image(tmp_p
             ModelStore.load_dir(version, "bad")
 
 
+def test_scale_averaging_adds_the_outputs_at_other_sides_resized_back(tmp_path):
+    from models.colorize import generator_output, predict
+    from models.serving import InferenceModel
+
+    model = ModelStore.load_dir(export_float16(_tiny_model({"scale_steps": [1, -1, 2]}), tmp_path / "s"), "s")
+    assert model.scale_sizes(32) == (64, 96)  # 0 px is no side: skipped
+    assert model.scale_sizes(64) == (96, 32, 128)
+    assert _tiny_model({}).scale_sizes(32) == ()
+    inputs = tf.random.stateless_uniform((2, 32, 32, 1), (3, 4), -1.0, 1.0)
+    views = [model.generator(inputs, training=False).numpy()]
+    for side in (64, 96):
+        enlarged = tf.image.resize(inputs, (side, side), method="bilinear")
+        views.append(tf.image.resize(model.generator(enlarged, training=False), (32, 32)).numpy())
+    expected = np.mean(views, axis=0)
+    assert np.abs(views[0] - views[1]).max() > 1e-3  # the views differ: the mean is not one of them
+    averaged = generator_output(model.generator, inputs, scale_sizes=(64, 96)).numpy()
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+    # every serving path runs it as the metadata says
+    np.testing.assert_allclose(InferenceModel(model).predict(inputs.numpy()), expected, atol=1e-5)
+    np.testing.assert_allclose(predict(model, inputs).numpy(), expected, atol=1e-5)
+    photo = make_photo(50, 40, 2)
+    assert colorize_array(model, photo).shape == photo.shape
+    for bad in ([0], [5], "1", [1.5], [True], [1, 2, 3, 4, -1]):
+        version = tmp_path / f"bad-{bad}"
+        export_float16(_tiny_model({"scale_steps": bad}), version)
+        with pytest.raises(BrokenVersion, match="scale_steps"):
+            ModelStore.load_dir(version, "bad")
+
+
 def _publish_resize(store: ModelStore) -> int:
     generator = build_generator(32, 1, 2, width=4, decoder="resize")
     return store.publish(generator, {"preset": "lab", "image_size": 32, "width": 4, "decoder": "resize"})
@@ -676,3 +705,27 @@ def test_the_last_snapshots_averaged_are_one_more_snapshot_to_choose_from(tmp_pa
     assert loaded.metadata["step"] == 30 and "metrics" not in loaded.metadata
     recipe.score_snapshots(store, run, Photos([Path("c.png")], []), average_last=2)  # a resumed recipe
     assert len(run["snapshots"]) == 4  # averaged once
+
+
+def test_train_encoder_fine_tunes_mobilenet_weights_but_keeps_its_batch_norm_statistics():
+    from models.training import build_pix2pix
+
+    base = {"dataset": "d", "steps": 1, "preset": "lab", "image_size": 32, "width": 4}
+    with pytest.raises(ValidationError, match="train_encoder"):
+        TrainConfig(**base, encoder="unet", train_encoder=True)
+    frozen = build_pix2pix(TrainConfig(**base, encoder="mobilenet_v2", decoder="resize"))
+    tuned = build_pix2pix(TrainConfig(**base, encoder="mobilenet_v2", decoder="resize", train_encoder=True))
+    encoder = tuned.generator.get_layer("mobilenet_v2")
+    assert not [v for v in frozen.generator.trainable_variables if "mobilenet" in v.path]
+    kernels = [v for v in encoder.trainable_variables if "kernel" in v.path]
+    assert kernels and not [v for v in encoder.trainable_variables if "gamma" in v.path or "beta" in v.path]
+    moving = [v for v in encoder.non_trainable_variables if "moving" in v.path]
+    assert moving
+    before = [v.numpy().copy() for v in (*kernels, *moving)]
+    source = tf.random.stateless_uniform((2, 32, 32, 1), (5, 6), -1.0, 1.0)
+    target = tf.random.stateless_uniform((2, 32, 32, 2), (7, 8), -1.0, 1.0)
+    tuned.fit(tf.data.Dataset.from_tensors((source, target)), epochs=1, verbose=0)
+    after = [v.numpy() for v in (*kernels, *moving)]
+    assert any(np.abs(b - a).max() > 0 for b, a in zip(before[: len(kernels)], after, strict=False))
+    for b, a in zip(before[len(kernels) :], after[len(kernels) :], strict=True):
+        np.testing.assert_array_equal(b, a)  # batch norm runs on ImageNet's statistics, untouched
