@@ -306,12 +306,12 @@ def colorize(
 
     from inference.engine import engine_from_settings
     from inference.pipeline import Pipeline
-    from models.store import ModelStore
+    from models.store import ModelStore, packaged_default
 
     jobs = jobs or min(4, os.cpu_count() or 1)
     window = max(2 * settings.max_batch_size, 2 * jobs)
     engine = engine_from_settings(
-        ModelStore(settings.models_dir),
+        ModelStore(settings.models_dir, packaged_default(settings.default_model_dir)),
         settings,
         cache_size=1,
         max_queue=window + 1,  # the window bounds what is queued: never "busy"

@@ -235,9 +235,9 @@ def evaluate(
     if not paths:
         raise click.UsageError(f"no jpg, png or webp photograph under {images_dir}")
 
-    from models.store import ModelStore
+    from models.store import ModelStore, packaged_default
 
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.models_dir, packaged_default(settings.default_model_dir))
     models: dict[str, Any] = {}
     for ref in refs:
         label, loaded = resolve_model(store, ref, hint)

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COLORIZER_", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(Path("./var"), description="Holds models/, datasets/ and jobs/.")
+    default_model_dir: Path | None = Field(
+        None,
+        description="The folder of the model served as version 'default' while the store has none. "
+        "Unset: the default model packaged with the code (models/default).",
+    )
     broker_url: str | None = Field(
         None, description="Celery broker. Unset: an embedded SQLite broker in the data directory."
     )

@@ -39,7 +39,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-import models.store as store_module
 from common.settings import Settings
 from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
 from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
@@ -275,17 +274,17 @@ class Engine:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def _folder(self, version: Version) -> Path:
+    def _folder(self, version: Version) -> Path | None:
         if version == DEFAULT_VERSION:
-            return store_module.DEFAULT_MODEL_DIR  # looked up at call time: tests point it elsewhere
+            return self.store.default_dir  # None: the store has no default
         return self.store.root / str(version)
 
     def _signature(self, version: Version) -> tuple[int | None, ...]:
         folder = self._folder(version)
-        stamps = []
+        stamps: list[int | None] = []
         for name in (GENERATOR_FILE, WEIGHTS_FILE, METADATA_FILE):
             try:
-                stamps.append(os.stat(folder / name).st_mtime_ns)
+                stamps.append(os.stat(folder / name).st_mtime_ns if folder is not None else None)
             except OSError:
                 stamps.append(None)
         return tuple(stamps)

@@ -238,11 +238,23 @@ def export_float16(model: LoadedModel, out_dir: Path) -> Path:
     return out_dir
 
 
-class ModelStore:
-    """Integer-versioned generators under ``root``; safe for concurrent readers and publishers."""
+def packaged_default(folder: Path | str | None = None) -> Path:
+    """``folder`` (the ``COLORIZER_DEFAULT_MODEL_DIR`` setting), else the default model packaged
+    with the code (``DEFAULT_MODEL_DIR``): the ``default_dir`` a service's store is given."""
+    return Path(folder) if folder is not None else DEFAULT_MODEL_DIR
 
-    def __init__(self, root: Path | str):
+
+class ModelStore:
+    """Integer-versioned generators under ``root``; safe for concurrent readers and publishers.
+
+    ``default_dir`` is the folder of the version called ``"default"`` (served while the store has
+    no loadable version); None: the store has no default. The API, the worker and the CLI give
+    theirs as their settings say (``packaged_default``).
+    """
+
+    def __init__(self, root: Path | str, default_dir: Path | str | None = None):
         self.root = Path(root)
+        self.default_dir = Path(default_dir) if default_dir is not None else None
         self._ignored: set[str] = set()  # names already logged as not a version
 
     def _version_dirs(self) -> list[tuple[int, Path]]:
@@ -266,7 +278,7 @@ class ModelStore:
         """``exc``'s message with this store's and the default model's folders named, not shown
         (answers to clients carry no server paths)."""
         text = str(exc).replace(f"{self.root}{os.sep}", "version ")
-        return text.replace(str(DEFAULT_MODEL_DIR), "the default model")
+        return text.replace(str(self.default_dir), "the default model") if self.default_dir else text
 
     def versions(self) -> list[int]:
         """Version numbers present, ascending (without reading metadata)."""
@@ -317,19 +329,18 @@ class ModelStore:
     def load(self, version: int | str) -> LoadedModel:
         """Load a version's generator (or ``"default"``); raises UnknownVersion or BrokenVersion."""
         if version == DEFAULT_VERSION:
-            if not self.has_default():
+            if self.default_dir is None or not self.has_default():
                 raise UnknownVersion("no default model is installed with this package")
-            return load_generator_dir(DEFAULT_MODEL_DIR, DEFAULT_VERSION)
+            return load_generator_dir(self.default_dir, DEFAULT_VERSION)
         version = self._number(version)
         path = self.root / str(version)
         if not path.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
         return load_generator_dir(path, version)
 
-    @staticmethod
-    def has_default() -> bool:
-        """Whether the package ships its default model (served while the store is empty)."""
-        return (DEFAULT_MODEL_DIR / METADATA_FILE).is_file()
+    def has_default(self) -> bool:
+        """Whether the store has a default model (served while it has no loadable version)."""
+        return self.default_dir is not None and (self.default_dir / METADATA_FILE).is_file()
 
     @staticmethod
     def load_dir(path: Path, version: int | str) -> LoadedModel:

@@ -22,7 +22,7 @@ from common.jobs import JobStore
 from common.settings import Settings, get_settings
 from inference.engine import Engine, engine_from_settings
 from inference.pipeline import Pipeline
-from models.store import ModelStore
+from models.store import ModelStore, packaged_default
 from service.errors import install_error_handlers
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.routers import batch, colorize, datasets, health, jobs, metrics, models, web
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     limit_malloc_arenas()  # before the engine's and the request threads start
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.models_dir, packaged_default(settings.default_model_dir))
     # /docs and /redoc load Swagger UI and ReDoc from this server (works offline); no call to
     # Swagger's online validator either
     app = FastAPIOffline(

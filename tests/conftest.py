@@ -25,16 +25,19 @@ def dataset_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_default(tmp_path_factory, monkeypatch) -> Path:
-    """In-process tests start without the shipped default model unless a test installs one; the
-    missing folder ``models.store.DEFAULT_MODEL_DIR`` points at. (A test names this fixture to say
-    it relies on there being no default; tests that want one point the setting at their own; the
-    end-to-end tests run real processes and see the real one.)
+    """In-process tests start without the shipped default model unless a test installs one: the
+    missing folder ``COLORIZER_DEFAULT_MODEL_DIR`` names (a ``ModelStore`` made without
+    ``default_dir`` has none either). A test names this fixture to say it relies on there being no
+    default; tests that want one point the setting at their own; the end-to-end tests run real
+    processes without the tests' COLORIZER_ settings and see the real one.
     """
-    import models.store
+    from common.settings import get_settings
 
     missing = tmp_path_factory.mktemp("nodefault") / "missing"
-    monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", missing)
-    return missing
+    monkeypatch.setenv("COLORIZER_DEFAULT_MODEL_DIR", str(missing))
+    get_settings.cache_clear()
+    yield missing
+    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def data_dir(tmp_path, monkeypatch) -> Iterator[Path]:
     from common.settings import get_settings
 
     for key in list(os.environ):
-        if key.startswith("COLORIZER_"):
+        if key.startswith("COLORIZER_") and key != "COLORIZER_DEFAULT_MODEL_DIR":  # (no_default's)
             monkeypatch.delenv(key)
     data = tmp_path / "data"
     monkeypatch.setenv("COLORIZER_DATA_DIR", str(data))

@@ -358,7 +358,7 @@ def test_colorize_carries_transparency_to_png_and_webp_but_not_jpeg(data_dir, tm
 
 
 def test_colorize_model_option_takes_default_and_latest_falls_back_to_it(data_dir, tmp_path, monkeypatch):
-    import models.store
+    from common.settings import get_settings
 
     Image.fromarray(make_photo(20, 20, seed=9)).save(tmp_path / "x.png")
     args = [str(tmp_path / "x.png"), "-o", str(tmp_path / "o")]
@@ -366,7 +366,8 @@ def test_colorize_model_option_takes_default_and_latest_falls_back_to_it(data_di
     assert code == 1 and "no default model is installed" in output
 
     shelf = ModelStore(tmp_path / "packaged")
-    monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", shelf.root / str(publish_tiny_model_to(shelf)))
+    monkeypatch.setenv("COLORIZER_DEFAULT_MODEL_DIR", str(shelf.root / str(publish_tiny_model_to(shelf))))
+    get_settings.cache_clear()
     code, output = colorize_folder(*args, "--model", "default")
     assert code == 0 and "with model version default" in output, output
     assert (tmp_path / "o" / "x.png").is_file()

@@ -1,8 +1,8 @@
 """The packaged default model: served while the store is empty, a starting point for training, and
 time-limited training runs (how the default is made).
 
-``models.store.DEFAULT_MODEL_DIR`` points at a tiny float16 default built per test (or at nothing),
-never at the checkout's models/default/.
+The stores here and ``COLORIZER_DEFAULT_MODEL_DIR`` point at a tiny float16 default built per test
+(or at nothing), never at the checkout's models/default/.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import models.store
+from common.settings import Settings, get_settings
 from inference.engine import Engine, version_key
 from inference.pipeline import Pipeline
 from models.config import TrainConfig
@@ -68,13 +68,22 @@ def default_dir(tmp_path, monkeypatch) -> Path:
     folder = export_float16(
         LoadedModel(DEFAULT_VERSION, generator, "lab", 32, metadata), tmp_path / "default"
     )
-    monkeypatch.setattr(models.store, "DEFAULT_MODEL_DIR", folder)
+    monkeypatch.setenv("COLORIZER_DEFAULT_MODEL_DIR", str(folder))
+    get_settings.cache_clear()
     return folder
 
 
 @pytest.fixture
+def settings(dataset_dir: Path, tmp_path: Path) -> Settings:
+    """apptest's settings, with the default model in the ``default_dir`` fixture's folder (none
+    there unless a test asks for it), whatever order the fixtures are made in."""
+    return Settings(data_dir=dataset_dir, reload_interval=0.2, default_model_dir=tmp_path / "default")
+
+
+@pytest.fixture
 def store(tmp_path) -> ModelStore:
-    return ModelStore(tmp_path / "models")
+    """A store whose default is the ``default_dir`` fixture's (none when a test does not ask for it)."""
+    return ModelStore(tmp_path / "models", tmp_path / "default")
 
 
 # -- version keys ------------------------------------------------------------------------------------

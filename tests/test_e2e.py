@@ -92,9 +92,9 @@ def photo_png(width: int, height: int) -> bytes:
 def test_trained_version_is_served_without_restart(service):
     client, procs, data_dir = service
     # Nothing trained yet: the packaged default model serves, if this install ships one.
-    from models.store import ModelStore
+    from models.store import DEFAULT_MODEL_DIR, ModelStore
 
-    if ModelStore.has_default():
+    if ModelStore(data_dir / "models", DEFAULT_MODEL_DIR).has_default():
         ready = wait_for(
             lambda: (r := client.get("/readyz")).status_code == 200 and r.json(),
             60,

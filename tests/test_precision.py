@@ -12,9 +12,10 @@ import tensorflow as tf
 from pydantic import ValidationError
 
 import models.device
+from models.callbacks import float32_generator
 from models.config import TrainConfig
 from models.device import bfloat16_supported, inference_precision, training_policy
-from models.training import build_pix2pix, float32_generator
+from models.training import build_pix2pix
 
 
 def tiny_config(**overrides) -> TrainConfig:

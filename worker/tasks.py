@@ -47,7 +47,7 @@ from common.jobs import FINAL_STATES, JobStore, UnknownJob
 from common.queue import TRAIN_QUEUE, TRAIN_TASK
 from common.settings import Settings
 from models.config import TrainConfig
-from models.store import BrokenVersion, ModelStore, UnknownVersion
+from models.store import BrokenVersion, ModelStore, UnknownVersion, packaged_default
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,9 @@ def _run_claimed(
     try:
         _configure_device()
         from models.backbones import PretrainedWeightsError
+        from models.callbacks import PublishError
         from models.data import DatasetError  # lazy: the data pipeline brings TensorFlow
-        from models.training import PublishError, run_training
+        from models.training import run_training
     except Exception as exc:
         log.exception("job %s: cannot load the training code", job_id)
         return _finish(jobs, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -243,7 +244,7 @@ def _run_claimed(
             train_config,
             data_dir=settings.data_dir,
             job_dir=jobs.job_dir(job_id),
-            store=ModelStore(settings.models_dir),
+            store=ModelStore(settings.models_dir, packaged_default(settings.default_model_dir)),
             job_id=job_id,
             on_progress=writer,
             should_cancel=should_cancel,

@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
-import models.store as store_module
 from common.jobs import FINAL_STATES
 from common.settings import redact_url
 from models.config import TrainConfig
@@ -66,7 +65,7 @@ def _init_from_metadata(store: ModelStore, init_from: int | str) -> tuple[str, d
                 init_from,
             )
         try:
-            return "the default model", read_metadata(store_module.DEFAULT_MODEL_DIR)
+            return "the default model", read_metadata(store.default_dir)
         except BrokenVersion:
             raise field_error(
                 "body", "init_from", "the default model's metadata cannot be read", init_from

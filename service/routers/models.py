@@ -6,8 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-import models.store as store_module
-from models.store import DEFAULT_VERSION, BrokenVersion, read_metadata
+from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, read_metadata
 from service.deps import EngineDep, StoreDep
 from service.schemas import ModelInfo, ModelsResponse
 
@@ -28,10 +27,10 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
-def default_metadata() -> dict[str, Any]:
-    """metadata.json of the packaged default model (an ``error`` field when unreadable)."""
+def default_metadata(store: ModelStore) -> dict[str, Any]:
+    """metadata.json of the store's default model (an ``error`` field when unreadable)."""
     try:
-        return read_metadata(store_module.DEFAULT_MODEL_DIR)
+        return read_metadata(store.default_dir)
     except BrokenVersion:
         return {"error": "the default model's metadata.json is unreadable"}
 
@@ -46,7 +45,7 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
     failed = engine.failed_versions()
     listed: list[tuple[int | str, dict[str, Any]]] = []
     if store.has_default():
-        listed.append((DEFAULT_VERSION, default_metadata()))
+        listed.append((DEFAULT_VERSION, default_metadata(store)))
     listed += [(int(info.version), info.metadata) for info in store.list()]
     versions = []
     for version, meta in listed:
