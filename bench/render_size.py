@@ -24,7 +24,7 @@ def main() -> None:
 
     from models.colorize import colorize_array
     from models.store import DEFAULT_MODEL_DIR, ModelStore
-    from recipe.default_model import RENDER_SIZES
+    from recipe.calibrate import RENDER_SIZES
 
     model = ModelStore.load_dir(DEFAULT_MODEL_DIR, "default")
     photos, source = photographs(1)

@@ -12,30 +12,21 @@ import tensorflow as tf
 from keras import layers
 from pydantic import ValidationError
 
+import recipe.calibrate as calibration
 import recipe.default_model as recipe
 from models.backbones import WEIGHTS_SHA256
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import random_view
+from models.evaluate import summary
 from models.networks import build_generator, decoder_of, encoder_of
 from models.serving import precision_twin
 from models.store import BrokenVersion, LoadedModel, ModelStore, export_float16
 from models.training import run_training
-from recipe.default_model import (
-    CANDIDATES,
-    CATEGORIES,
-    VALIDATION,
-    Photos,
-    _config,
-    best_snapshot,
-    calibrate_chroma,
-    calibrate_render_size,
-    calibrated,
-    choose,
-    incumbent,
-    scored_run,
-    split_of,
-)
+from recipe.calibrate import calibrate_chroma, calibrate_render_size, calibrated
+from recipe.default_model import CANDIDATES, _config, best_snapshot, choose, incumbent, scored_run
+from recipe.reports import OLD_PHOTOGRAPHS, write_manifest
+from recipe.splits import CATEGORIES, VALIDATION, Photos, evaluate_on, split_of
 from tests.photos import make_photo
 
 # The shipped default (models/default/) was built and scored with all 62 validation photographs.
@@ -176,7 +167,7 @@ def test_issue_13_adds_validation_photographs_and_keeps_the_first_44():
 def test_gramps_colour_portraits_validate_and_are_not_shown_as_old_photographs():
     from recipe.photo_sources import GRAMPS_COLOUR_PORTRAITS
 
-    assert recipe.OLD_PHOTOGRAPHS[0] == "gramps"
+    assert OLD_PHOTOGRAPHS[0] == "gramps"
     for name in GRAMPS_COLOUR_PORTRAITS:
         assert VALIDATION[f"gramps/usr/share/doc/gramps/example/gramps/{name}"] == "people"
 
@@ -245,10 +236,10 @@ def test_the_chroma_scale_is_the_lowest_ciede_that_keeps_enough_colour(monkeypat
         }
         return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
 
-    monkeypatch.setattr(recipe, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
     model = LoadedModel("x", None, "lab", 32, {})
     scale, tried = calibrate_chroma(model, Photos([Path("c.png")], []))
-    assert scale == 0.9 and [t["chroma_scale"] for t in tried] == list(recipe.CHROMA_SCALES)
+    assert scale == 0.9 and [t["chroma_scale"] for t in tried] == list(calibration.CHROMA_SCALES)
     assert model.chroma_scale == 1.0  # the model itself is left as it was
     colour_at_1 = 28.0  # a model that plays safe with brownish output: its chroma is raised
     assert calibrate_chroma(model, Photos([Path("c.png")], []))[0] == 1.5
@@ -267,10 +258,10 @@ def test_the_render_size_is_the_lowest_ciede_among_the_sizes_the_model_can_run_a
         }
         return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
 
-    monkeypatch.setattr(recipe, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
     mnv2 = LoadedModel("x", None, "lab", 128, {"encoder": "mobilenet_v2", "chroma_scale": 1.3})
     size, tried = calibrate_render_size(mnv2, Photos([Path("c.png")], []))
-    assert size == 192 and [t["render_size"] for t in tried] == list(recipe.RENDER_SIZES)
+    assert size == 192 and [t["render_size"] for t in tried] == list(calibration.RENDER_SIZES)
     assert {scale for _, scale in seen} == {1.0}  # sizes are compared before the chroma is scaled
     assert mnv2.render_size == 128  # the model itself is left as it was
     # The report's U-Net at 128 runs only at multiples of 128 (and 256 is too gray here).
@@ -297,7 +288,7 @@ def test_a_rebuild_calibrates_size_then_chroma_and_meets_the_previous_default_on
         }
         return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
 
-    monkeypatch.setattr(recipe, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
     model = _tiny_model({"render_size": 32, "encoder": "mobilenet_v2", "flip_average": True})
     chosen, result = calibrated(model, Photos([Path("c.png")], []))
     assert (result["render_size"], result["flip_average"], result["chroma_scale"]) == (160, True, 0.9)
@@ -305,10 +296,10 @@ def test_a_rebuild_calibrates_size_then_chroma_and_meets_the_previous_default_on
     assert result["calibration"]["ciede2000"] == pytest.approx(0.0)
     # Sizes are compared as the model runs without calibration (no flip, chroma 1); then flip
     # averaging at the chosen size; then the chroma scale with both.
-    n = len(recipe.RENDER_SIZES)
-    assert seen[:n] == [(size, False, 1.0) for size in recipe.RENDER_SIZES]
+    n = len(calibration.RENDER_SIZES)
+    assert seen[:n] == [(size, False, 1.0) for size in calibration.RENDER_SIZES]
     assert seen[n : n + 2] == [(160, False, 1.0), (160, True, 1.0)]
-    assert [s[:2] for s in seen[n + 2 :]] == [(160, True)] * len(recipe.CHROMA_SCALES)
+    assert [s[:2] for s in seen[n + 2 :]] == [(160, True)] * len(calibration.CHROMA_SCALES)
 
     # The previous default is a rival only when made from the same photographs and splits.
     manifest = [{"sha256": "a", "split": "train"}, {"sha256": "b", "split": "calibration"}]
@@ -398,8 +389,13 @@ def test_the_shipped_default_is_the_recipes_resize_decoder_model_and_beats_gray(
     assert encoder_of(model.generator) == "mobilenet_v2" == meta["encoder"]
     assert meta["pretrained_encoder"]["sha256"] == WEIGHTS_SHA256
     assert meta["weights_dtype"] == "float16" and meta["recipe"]["winner"] in CANDIDATES
-    assert model.chroma_scale in recipe.CHROMA_SCALES and model.chroma_scale == meta["recipe"]["chroma_scale"]
-    assert model.render_size in recipe.RENDER_SIZES and model.render_size == meta["recipe"]["render_size"]
+    assert (
+        model.chroma_scale in calibration.CHROMA_SCALES
+        and model.chroma_scale == meta["recipe"]["chroma_scale"]
+    )
+    assert (
+        model.render_size in calibration.RENDER_SIZES and model.render_size == meta["recipe"]["render_size"]
+    )
     # What `colorizer evaluate` measured on the validation photographs when the recipe shipped it
     # (MODEL_CARD.md): the done-when of the default model, kept true by whoever rebuilds it.
     full = meta["metrics"]["validation_full"]
@@ -578,8 +574,6 @@ def test_the_training_input_pipeline_crops_decodable_photographs_only(tmp_path):
 
 
 def test_the_manifest_lists_every_photograph_with_its_credit_and_the_dropped_counts(tmp_path):
-    from recipe.default_model import write_manifest
-
     photos = [
         {"name": "p/a.jpg", "split": "train", "package": "p", "version": "1", "path": "/a.jpg",
          "kind": "photograph", "author": "A | B", "license": "CC0-1.0", "sha256": "ab" * 32},
@@ -625,11 +619,9 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
     monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: manifest)
     store = ModelStore(workdir / "models")
     version = store.publish(_tiny_model({}).generator, _tiny_model({}).metadata)
-    report = recipe._evaluate(store.load(version), recipe.Photos.of(workdir).validation)
+    report = evaluate_on(store.load(version), Photos.of(workdir).validation)
     run = {"name": "tiny", "version": version, "step": 4, "steps": 4, "seconds": 1.0, "report": report}
-    scores = recipe.summary(
-        recipe._evaluate(store.load(version), recipe.Photos.of(workdir).calibration), "full"
-    )
+    scores = summary(evaluate_on(store.load(version), Photos.of(workdir).calibration), "full")
     run["calibration"] = {**scores, "ciede2000": 1.0}
     comparison = {
         "candidates": [run],
@@ -694,7 +686,7 @@ def test_the_last_snapshots_averaged_are_one_more_snapshot_to_choose_from(tmp_pa
         metrics = {"ciede2000": 8.0 if averaged else 9.0, "colourfulness": 30.0, "colourfulness_gt": 50.0}
         return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
 
-    monkeypatch.setattr(recipe, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(recipe, "evaluate_on", fake_evaluate)
     run = {"name": "final", "snapshots": snapshots}
     recipe.score_snapshots(store, run, Photos([Path("c.png")], []), average_last=2)
     averaged = run["snapshots"][-1]
