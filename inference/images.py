@@ -196,7 +196,7 @@ def _plain_jpeg(data: bytes, image: Image.Image) -> np.ndarray | None:
 
 def rgbx_in_place(rgb: np.ndarray) -> np.ndarray | None:
     """The (H, W, 4) RGBX pixels whose RGB view ``rgb`` is, sharing its memory, when it is the view
-    of 4-byte pixels that the colorizer's join returns (``models.colorize.join_chroma``), else None.
+    of 4-byte pixels that the colorizer's join returns (``models.pixels.join_chroma``), else None.
     The fourth byte of every pixel must lie in ``rgb``'s own buffer: that is checked, not assumed."""
     base = rgb.base
     if not (

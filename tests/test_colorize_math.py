@@ -1,4 +1,4 @@
-"""The fast full-resolution colour maths of models.colorize against a straightforward reference.
+"""The fast full-resolution colour maths of models.pixels against a straightforward reference.
 
 The reference is models.color (TensorFlow's pow, the textbook formulas, shared with training):
 ``rgb_to_lab`` for the lightness ``prepare`` keeps, and bilinear resize + ``lab_to_rgb`` for what
@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from models import color
-from models.colorize import (
+from models.colorize import gray_model_input, model_input, prepare
+from models.pixels import (
     PAIR_FACTOR,
     _aligned_empty,
     _gray_fy,
@@ -23,13 +24,10 @@ from models.colorize import (
     _upsample,
     chroma_sharing,
     gray_luminance,
-    gray_model_input,
     join_chroma,
     luminance,
-    model_input,
     neutral_levels,
     pixel_bucket,
-    prepare,
     shrink,
 )
 from tests.photos import make_photo
@@ -90,7 +88,7 @@ def test_every_gray_level_has_the_reference_lightness_by_either_path():
 def test_opencv_runs_in_its_callers_thread():
     import cv2
 
-    assert cv2.getNumThreads() == 1  # set at import of models.colorize
+    assert cv2.getNumThreads() == 1  # set at import of models.pixels
 
 
 def test_the_report_presets_gray_input_of_any_lightness_is_the_reference_neutral_colour():

@@ -20,18 +20,10 @@ from inference.batcher import BatcherStopped, DynamicBatcher, QueueFull, batch_b
 from inference.engine import Engine
 from inference.errors import EngineBusy
 from inference.pipeline import Pipeline
-from models.colorize import (
-    _gray_pixels_rgb,
-    _pixels_lightness,
-    _pixels_rgb,
-    chroma_sharing,
-    colorize_array,
-    finish,
-    pixel_bucket,
-    prepare,
-)
+from models.colorize import colorize_array, finish, prepare
 from models.device import CPU, bfloat16_supported
 from models.networks import build_generator
+from models.pixels import _gray_pixels_rgb, _pixels_lightness, _pixels_rgb, chroma_sharing, pixel_bucket
 from models.serving import InferenceModel
 from models.store import LoadedModel, ModelStore
 from service.metrics import ServiceMetrics

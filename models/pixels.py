@@ -1,0 +1,379 @@
+"""The full-resolution colour maths of colorizing: a photograph's lightness, the model input
+shrunk from it, and the predicted chroma upsampled and joined with the lightness into sRGB pixels,
+as XLA-compiled loops over flat pixel buckets (a photograph of a new size compiles nothing again);
+and the rgb preset's small RGB <-> Lab conversions. ``models.colorize`` drives them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from numpy.polynomial import Polynomial, chebyshev
+from PIL import Image
+
+from models import color
+from models.device import prefer_wide_vectors
+
+prefer_wide_vectors()  # before this module's XLA loops compile (models/device.py says why)
+# OpenCV's calls here and in inference/jpeg.py are small and come from many threads at once: its own
+# thread pool only added hand-offs and workers spinning beside the model (HTTP, 256x256 photographs,
+# one client: 12.0-12.4 images/s with one OpenCV thread, 10.7 with its default two).
+cv2.setNumThreads(1)
+
+
+# -- colour conversion at full resolution ---------------------------------------------------------
+#
+# The per-pixel colour maths runs as XLA-fused loops over the photograph's pixels, flattened and
+# padded to a bucket size (a power of two, or 1.5 times one), so each bucket compiles once and a
+# photograph of a new size does not compile again. Unfused, a 2 MP photograph costs about ten
+# passes over memory per operation, and TensorFlow's pow alone costs more than the model's share.
+#
+# What a 2 MP profile showed, each choice below with its figures, and what was tried and dropped:
+# docs/performance.md, "The full-resolution colour loops, as they stand".
+
+_MIN_PIXEL_BUCKET = 1 << 12
+_W_R, _W_G, _W_B = (float(w) for w in color._RGB_TO_XYZ.numpy()[1])  # Y of D65 white is 1
+_XYZ_TO_RGB = color._XYZ_TO_RGB.numpy().tolist()
+_RGB_TO_XYZ = color._RGB_TO_XYZ.numpy().tolist()
+_WHITE_X, _, _WHITE_Z = (float(w) for w in color._WHITE.numpy())
+_F_EPS = 0.008856  # below it, Lab's f(t) is linear
+_GAMMA_KNEE = 0.0031308  # below it, sRGB's encoding is linear
+
+
+def pixel_bucket(count: int) -> int:
+    """The padded length for ``count`` pixels: 4096, 6144, 8192, 12288, ... (at most 1.5x count)."""
+    size = _MIN_PIXEL_BUCKET
+    while size < count:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size // 3 * 4
+    return size
+
+
+def _root_power_coefficients(low: float, p: float) -> list[float]:
+    """Power-basis coefficients of a degree-5 polynomial in q = x**(1/8) fitting x**p = q**(8p) on
+    [low, 1] (Chebyshev least squares: maximum error about 3e-7 for the powers used here)."""
+    q = np.linspace(low**0.125, 1.0, 20001)
+    return [float(c) for c in chebyshev.cheb2poly(chebyshev.chebfit(q, q ** (8.0 * p), 5))]
+
+
+_CUBE_ROOT = _root_power_coefficients(_F_EPS, 1.0 / 3.0)
+_GAMMA = _root_power_coefficients(_GAMMA_KNEE, 1.0 / 2.4)
+_LINEAR_LOW = (0.04045 + 0.055) / 1.055  # above it, sRGB's decoding is a power
+_POWER_0_4 = _root_power_coefficients(_LINEAR_LOW, 0.4)
+
+
+def _horner(t: tf.Tensor, coefficients: list[float]) -> tf.Tensor:
+    """The polynomial with power-basis ``coefficients`` (lowest first, at least two) at ``t``."""
+    value = coefficients[-1] * t + coefficients[-2]
+    for c in coefficients[-3::-1]:
+        value = value * t + c
+    return value
+
+
+def _root_power(x: tf.Tensor, coefficients: list[float]) -> tf.Tensor:
+    """x**p for x in the fitted range, from three square roots and a Horner polynomial."""
+    return _horner(tf.sqrt(tf.sqrt(tf.sqrt(x))), coefficients)
+
+
+# sRGB decoding of a uint8 level: linear up to level 10, above it a least-squares polynomial
+# through the levels (degree 10: error below 3e-7, 2e-4 in L at the darkest). A 256-entry table
+# lookup, as before, made XLA compile a scalar loop and split Y and L into two calls.
+_LINEAR_TOE = 10  # the last level below sRGB's 0.04045 knee
+
+
+def _level_linear_fit() -> tuple[list[float], float, float]:
+    """(coefficients in t, offset, scale) of linear light above the toe, t = v * scale + offset."""
+    v = np.arange(_LINEAR_TOE + 1, 256) / 255.0
+    fit = Polynomial.fit(v, ((v + 0.055) / 1.055) ** 2.4, 10)
+    low, high = (float(x) for x in fit.domain)
+    return [float(c) for c in fit.coef], -(low + high) / (high - low), 2.0 / (high - low)
+
+
+_LEVEL_LINEAR = _level_linear_fit()
+
+
+def _level_linear(level: tf.Tensor) -> tf.Tensor:
+    """Linear light of uint8 sRGB levels."""
+    coefficients, offset, scale = _LEVEL_LINEAR
+    v = tf.cast(level, tf.float32) / 255.0
+    return tf.where(level > _LINEAR_TOE, _horner(v * scale + offset, coefficients), v / 12.92)
+
+
+def _fitted_f(t: tf.Tensor) -> tf.Tensor:
+    """Lab's f(t) of ``color.rgb_to_lab``, its cube root from ``_root_power``."""
+    return tf.where(t > _F_EPS, _root_power(tf.maximum(t, _F_EPS), _CUBE_ROOT), 7.787 * t + 16.0 / 116.0)
+
+
+def _fitted_linear(v: tf.Tensor) -> tf.Tensor:
+    """sRGB decoding (``color.rgb_to_lab``'s) with x**2.4 = x * x * x**0.4, the last from
+    ``_root_power``: the rgb preset's output chroma at 256x256 in 0.43 ms instead of 0.6 with exp
+    and log."""
+    x = tf.maximum((v + 0.055) / 1.055, _LINEAR_LOW)
+    return tf.where(v > 0.04045, x * x * _root_power(x, _POWER_0_4), v / 12.92)
+
+
+@tf.function(jit_compile=True)
+def _pixels_lightness(rgb: tf.Tensor) -> tf.Tensor:
+    """(n,) L of (n, 3) uint8 sRGB pixels: one vectorised loop (2 MP: 2 ms; table lookups for Y
+    and a second call for L took 3 ms)."""
+    linear = _level_linear(rgb)
+    y = linear[:, 0] * _W_R + linear[:, 1] * _W_G + linear[:, 2] * _W_B
+    return 116.0 * _fitted_f(y) - 16.0
+
+
+def _xyz_from_f(f: tf.Tensor) -> tf.Tensor:
+    return tf.where(f > 0.2068966, f * f * f, (f - 16.0 / 116.0) / 7.787)
+
+
+def _shared(ab: tf.Tensor, count: int) -> tf.Tensor:
+    """(count, 2) ab from (count / k, 2), each row repeated for k neighbouring pixels: inside a
+    compiled loop, a broadcast that reads each row k times and writes nothing more."""
+    rows = ab.shape[0]
+    if rows == count:
+        return ab
+    return tf.reshape(tf.broadcast_to(ab[:, None, :], [rows, count // rows, 2]), [count, 2])
+
+
+# A pixel's sRGB levels packed in one uint32, R in the lowest byte (``_BYTE_SHIFTS``): in memory an
+# RGBX pixel on a little-endian machine, the layout Pillow keeps RGB images in, so JPEG encoding
+# wraps the result without repacking it (``inference.images.encode_image``).
+_BYTE_SHIFTS = (0, 8, 16, 24) if sys.byteorder == "little" else (24, 16, 8, 0)
+
+
+def _srgb_of(fy: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
+    """(n,) uint32 sRGB pixels (R, G, B, 255 by byte, ``_BYTE_SHIFTS``) of (n,) f(Y) = (L + 16) / 116
+    and (n, 2) ab: color.lab_to_rgb's formulas."""
+    x = _xyz_from_f(fy + ab[:, 0] / 500.0) * _WHITE_X
+    y = _xyz_from_f(fy)
+    z = _xyz_from_f(tf.maximum(fy - ab[:, 1] / 200.0, 0.0)) * _WHITE_Z
+    word = tf.bitwise.left_shift(tf.constant(255, tf.uint32), _BYTE_SHIFTS[3])  # X: opaque
+    for m, shift in zip(_XYZ_TO_RGB, _BYTE_SHIFTS[:3], strict=True):  # m: the weights of x, y, z
+        linear = tf.maximum(m[0] * x + m[1] * y + m[2] * z, 0.0)
+        gamma = 1.055 * _root_power(tf.maximum(linear, _GAMMA_KNEE), _GAMMA) - 0.055
+        srgb = tf.minimum(tf.where(linear > _GAMMA_KNEE, gamma, 12.92 * linear), 1.0)
+        level = tf.cast(srgb * 255.0 + 0.5, tf.uint32)  # srgb >= 0: + 0.5 and truncation round it
+        word = tf.bitwise.bitwise_or(word, tf.bitwise.left_shift(level, shift))
+    return word
+
+
+@tf.function(jit_compile=True)
+def _pixels_rgb(lum: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
+    """(n,) packed sRGB (``_srgb_of``) of (n,) L and (n / k, 2) ab, k = 1 or 2 neighbouring pixels a row."""
+    return _srgb_of((lum + 16.0) / 116.0, _shared(ab, lum.shape[0]))
+
+
+# A gray level's f(Y) = (L + 16) / 116, computed in the loop instead of looked up (a lookup makes
+# XLA's loop scalar; one in numpy first costs 2 ms and 8 MB at 2 MP). f is piecewise smooth in the
+# level: linear up to level 10 (sRGB's toe), then Lab's toe up to level 23, then x**0.8 (x =
+# (v + 0.055) / 1.055). Each piece is a least-squares polynomial through the levels of the
+# ``_GRAY_LIGHTNESS`` table (defined below, with ``gray_luminance``), no square roots (1 ms less at
+# 2 MP); its error at every level is below 2e-4 in L (tested).
+_GRAY_PIECES = ((0, 10, 1), (11, 23, 3), (24, 255, 10))  # first level, last level, degree
+
+
+def _gray_fits() -> list[tuple[int, list[float], float, float]]:
+    """(last level, coefficients in t, offset, scale) per piece, t = v * scale + offset in [-1, 1]."""
+    fy = (_GRAY_LIGHTNESS.astype(np.float64) + 16.0) / 116.0
+    fits = []
+    for first, last, degree in _GRAY_PIECES:
+        v = np.arange(first, last + 1) / 255.0
+        fit = Polynomial.fit(v, fy[first : last + 1], degree)
+        low, high = (float(x) for x in fit.domain)
+        fits.append((last, [float(c) for c in fit.coef], -(low + high) / (high - low), 2.0 / (high - low)))
+    return fits
+
+
+def _gray_fy(gray: tf.Tensor) -> tf.Tensor:
+    """f(Y) of uint8 gray levels, piece by piece (``_gray_fits``)."""
+    v = tf.cast(gray, tf.float32) / 255.0
+    value = None
+    for last, coefficients, offset, scale in reversed(_GRAY_FITS):
+        piece = _horner(v * scale + offset, coefficients)
+        value = piece if value is None else tf.where(gray > last, value, piece)
+    return value
+
+
+@tf.function(jit_compile=True)
+def _gray_pixels_rgb(gray: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
+    """(n,) packed sRGB (``_srgb_of``) of (n,) uint8 gray levels and (n / k, 2) ab, k = 1 or 2."""
+    return _srgb_of(_gray_fy(gray), _shared(ab, gray.shape[0]))
+
+
+# Buffers handed to the compiled loops are allocated here, aligned, and passed as DLPack tensors
+# that share their memory: TensorFlow copies a numpy array it is given (1 ms for the 10 MB a 2 MP
+# gray photograph's join reads), and XLA's CPU loops crash outright on a buffer that is not
+# aligned, so ``_tensor`` checks.
+_ALIGN = 64  # bytes
+
+
+def _aligned_empty(rows: int, dtype: type, channels: int = 1) -> np.ndarray:
+    """An uninitialised C-contiguous (rows,) or (rows, channels) array whose data is 64-byte aligned."""
+    itemsize = np.dtype(dtype).itemsize
+    size = rows * channels * itemsize
+    raw = np.empty(size + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    array = raw[start : start + size].view(dtype)
+    return array if channels == 1 else array.reshape(rows, channels)
+
+
+def _tensor(array: np.ndarray) -> tf.Tensor:
+    """A tensor sharing ``array``'s memory (no copy); ``array`` is from ``_aligned_empty``."""
+    if not array.flags.c_contiguous or array.ctypes.data % _ALIGN:
+        raise ValueError("a compiled loop's input must be a C-contiguous, 64-byte aligned array")
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+_DLPACK_CPU = 1  # DLPack's device type for host memory
+
+
+def _host_array(tensor: tf.Tensor) -> np.ndarray:
+    """A tensor's values as numpy: its own memory, read-only, when it is in host memory (``.numpy()``
+    copies: 0.3 ms for a 2 MP photograph's pixels); a copy from a GPU's or another device's."""
+    if tensor.__dlpack_device__()[0] != _DLPACK_CPU:
+        return tensor.numpy()
+    return np.from_dlpack(tensor)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """Lab lightness L in [0, 100], float32 (H, W, 1), of an sRGB uint8 image (H, W, 3)."""
+    height, width = rgb.shape[0], rgb.shape[1]
+    count = height * width
+    pixels = _rows(np.asarray(rgb, np.uint8), width, pixel_bucket(count), np.uint8)
+    lightness = _host_array(_pixels_lightness(_tensor(pixels)))
+    return lightness[:count].reshape(height, width, 1)  # a view: no copy (read-only on the CPU)
+
+
+# L of every gray level: a gray photograph's luminance is one table lookup per pixel.
+_GRAY_LEVELS_RGB = tf.repeat(tf.range(256, dtype=tf.float32)[:, None] / 255.0, 3, axis=1)
+_GRAY_LIGHTNESS = color.rgb_to_lab(_GRAY_LEVELS_RGB)[:, 0].numpy()
+
+
+_GRAY_FITS = _gray_fits()
+
+
+def gray_luminance(gray: np.ndarray) -> np.ndarray:
+    """Lab lightness (H, W, 1) of a gray uint8 image (H, W): that of the RGB image with R=G=B."""
+    return np.take(_GRAY_LIGHTNESS, np.asarray(gray, np.uint8))[..., None]  # take: 2x fancy indexing
+
+
+def shrink(lum: np.ndarray, size: int) -> np.ndarray:
+    """Lightness (H, W, 1) averaged over areas to (size, size, 1) by Pillow's box filter: the mean
+    of the pixels whose centres fall in each output pixel. TensorFlow's "area" resize also weights
+    the border pixels by their overlap (the same at whole-number ratios, about 0.2 L apart on
+    average otherwise) and takes twice as long on a 2 MP photograph."""
+    height, width = lum.shape[0], lum.shape[1]
+    plane = np.ascontiguousarray(lum, np.float32)
+    image = Image.frombuffer("F", (width, height), plane, "raw", "F", 0, 1)
+    return np.asarray(image.resize((size, size), Image.Resampling.BOX))[..., None]
+
+
+def _upsample(chroma: np.ndarray, height: int, width: int, rows: int) -> np.ndarray:
+    """(rows, 2) ab: ``chroma`` (h, w, 2) resized bilinearly to height x width (half-pixel centres,
+    edges clamped: TensorFlow's "bilinear"), flattened, zero rows appended.
+
+    OpenCV's resize writes straight into the padded buffer: 0.3 ms for a 2 MP photograph's chroma,
+    where TensorFlow's resize and pad took 3 ms (its resize costs about 4 ns an output pixel).
+    """
+    ab = _aligned_empty(rows, np.float32, 2)
+    grid = ab[: height * width].reshape(height, width, 2)
+    cv2.resize(chroma, (width, height), dst=grid, interpolation=cv2.INTER_LINEAR)
+    ab[height * width :] = 0
+    return ab
+
+
+# Chroma is shared by horizontal pixel pairs once the photograph is at least this many times wider
+# than the model's output, as JPEG's 4:2:2 shares it: the upsampled chroma then varies by under a
+# quarter of a model pixel across a pair. The upsampling then writes, and the compiled loop reads,
+# half as much, and the loop broadcasts each value to its pair. (Pairs of rows too would need the
+# loop to know the row length: in the flat layout that is a gather, which XLA compiles to a
+# scalar loop.)
+PAIR_FACTOR = 4
+
+
+def chroma_sharing(width: int, chroma_width: int) -> int:
+    """How many horizontally neighbouring pixels share one upsampled chroma value: 2 or 1."""
+    return 2 if width >= PAIR_FACTOR * chroma_width else 1
+
+
+def _rows(plane: np.ndarray, row: int, bucket: int, dtype: type) -> np.ndarray:
+    """(bucket,) or (bucket, C) aligned flat copy of ``plane`` (H, W) or (H, W, C) with rows
+    ``row`` >= W long (the last pixel of a row repeated) and zeros after the last row."""
+    height, width = plane.shape[:2]
+    channels = plane.shape[2:]
+    flat = _aligned_empty(bucket, dtype, *channels)
+    grid = flat[: height * row].reshape(height, row, *channels)
+    grid[:, :width] = plane
+    grid[:, width:] = plane[:, -1:]
+    flat[height * row :] = 0
+    return flat
+
+
+def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray:
+    """sRGB uint8 (H, W, 3) from chroma ab at any size and the photograph's lightness: L float32
+    (H, W, 1), or the gray uint8 photograph (H, W) itself (its L is computed in the same loop).
+    The result is a view of 4-byte RGBX pixels (strides (4 * row, 4, 1)), not a copy: read-only
+    where the loop ran on the CPU (``_host_array``).
+
+    Where pixel pairs share chroma and the width is odd, rows are extended by one pixel (pairs never
+    straddle two rows) and the chroma is spread over W + 1 pixels: a stretch of under one
+    photograph pixel at the right edge.
+    """
+    gray = light.ndim == 2
+    height, width = int(light.shape[0]), int(light.shape[1])
+    chroma = np.ascontiguousarray(chroma, np.float32)  # a tensor's numpy view, or a copy off a GPU
+    share = chroma_sharing(width, chroma.shape[1])
+    row = width + width % share
+    count = height * row
+    bucket = pixel_bucket(count)  # even: a bucket holds whole pairs
+    plane = light if gray else light.reshape(height, width)
+    flat = _rows(plane, row, bucket, np.uint8 if gray else np.float32)
+    ab = _upsample(chroma, height, row // share, bucket // share)
+    words = _host_array((_gray_pixels_rgb if gray else _pixels_rgb)(_tensor(flat), _tensor(ab)))[:count]
+    return words.view(np.uint8).reshape(height, row, 4)[:, :width, :3]  # a view: no copy
+
+
+def neutral_levels(rgb: np.ndarray) -> np.ndarray | None:
+    """The gray levels (H, W) of an RGB uint8 image whose every pixel has R = G = B (a black-and-white
+    scan saved as RGB: JPEG decodes one exactly so), else None. 2 ms at 2 MP when it is gray; a
+    colour photograph is told from its first rows."""
+    for part in (rgb[:8], rgb):  # (comparing channel pairs as one (H, W, 2) view is 8x slower)
+        red = part[..., 0]
+        if not (np.array_equal(red, part[..., 1]) and np.array_equal(red, part[..., 2])):
+            return None
+    return np.ascontiguousarray(rgb[..., 0])
+
+
+def shrink_gray(gray: np.ndarray, size: int) -> np.ndarray:
+    """A gray uint8 photograph (H, W) shrunk to (size, size) by Pillow's box filter: the mean level
+    of each area, rounded as a gray image of that size stores it (1.6 ms at 2 MP; the L of every
+    pixel first, then their means, takes 4 ms)."""
+    small = Image.fromarray(np.ascontiguousarray(gray, np.uint8)).resize((size, size), Image.Resampling.BOX)
+    return np.asarray(small)
+
+
+# The rgb preset converts the small image between RGB and Lab on every request: compiled (XLA,
+# one program per render size), eager TensorFlow would spend milliseconds per op on it.
+
+
+@tf.function(jit_compile=True)
+def gray_rgb_input(lum_small: tf.Tensor) -> tf.Tensor:
+    """The report's [-1, 1] RGB input, gray in all three channels, of L (..., 1): a neutral colour's
+    linear R, G and B all equal its Y, so one channel is computed and repeated."""
+    y = _xyz_from_f((lum_small + 16.0) / 116.0)
+    gamma = 1.055 * _root_power(tf.maximum(y, _GAMMA_KNEE), _GAMMA) - 0.055
+    gray = tf.minimum(tf.where(y > _GAMMA_KNEE, gamma, 12.92 * y), 1.0)
+    return tf.tile(gray * 2.0 - 1.0, [1] * (len(lum_small.shape) - 1) + [3])
+
+
+@tf.function(jit_compile=True)
+def rgb_output_chroma(prediction: tf.Tensor) -> tf.Tensor:
+    """ab of RGB in [-1, 1]: color.rgb_to_lab's formulas, per channel."""
+    rgb = _fitted_linear((prediction + 1.0) / 2.0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    (xr, xg, xb), (yr, yg, yb), (zr, zg, zb) = _RGB_TO_XYZ
+    fx = _fitted_f((xr * r + xg * g + xb * b) / _WHITE_X)
+    fy = _fitted_f(yr * r + yg * g + yb * b)
+    fz = _fitted_f((zr * r + zg * g + zb * b) / _WHITE_Z)
+    return tf.stack([500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
