@@ -213,7 +213,7 @@ class FolderRun:
 def resolve_colorize_model(engine: Any, store: Any, value: str) -> Any:
     """The LoadedModel for --model: a version number, 'latest' (the newest published version, else
     the packaged default) or 'default'. Raises click errors."""
-    from models.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, parse_version
+    from common.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, parse_version
 
     text = value.strip().lower()
     if text == "latest":

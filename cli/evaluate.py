@@ -28,7 +28,8 @@ def resolve_model(store: Any, value: str, hint: str) -> tuple[str, Any]:
 
     Raises click errors for an unknown, broken or unrecognised model.
     """
-    from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion, parse_version
+    from common.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, parse_version
+    from models.store import ModelStore
 
     text = value.strip()
     try:

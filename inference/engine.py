@@ -40,19 +40,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.settings import Settings
-from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
-from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
-from models.store import (
+from common.store import (
     DEFAULT_VERSION,
     GENERATOR_FILE,
     METADATA_FILE,
     WEIGHTS_FILE,
     BrokenVersion,
-    LoadedModel,
-    ModelStore,
     UnknownVersion,
-    parse_version,
+    Version,
+    version_key,
+    version_rank,
 )
+from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
+from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
+from models.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_REASON = 400
 
 
-Version = int | str  # a published version number, or DEFAULT_VERSION
-
-
 class EngineObserver(Protocol):
     """What the engine reports (service.metrics.ServiceMetrics implements it)."""
 
@@ -74,31 +72,6 @@ class EngineObserver(Protocol):
     def load_failed(self, version: Version) -> None: ...
 
     def batch_done(self, size: int, seconds: float, waited: float) -> None: ...
-
-
-def version_key(version: int | str) -> Version:
-    """``version`` as the engine keys it: a positive int or ``"default"``; raises UnknownVersion.
-
-    Accepts what clients send: ``3``, ``"3"``, ``"default"`` (any case, surrounding spaces).
-    """
-    if isinstance(version, str):
-        text = version.strip().lower()
-        if text == DEFAULT_VERSION:
-            return DEFAULT_VERSION
-        number = parse_version(text)
-        if number is not None:
-            return number
-    elif isinstance(version, int) and not isinstance(version, bool) and version > 0:
-        return version
-    raise UnknownVersion(
-        f"model version {version!r} does not exist (versions are positive numbers in ASCII digits, "
-        f"or {DEFAULT_VERSION!r})"
-    )
-
-
-def _rank(version: Version) -> int:
-    """Order of preference: the packaged default below every published version."""
-    return 0 if version == DEFAULT_VERSION else int(version)
 
 
 def _one_line(text: str) -> str:
@@ -333,11 +306,11 @@ class Engine:
 
     def _candidates(self, current: LoadedModel | None) -> list[Version]:
         """Versions worth loading instead of ``current``, best first."""
-        floor = _rank(current.version) if current is not None else -1
+        floor = version_rank(current.version) if current is not None else -1
         found: list[Version] = [v for v in self.store.versions() if v > floor]
         if floor < 0 and self.store.has_default():
             found.append(DEFAULT_VERSION)
-        return sorted(found, key=_rank, reverse=True)
+        return sorted(found, key=version_rank, reverse=True)
 
     def refresh(self) -> Version | None:
         """One look at the store: swap in the newest loadable version above the served one.

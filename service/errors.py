@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.jobs import UnknownJob
+from common.store import BrokenVersion, UnknownVersion
 from inference.errors import (
     BadRenderSize,
     CannotEncode,
@@ -32,7 +33,6 @@ from inference.errors import (
     NoModelLoaded,
     NotAnImage,
 )
-from models.store import BrokenVersion, UnknownVersion
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from common.settings import Settings, get_settings
-from inference.engine import Engine, version_key
+from common.store import version_key
+from inference.engine import Engine
 from inference.pipeline import Pipeline
 from models.config import TrainConfig
 from models.networks import build_generator

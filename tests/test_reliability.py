@@ -20,8 +20,9 @@ import pytest
 
 from common.jobs import JobStore
 from common.settings import Settings
+from common.store import UnknownVersion, parse_version
 from models.networks import build_generator
-from models.store import ModelStore, UnknownVersion, parse_version
+from models.store import ModelStore
 from models.training import run_training
 from tests.test_training import tiny_config
 from worker import recovery
@@ -78,7 +79,7 @@ def test_publish_on_a_full_disk_fails_and_leaves_no_partial_version(tmp_path, mo
     generator = build_generator(32, 1, 2, width=4)
     assert store.publish(generator, LAB) == 1
     if where == "os.rename":
-        monkeypatch.setattr("models.store.os.rename", no_space)
+        monkeypatch.setattr("common.store.os.rename", no_space)
     else:
         monkeypatch.setattr(type(generator), "save", no_space)
     with pytest.raises(OSError) as err:
@@ -147,7 +148,7 @@ def test_a_job_whose_publish_hits_a_full_disk_fails_naming_the_store(dataset_dir
     settings = Settings(data_dir=dataset_dir)
     jobs = JobStore(settings.jobs_dir)
     job_id = jobs.create(TINY)["id"]
-    monkeypatch.setattr("models.store.os.rename", no_space)
+    monkeypatch.setattr("common.store.os.rename", no_space)
     outcome = run_job(settings, job_id, TINY)
     record = jobs.get(job_id)
     assert outcome["state"] == record["state"] == "failed"

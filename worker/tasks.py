@@ -46,8 +46,9 @@ from pydantic import ValidationError
 from common.jobs import FINAL_STATES, JobStore, UnknownJob
 from common.queue import TRAIN_QUEUE, TRAIN_TASK
 from common.settings import Settings
+from common.store import BrokenVersion, UnknownVersion
 from models.config import TrainConfig
-from models.store import BrokenVersion, ModelStore, UnknownVersion, packaged_default
+from models.store import ModelStore, packaged_default
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 from starlette.types import Message
 
-from inference.engine import version_key
+from common.store import version_key
 from inference.images import FORMATS
 from inference.pipeline import Pipeline, Prepared
 from service.deps import PipelineDep, SettingsDep

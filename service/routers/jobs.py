@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from common.jobs import FINAL_STATES
 from common.settings import redact_url
+from common.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, VersionStore, read_metadata
 from models.config import TrainConfig
 from models.presets import REPORT_DECODER, REPORT_ENCODER
-from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, UnknownVersion, read_metadata
 from service.deps import CeleryDep, JobStoreDep, SettingsDep, StoreDep, require_api_key
 from service.errors import ApiError, field_error
 from service.schemas import ErrorResponse, JobQueueError, JobStatus, ValidationErrorResponse
@@ -53,7 +53,7 @@ def dataset_folder(datasets_dir: Path, name: str) -> Path:
     return folder
 
 
-def _init_from_metadata(store: ModelStore, init_from: int | str) -> tuple[str, dict[str, Any]]:
+def _init_from_metadata(store: VersionStore, init_from: int | str) -> tuple[str, dict[str, Any]]:
     """(how to name it, its metadata) for ``init_from``; raises a 422 naming init_from if unusable."""
     if init_from == DEFAULT_VERSION:
         if not store.has_default():
@@ -85,7 +85,7 @@ def _init_from_metadata(store: ModelStore, init_from: int | str) -> tuple[str, d
         ) from None
 
 
-def _check_init_from(store: ModelStore, config: TrainConfig) -> None:
+def _check_init_from(store: VersionStore, config: TrainConfig) -> None:
     """422 naming init_from unless it exists and has the job's preset, image_size, width, decoder and
     encoder.
 

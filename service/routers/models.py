@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from models.store import DEFAULT_VERSION, BrokenVersion, ModelStore, read_metadata
+from common.store import DEFAULT_VERSION, BrokenVersion, VersionStore, read_metadata
 from service.deps import EngineDep, StoreDep
 from service.schemas import ModelInfo, ModelsResponse
 
@@ -27,7 +27,7 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
-def default_metadata(store: ModelStore) -> dict[str, Any]:
+def default_metadata(store: VersionStore) -> dict[str, Any]:
     """metadata.json of the store's default model (an ``error`` field when unreadable)."""
     try:
         return read_metadata(store.default_dir)
