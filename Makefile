@@ -46,7 +46,7 @@ test: $(DEV_STAMP) | $(CHROMIUM)
 	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# tests/test_web.py drives Debian's Chromium with Playwright (never `playwright install`: its own
+# tests/service/test_web.py drives Debian's Chromium with Playwright (never `playwright install`: its own
 # browser download does not work here). Installed only when missing; without apt-get the browser
 # tests skip (and fail under CI=1).
 $(CHROMIUM):

@@ -25,7 +25,7 @@ PREFERENCES = ("auto", "cpu", "gpu")
 # 2 MP join: 3.5 -> 2.3 ms). Only AMD parts get it: Intel's AVX-512 parts before Ice Lake slow
 # their clock for 512-bit work (why LLVM prefers 256), and none was measured here. XLA reads
 # XLA_FLAGS once, when it compiles its first program, and an unknown flag there aborts the
-# process: it is set only with the TensorFlow checked to know it (tests/test_engine.py runs XLA
+# process: it is set only with the TensorFlow checked to know it (tests/inference/test_engine.py runs XLA
 # with it in a subprocess).
 XLA_WIDE_VECTORS = "--xla_cpu_prefer_vector_width=512"
 _WIDE_VECTORS_TENSORFLOW = (2, 21)

@@ -152,7 +152,7 @@ def publish_lively_tiny(settings: Settings) -> int:
     """Publish a tiny generator with He-scaled weights: its dropout noise shows in the pixels."""
     from keras.utils import set_random_seed
 
-    from tests.test_serving import lively
+    from tests.inference.test_serving import lively
 
     set_random_seed(0)
     from models.networks import build_generator

@@ -25,7 +25,7 @@ import yaml
 
 from tests.procs import REDIS_TEST_URL, Proc, free_port, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -286,7 +286,7 @@ def test_worker_service_command_connects_and_stops_on_its_stop_signal(compose, t
 
 
 def test_make_run_installs_the_service_without_the_development_tools(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     venv = tmp_path / "venv"  # not created: `make -n` only prints what it would run
 
     def plan(target: str) -> str:

@@ -23,7 +23,7 @@ from tests.apptest import (
     wait_for,
 )
 from tests.photos import make_photo
-from tests.test_datasets import file_info, tar_made_the_usual_way, tar_of, zip_of
+from tests.service.test_datasets import file_info, tar_made_the_usual_way, tar_of, zip_of
 
 
 def gray(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> bytes:

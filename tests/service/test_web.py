@@ -33,7 +33,7 @@ from tests.procs import Proc, colorizer, colorizer_env, free_port, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 STATIC_FILES = ("index.html", "app.js", "style.css")
-TINY_JOB_FIELDS = {  # the form's field ids and the tiny job of tests/test_e2e.py
+TINY_JOB_FIELDS = {  # the form's field ids and the tiny job of tests/system/test_e2e.py
     "#job-width": "4",
     "#job-batch-size": "2",
     "#job-sample-every": "3",

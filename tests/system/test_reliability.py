@@ -24,7 +24,7 @@ from common.store import UnknownVersion, parse_version
 from models.networks import build_generator
 from models.store import ModelStore
 from models.training import run_training
-from tests.test_training import tiny_config
+from tests.models.test_training import tiny_config
 from worker import recovery
 from worker.tasks import run_job
 
