@@ -408,12 +408,12 @@ class Engine:
 
         if render_size is not None and render_size > self.max_render_size:
             raise BadRenderSize(
-                f"render_size must be at most {self.max_render_size} (COLORIZER_MAX_RENDER_SIZE)"
+                f"render_size must be at most {self.max_render_size} (COLORIZER_MAX_RENDER_SIZE)", render_size
             )
         try:
             return check_render_size(model, render_size)
         except ValueError as exc:
-            raise BadRenderSize(str(exc)) from None
+            raise BadRenderSize(str(exc), render_size) from None
 
     def _serving(self, model: LoadedModel) -> Any:
         """The model's InferenceModel (compiled calls in the engine's precision), made on first use."""

@@ -37,7 +37,11 @@ class CannotEncode(ImageRejected):
 
 
 class BadRenderSize(ValueError):
-    """A render size the model cannot run at, or larger than allowed."""
+    """A render size the model cannot run at, or larger than allowed (``value``)."""
+
+    def __init__(self, message: str, value: int | None = None):
+        super().__init__(message)
+        self.value = value
 
 
 class NoModelLoaded(RuntimeError):

@@ -78,7 +78,7 @@ def http_error(exc: Exception) -> ApiError | RequestValidationError | None:
         return ApiError(503, str(exc), headers={"Retry-After": "5"})
     for kind, (location, name) in _FIELD_OF.items():
         if isinstance(exc, kind):
-            return field_error(location, name, str(exc))
+            return field_error(location, name, str(exc), getattr(exc, "value", None))
     for kind, status in _IMAGE_STATUS.items():
         if isinstance(exc, kind):
             return ApiError(status, str(exc))

@@ -77,8 +77,10 @@ def test_the_second_band_is_encoded_on_the_pool_while_the_caller_encodes_the_fir
 
     monkeypatch.setattr(jpeg, "_encode", recording)
     jpeg.encode_jpeg(_photo(32, 48), 90, rows=16)
-    assert threads[0] == threading.main_thread().name
-    assert len(threads) == 2 and threads[1].startswith("jpeg-band")
+    # one band each, at the same time (the caller waited for the pool inside its own band); which
+    # of the two reached the recorder first is up to the scheduler
+    assert len(threads) == 2 and threading.main_thread().name in threads
+    assert [t for t in threads if t.startswith("jpeg-band")]
 
 
 def test_bands_the_busy_pool_has_not_started_are_encoded_by_the_caller(monkeypatch):

@@ -112,7 +112,7 @@ def test_a_bad_render_size_or_a_full_queue_is_refused_before_decoding(engine):
         (NotAnImage("what"), 415, None),
         (ImageTooSmall("small"), 422, ("body", "image")),
         (CannotEncode("cannot"), 422, ("query", "format")),
-        (BadRenderSize("odd"), 422, ("query", "render_size")),
+        (BadRenderSize("odd", 33), 422, ("query", "render_size")),
         (EngineBusy(3, retry_after=7), 503, None),
         (NoModelLoaded(), 503, None),
     ],
@@ -125,6 +125,7 @@ def test_the_api_answers_each_inference_error_with_its_status(error, status, fie
     else:
         (problem,) = answer.errors()
         assert problem["loc"] == field and problem["msg"] == str(error)
+        assert problem["input"] == getattr(error, "value", None)  # the value sent, where there is one
     if isinstance(error, EngineBusy):
         assert answer.headers["Retry-After"] == "7"
     assert http_error(ValueError("anything else")) is None
