@@ -15,7 +15,7 @@ import numpy as np
 from models.evaluate import category_table, markdown_table
 from models.store import LoadedModel, ModelStore
 from recipe.calibrate import CALIBRATED_COLOURFULNESS
-from recipe.photo_sources import GRAMPS_COLOUR_PORTRAITS
+from recipe.catalogue import GRAMPS_COLOUR_PORTRAITS
 from recipe.splits import CATEGORIES, SELECT_SIDE
 
 log = logging.getLogger(__name__)

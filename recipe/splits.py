@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from models.evaluate import evaluate_model
-from recipe.photo_sources import GRAMPS_COLOUR_PORTRAITS
+from recipe.catalogue import GRAMPS_COLOUR_PORTRAITS
 
 log = logging.getLogger(__name__)
 

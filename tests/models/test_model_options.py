@@ -165,7 +165,7 @@ def test_issue_13_adds_validation_photographs_and_keeps_the_first_44():
 
 
 def test_gramps_colour_portraits_validate_and_are_not_shown_as_old_photographs():
-    from recipe.photo_sources import GRAMPS_COLOUR_PORTRAITS
+    from recipe.catalogue import GRAMPS_COLOUR_PORTRAITS
 
     assert OLD_PHOTOGRAPHS[0] == "gramps"
     for name in GRAMPS_COLOUR_PORTRAITS:

@@ -15,10 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recipe.catalogue import GRAMPS_COLOUR_PORTRAITS, SOURCES, Source
 from recipe.photo_sources import (
-    GRAMPS_COLOUR_PORTRAITS,
-    SOURCES,
-    Source,
     collect,
     credit,
     difference_hash,
