@@ -445,7 +445,7 @@ class Engine:
     def prepare(self, model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> Any:
         """(model input, lightness, side) for an RGB (H, W, 3) or gray (H, W) uint8 array.
 
-        Blocking: call it from a worker thread. Raises ValueError for a bad render_size.
+        Blocking: call it from a worker thread. Raises BadRenderSize.
         """
         import tensorflow as tf
 

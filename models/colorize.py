@@ -75,8 +75,8 @@ def generator_output(
     """The generator's output for ``batch`` (n, s, s, C) as served: averaged over its mirror image
     (``flip_average``) and over the same inputs resized to each side in ``scale_sizes`` (the outputs
     resized back to s). Each view errs differently where the lightness does not tell the colour,
-    so their mean is closer to the truth (validation, 2026-12-02: flip averaging took mean
-    CIEDE2000 12.51 -> 12.34), at the arithmetic of every view. ``batch``'s side must be static."""
+    so their mean is closer to the truth, at the arithmetic of every view (figures:
+    docs/inference.md, MODEL_CARD.md). ``batch``'s side must be static."""
     out = _views(network, batch, flip_average)
     if not scale_sizes:
         return out

@@ -21,7 +21,7 @@ from recipe.catalogue import GRAMPS_COLOUR_PORTRAITS
 log = logging.getLogger(__name__)
 
 
-# Snapshots are compared on the validation photographs shrunk to this long side (the model still
+# Snapshots are compared on the calibration photographs shrunk to this long side (the model still
 # sees each whole photograph at its own 128 px; only the scoring is cheaper than full size).
 SELECT_SIDE = 1024
 

@@ -61,6 +61,7 @@ _IMAGE_STATUS: dict[type[ImageRejected], int] = {
     DamagedImage: 400,
     ImageTooLarge: 413,
     NotAnImage: 415,
+    ImageRejected: 400,  # any other kind: checked last, after its subclasses
 }
 _FIELD_OF: dict[type[ValueError], tuple[str, str]] = {
     ImageTooSmall: ("body", "image"),
@@ -168,9 +169,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _inference_error(request: Request, exc: Exception) -> JSONResponse:
-    answer = http_error(exc)
-    if answer is None:  # an ImageRejected subclass without a status of its own
-        answer = ApiError(400, str(exc))
+    answer = http_error(exc)  # never None: registered for the inference exceptions only
     if isinstance(answer, RequestValidationError):
         return await _validation_error(request, answer)
     return await _api_error(request, answer)

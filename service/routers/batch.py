@@ -139,7 +139,6 @@ class _Batch:
         limiter: anyio.CapacityLimiter | None,
     ):
         self.pipeline = pipeline
-        self.engine = pipeline.engine
         self.model = model
         self.settings = settings
         self.out = out
@@ -158,7 +157,7 @@ class _Batch:
         delay = 0.05
         while True:
             try:
-                self.engine.check_capacity()
+                self.pipeline.engine.check_capacity()
                 return
             except EngineBusy:
                 if time.monotonic() > deadline:
