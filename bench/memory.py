@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from api_server import Server
 from harness import PRESET, SIZE, WIDTH, jpeg, machine, megapixels, photographs, report_generator, table
-from serve import Server
 
 
 def main() -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
+from api_server import Server, batch_counts, load
 from harness import (
     PRESET,
-    ROOT,
     SIZE,
     WIDTH,
     conv_flops,
@@ -230,140 +228,6 @@ def png_level(rgb, level: int) -> bytes:
 
 
 # -- (3) HTTP end to end -------------------------------------------------------------------------------
-
-
-class Server:
-    """The API under uvicorn in a subprocess, on a free port."""
-
-    def __init__(self, data_dir: Path, **env: str):
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("COLORIZER_")}
-        environment.update(
-            COLORIZER_DATA_DIR=str(data_dir),
-            COLORIZER_DEVICE="cpu",
-            TF_CPP_MIN_LOG_LEVEL="2",
-            CUDA_VISIBLE_DEVICES="-1",
-            **env,
-        )
-        self.log = open(data_dir / "server.log", "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "service.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 300) -> dict:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {Path(self.log.name).read_text()[-3000:]}")
-            try:
-                response = httpx.get(f"{self.url}/readyz", timeout=5)
-                if response.status_code == 200:
-                    return response.json()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("the server did not become ready")
-
-    def rss(self) -> int:
-        """Resident memory of the server process, bytes."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
-
-
-def load(url: str, bodies: list[bytes], clients: int, seconds: float, fmt: str = "jpeg") -> dict:
-    """``clients`` threads posting ``bodies`` in turn for ``seconds``; throughput and latencies."""
-    import httpx
-
-    latencies: list[float] = []
-    errors: list[int] = []
-    lock = threading.Lock()
-    deadline = time.monotonic() + seconds
-
-    def client(index: int) -> None:
-        with httpx.Client(timeout=120) as http:
-            i = index
-            while time.monotonic() < deadline:
-                body = bodies[i % len(bodies)]
-                i += 1
-                start = time.perf_counter()
-                try:
-                    response = http.post(
-                        f"{url}/colorize",
-                        params={"format": fmt},
-                        content=body,
-                        headers={"content-type": "image/jpeg"},
-                    )
-                    ok = response.status_code == 200
-                    status = response.status_code
-                except httpx.HTTPError:
-                    ok, status = False, -1
-                elapsed = time.perf_counter() - start
-                with lock:
-                    (latencies if ok else errors).append(elapsed if ok else status)
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    return {
-        "rate": len(latencies) / elapsed,
-        "p50": median(latencies),
-        "p99": percentile(latencies, 99),
-        "done": len(latencies),
-        "errors": len(errors),
-    }
-
-
-def batch_counts(url: str) -> tuple[float, float]:
-    """(images, model calls) so far, from the server's /metrics."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
-        for sample in family.samples:
-            values[sample.name] = sample.value
-    return values.get("colorizer_inference_batch_size_sum", 0.0), values.get(
-        "colorizer_inference_batch_size_count", 0.0
-    )
 
 
 def http_runs(data_dir: Path, sets: dict[str, list[bytes]], clients: list[int], seconds: float) -> dict:

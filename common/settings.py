@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.labels import Policy, parse_policy
+
 _BROKER_SCHEMES = ("redis://", "rediss://", "sqla+", "amqp://", "pyamqp://", "memory://")
 _BACKEND_SCHEMES = ("redis://", "rediss://", "db+", "rpc://", "cache+")
 # The password of a URL's userinfo: redis://:PASSWORD@host, db+postgresql://user:PASSWORD@host.
@@ -84,6 +86,19 @@ class Settings(BaseSettings):
     reload_interval: float = Field(
         2.0, gt=0, description="Seconds between looks at the model store for a new version."
     )
+    serve: str = Field(
+        "latest",
+        description="What /colorize serves when a request names no model: 'latest' (the newest "
+        "loadable version), a version number (pinned), 'default' (the packaged model), or a label's "
+        "name (the version it points at; PUT /models/labels/<name> moves it).",
+    )
+    keep_versions: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Retention: after each publish, delete all versions but the newest N and the "
+        "labelled and pinned ones. 0 keeps every version.",
+    )
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Where the API runs the model: auto picks the GPU when one is visible."
     )
@@ -150,6 +165,15 @@ class Settings(BaseSettings):
                 "db+<sqlalchemy URL>, or leave it unset"
             )
         return value
+
+    @field_validator("serve")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return str(parse_policy(value))  # raises ValueError naming what it may be
+
+    @property
+    def policy(self) -> Policy:
+        return parse_policy(self.serve)
 
     @field_validator("data_dir")
     @classmethod

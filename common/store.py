@@ -36,6 +36,10 @@ WEIGHTS_FILE = "generator.weights.npz"
 DEFAULT_VERSION = "default"
 METADATA_FILE = "metadata.json"
 TEMP_PREFIX = ".tmp-"
+# Where versions deleted by retention go first: one rename hides a version whole (common.labels).
+TRASH_PREFIX = ".trash-"
+# The store's own files beside the versions: the labels (common.labels).
+LABELS_FILE = "labels.json"
 # A publisher's temporary directory older than this was left by a killed process.
 STALE_TEMP_SECONDS = 3600.0
 
@@ -135,7 +139,7 @@ class VersionStore:
             version = parse_version(child.name)
             if version is not None and child.is_dir():
                 found.append((version, child))
-            elif not child.name.startswith(".") and child.name not in self._ignored:
+            elif not child.name.startswith(".") and child.name not in (LABELS_FILE, *self._ignored):
                 self._ignored.add(child.name)
                 log.warning(
                     "ignoring %r in the model store: versions are folders named by a positive "
@@ -236,12 +240,15 @@ class VersionStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def remove_stale_temp_dirs(self, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
-        """Remove temporary directories of publishers killed mid-publish; returns what was removed."""
+        """Remove temporary directories of publishers killed mid-publish, and versions retention was
+        killed while deleting; returns what was removed."""
         removed = []
         now = time.time()
-        for child in self.root.glob(f"{TEMP_PREFIX}*"):
+        leftovers = [*self.root.glob(f"{TEMP_PREFIX}*"), *self.root.glob(f"{TRASH_PREFIX}*")]
+        for child in leftovers:
             try:
-                if child.is_dir() and now - child.stat().st_mtime > older_than:
+                trash = child.name.startswith(TRASH_PREFIX)  # hidden already: no reader left
+                if child.is_dir() and (trash or now - child.stat().st_mtime > older_than):
                     shutil.rmtree(child)
                     removed.append(child)
             except OSError as exc:

@@ -28,40 +28,29 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from common.labels import LATEST, Policy
 from common.settings import Settings
 from common.store import (
-    DEFAULT_VERSION,
-    GENERATOR_FILE,
-    METADATA_FILE,
-    WEIGHTS_FILE,
     BrokenVersion,
     UnknownVersion,
     Version,
-    version_key,
-    version_rank,
 )
 from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
 from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
+from inference.failures import FailedVersions, one_line
+from inference.versions import VersionChooser
 from models.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
 
 WARMUP_SIDE = 16  # the dummy photograph colorized before a version is swapped in
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_MAX_REASON = 400
 
 
 class EngineObserver(Protocol):
@@ -72,18 +61,6 @@ class EngineObserver(Protocol):
     def load_failed(self, version: Version) -> None: ...
 
     def batch_done(self, size: int, seconds: float, waited: float) -> None: ...
-
-
-def _one_line(text: str) -> str:
-    """An error message fit for a log line and a JSON answer: one line, no colours, bounded."""
-    text = " ".join(_ANSI.sub("", text).split())
-    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
-
-
-@dataclass(frozen=True)
-class _Failure:
-    signature: tuple[int | None, ...]
-    reason: str
 
 
 class Engine:
@@ -106,8 +83,10 @@ class Engine:
         batch_timeout: float = 0.005,
         max_queue: int = 64,
         observer: EngineObserver | None = None,
+        policy: Policy | str = LATEST,
     ):
         self.store = store
+        self.chooser = VersionChooser(store, policy)
         self.device_preference = device_preference
         self.reload_interval = reload_interval
         self.max_render_size = max_render_size
@@ -127,8 +106,8 @@ class Engine:
         self._device: str | None = None
         self._precision: str | None = None
         self._cache: OrderedDict[Version, LoadedModel] = OrderedDict()
-        self._failed: dict[Version, _Failure] = {}
-        self._state_lock = threading.Lock()  # guards _current, _cache and _failed
+        self._failures = FailedVersions(store)
+        self._state_lock = threading.Lock()  # guards _current and _cache
         self._load_lock = threading.Lock()  # one load at a time: no duplicate loads, bounded memory
         self._setup_lock = threading.Lock()
         self._serving_lock = threading.Lock()
@@ -172,8 +151,7 @@ class Engine:
 
     def failed_versions(self) -> dict[Version, str]:
         """Versions that failed to load, with the reason."""
-        with self._state_lock:
-            return {v: f.reason for v, f in self._failed.items()}
+        return self._failures.reasons()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -222,7 +200,7 @@ class Engine:
                 self.refresh()
             except Exception:  # the watcher must outlive any surprise in one look at the store
                 log.exception("looking for a new model version failed; trying again later")
-            self._looked.set()
+            self._looked.set()  # also after a look that failed
             self._stop.wait(self.reload_interval)
 
     def waiting_reason(self) -> str:
@@ -236,6 +214,9 @@ class Engine:
             return f"starting: loading model version {loading}"
         if not self._looked.is_set():
             return "starting: looking for the newest model version"
+        unserved = self.chooser.unserved_reason(self.failed_versions())
+        if unserved is not None:
+            return unserved
         failed = self.failed_versions()
         if failed:
             reasons = "; ".join(f"version {v}: {reason}" for v, reason in list(failed.items())[:3])
@@ -247,38 +228,16 @@ class Engine:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def _folder(self, version: Version) -> Path | None:
-        if version == DEFAULT_VERSION:
-            return self.store.default_dir  # None: the store has no default
-        return self.store.root / str(version)
-
-    def _signature(self, version: Version) -> tuple[int | None, ...]:
-        folder = self._folder(version)
-        stamps: list[int | None] = []
-        for name in (GENERATOR_FILE, WEIGHTS_FILE, METADATA_FILE):
-            try:
-                stamps.append(os.stat(folder / name).st_mtime_ns if folder is not None else None)
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
-
-    def _known_failure(self, version: Version) -> str | None:
-        with self._state_lock:
-            failure = self._failed.get(version)
-        if failure is not None and failure.signature == self._signature(version):
-            return failure.reason
-        return None
-
     def _load_and_warm(self, version: Version) -> LoadedModel:
         """Load ``version`` and colorize a dummy image with it; raises UnknownVersion or BrokenVersion.
 
         A failure other than a missing version is remembered, so it is not retried until the
         version's files change.
         """
-        reason = self._known_failure(version)
+        reason = self._failures.known(version)
         if reason is not None:
             raise BrokenVersion(reason)
-        signature = self._signature(version)
+        signature = self._failures.signature(version)
         try:
             model = self.store.load(version)
             self._warm_up(model)
@@ -287,43 +246,42 @@ class Engine:
         except Exception as exc:  # BrokenVersion, or anything a bad generator does on first use
             if isinstance(exc, BrokenVersion):
                 # the store names the folder; clients need the version, not the server's paths
-                reason = _one_line(self.store.public_reason(exc))
+                reason = one_line(self.store.public_reason(exc))
             else:
                 reason = (
                     f"version {version} fails on a test image: {type(exc).__name__}: "
-                    f"{_one_line(self.store.public_reason(exc))}"
+                    f"{one_line(self.store.public_reason(exc))}"
                 )
             log.debug("model version %s failed to load or warm up", version, exc_info=exc)
-            with self._state_lock:
-                self._failed[version] = _Failure(signature, reason)
+            self._failures.record(version, signature, reason)
             if self.observer is not None:
                 self.observer.load_failed(version)
             log.warning("model version %s cannot be served and is skipped: %s", version, reason)
             raise BrokenVersion(reason) from exc
-        with self._state_lock:
-            self._failed.pop(version, None)
+        self._failures.forget(version)
         return model
 
     def _candidates(self, current: LoadedModel | None) -> list[Version]:
-        """Versions worth loading instead of ``current``, best first."""
-        floor = version_rank(current.version) if current is not None else -1
-        found: list[Version] = [v for v in self.store.versions() if v > floor]
-        if floor < 0 and self.store.has_default():
-            found.append(DEFAULT_VERSION)
-        return sorted(found, key=version_rank, reverse=True)
+        return self.chooser.candidates(current.version if current is not None else None)
 
     def refresh(self) -> Version | None:
-        """One look at the store: swap in the newest loadable version above the served one.
+        """One look at the store: swap in the version the policy names (``inference.versions``;
+        under ``latest``, the newest loadable version above the served one).
 
-        With nothing served and no loadable version, the packaged default is swapped in (when
-        installed); a published version replaces it at a later look. Returns the version swapped
-        in, or None when nothing changed. Broken versions are skipped (a lower, newer-than-served
-        version may then be chosen) and the served model stays.
+        Under ``latest``, with nothing served and no loadable version, the packaged default is
+        swapped in (when installed); a published version replaces it at a later look. Returns the
+        version swapped in, or None when nothing changed. Broken versions are skipped (a lower,
+        newer-than-served version may then be chosen) and the served model stays.
         """
         self.setup()
-        current = self._current
+        try:
+            return self._look(self._current)
+        finally:
+            self._looked.set()
+
+    def _look(self, current: LoadedModel | None) -> Version | None:
         for version in self._candidates(current):
-            if self._known_failure(version) is not None:
+            if self._failures.known(version) is not None:
                 continue
             with self._load_lock:
                 if self._current is not current:  # another caller of refresh() swapped meanwhile
@@ -378,7 +336,7 @@ class Engine:
             if current is None:
                 raise NoModelLoaded(self.waiting_reason())
             return current
-        version = version_key(version)
+        version = self.chooser.resolve(version)
         if current is not None and current.version == version:
             return current
         with self._state_lock:
@@ -499,6 +457,7 @@ class Engine:
         return {
             "ready": current is not None,
             "model_version": current.version if current is not None else None,
+            "policy": str(self.chooser.policy),
             "device": self._device,
             "precision": self._precision,
             "cached_versions": self.cached_versions(),
@@ -517,5 +476,6 @@ def engine_from_settings(store: ModelStore, settings: Settings, **overrides: Any
         "max_batch_size": settings.max_batch_size,
         "batch_timeout": settings.batch_timeout_ms / 1000.0,
         "max_queue": settings.max_queue,
+        "policy": settings.policy,
     }
     return Engine(store, **{**options, **overrides})

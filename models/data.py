@@ -18,19 +18,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from common.datasets import DATASET_MANIFEST, IMAGE_SUFFIXES, DatasetError
+
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 # Cap what a single training photograph may decode to (a 2560x1600 wallpaper is 4.1 MP).
 MAX_SOURCE_PIXELS = 100_000_000
 # A photograph whose chroma varies less than this (``colour_spread``, in Lab units) is gray or
 # toned (sepia, cyanotype): used as a colour target it teaches the model gray, so it is skipped.
 NEAR_GRAY_SPREAD = 4.0
 SKIP_NEAR_GRAY = "nearly gray or toned (no colour to learn)"
-
-
-class DatasetError(ValueError):
-    """The dataset cannot be used; the message says why in words a person can act on."""
 
 
 @dataclass
@@ -49,30 +46,12 @@ class DatasetScan:
         return {"images": len(self.files), "skipped": self.skipped_count, "reasons": dict(self.skipped)}
 
 
-def resolve_dataset(datasets_dir: Path, name: str) -> Path:
-    """The folder of dataset ``name`` inside ``datasets_dir``; raises DatasetError if it is missing
-    or resolves outside ``datasets_dir`` (``..``, absolute paths, symlinks out)."""
-    root = Path(datasets_dir).resolve()
-    if not name or Path(name).is_absolute() or "/" in name or "\\" in name or name in (".", ".."):
-        raise DatasetError(f"dataset {name!r} is not a plain folder name")
-    folder = (root / name).resolve()
-    if folder.parent != root:
-        raise DatasetError(f"dataset {name!r} points outside the datasets directory")
-    if not folder.is_dir():
-        raise DatasetError(f"dataset {name!r} does not exist: put colour images in {root / name}/")
-    return folder
-
-
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root)
     except ValueError:
         return False
     return True
-
-
-# Written by POST /datasets at the top of a dataset folder (service/datasets.py): not a photograph.
-DATASET_MANIFEST = "dataset.json"
 
 
 def scan_images(folder: Path, min_side: int, skip_gray: bool = True) -> DatasetScan:

@@ -9,10 +9,11 @@ import keras
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common.datasets import DatasetError
 from models import color
 from models.callbacks import RunState
 from models.config import TrainConfig
-from models.data import DatasetError, center_view, load_photo, to_pair
+from models.data import center_view, load_photo, to_pair
 from models.presets import get_preset
 
 SAMPLE_COUNT = 3

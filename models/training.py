@@ -19,6 +19,7 @@ from typing import Any
 
 import keras
 
+from common.datasets import resolve_dataset
 from models.backbones import PROVENANCE, pretrained_mobilenet_v2
 from models.callbacks import (
     ProgressFn,
@@ -36,7 +37,6 @@ from models.data import (
     DatasetScan,
     load_photo,
     make_dataset,
-    resolve_dataset,
     scan_images,
     split_validation,
 )

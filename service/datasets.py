@@ -29,8 +29,8 @@ from typing import Any
 
 from PIL import Image
 
+from common.datasets import DATASET_MANIFEST, IMAGE_SUFFIXES
 from models.config import DATASET_NAME
-from models.data import DATASET_MANIFEST, IMAGE_SUFFIXES
 from service.archives import ArchiveReader, EntryUnreadable, is_hidden
 from service.errors import ApiError, field_error
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.jobs import UnknownJob
+from common.labels import LabelsUnreadable
 from common.store import BrokenVersion, UnknownVersion
 from inference.errors import (
     BadRenderSize,
@@ -191,6 +192,16 @@ async def _broken_version(request: Request, exc: BrokenVersion) -> JSONResponse:
     )
 
 
+async def _labels_unreadable(request: Request, exc: LabelsUnreadable) -> JSONResponse:
+    log.error("the model store's labels cannot be read: %s", exc)
+    return JSONResponse(
+        status_code=503,
+        content=_error_body(
+            f"the model store's labels cannot be read ({exc}); an operator must fix or remove it"
+        ),
+    )
+
+
 async def _unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:
     return JSONResponse(status_code=404, content=_error_body(f"{exc}; GET /jobs lists the jobs there are"))
 
@@ -212,5 +223,6 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, _inference_error)
     app.add_exception_handler(UnknownVersion, _unknown_version)
     app.add_exception_handler(BrokenVersion, _broken_version)
+    app.add_exception_handler(LabelsUnreadable, _labels_unreadable)
     app.add_exception_handler(UnknownJob, _unknown_job)
     app.add_exception_handler(Exception, _unexpected)

@@ -74,6 +74,7 @@ class ReadyResponse(BaseModel):
 
     ready: bool = Field(description="Whether /colorize can answer now.")
     model_version: int | str | None = Field(None, description='A version number, or "default".')
+    policy: str = Field("latest", description="What it serves by default (COLORIZER_SERVE).")
     device: str | None = Field(None, description="The TensorFlow device the model runs on.")
     detail: str | None = Field(None, description="Why it is not ready (loading, no model), if it is not.")
 
@@ -89,6 +90,7 @@ class ModelInfo(BaseModel):
     )
     created_at: float | None = Field(None, description="When it was published (Unix time).")
     served: bool = Field(False, description="The version /colorize uses when no ?model= is given.")
+    labels: list[str] = Field(default_factory=list, description="The labels pointing at it.")
     loaded: bool = Field(False, description="Held in memory (served or cached).")
     error: str | None = Field(None, description="Why this version cannot be served, if it cannot.")
     metrics: dict[str, Any] | None = Field(
@@ -125,6 +127,10 @@ class ModelsResponse(BaseModel):
     )
 
     served: int | str | None = Field(None, description="The version /colorize uses when no ?model= is given.")
+    policy: str = Field(
+        "latest", description="COLORIZER_SERVE: latest, a pinned version, default, or a label's name."
+    )
+    labels: dict[str, int | str] = Field(default_factory=dict, description="Every label and its version.")
     device: str | None = Field(None, description="The TensorFlow device models run on.")
     versions: list[ModelInfo] = Field(description="Oldest first: the default model, then version 1, 2, ...")
 
@@ -202,3 +208,30 @@ class JobQueueError(ErrorResponse):
     """A 503 from POST /jobs: the job was recorded but could not be queued, and is marked failed."""
 
     job: JobStatus
+
+
+class LabelsResponse(BaseModel):
+    """Every label and the version it points at, and the serving policy."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"policy": "stable", "labels": {"stable": 3, "canary": 5}}]}
+    )
+
+    policy: str = Field(description="COLORIZER_SERVE: latest, a pinned version, default, or a label's name.")
+    labels: dict[str, int | str] = Field(description='Label -> version (a number, or "default").')
+
+
+class LabelTarget(BaseModel):
+    """Where to point a label."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 3}]})
+
+    version: int | str = Field(description='A version number from GET /models, or "default".')
+
+
+class LabelMoved(BaseModel):
+    """A label after PUT: the version it points at, and the one it pointed at before (if any)."""
+
+    label: str
+    version: int | str
+    previous: int | str | None = None

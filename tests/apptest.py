@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -26,7 +27,7 @@ from common.settings import Settings
 # builds a model meanwhile would import it from a second thread (Python's import locks can then
 # deadlock; seen running the readyz test alone).
 from models.networks import build_generator
-from models.store import ModelStore
+from models.store import LoadedModel, ModelStore
 from service.app import create_app
 from service.deps import get_celery
 from tests.photos import make_photo
@@ -53,6 +54,19 @@ def publish_tiny_to(store: ModelStore, preset: str = "lab", **metadata: Any) -> 
     channels = {"lab": (1, 2), "seed": (3, 3)}[preset]
     generator = build_generator(32, *channels, width=4)
     return store.publish(generator, {"preset": preset, "image_size": 32, **metadata})
+
+
+def tiny_model(metadata: dict) -> LoadedModel:
+    """A 32 px resize-decoder generator, untrained but not gray (last bias set), as a loaded version."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    generator = build_generator(32, 1, 2, width=4, decoder="resize")
+    last = [layer for layer in generator.layers if layer.weights][-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel, np.asarray([0.3, -0.25], np.float32)])  # an untrained model is all gray
+    base = {"preset": "lab", "image_size": 32, "width": 4, "decoder": "resize"}
+    return LoadedModel(1, generator, "lab", 32, {**base, **metadata})
 
 
 def publish_tiny(settings: Settings, preset: str = "lab") -> int:

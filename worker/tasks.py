@@ -43,10 +43,12 @@ from celery import shared_task
 from celery.signals import worker_process_init, worker_shutting_down
 from pydantic import ValidationError
 
+from common.datasets import DatasetError
 from common.jobs import FINAL_STATES, JobStore, UnknownJob
+from common.labels import LabelsUnreadable, prune_versions
 from common.queue import TRAIN_QUEUE, TRAIN_TASK
 from common.settings import Settings
-from common.store import BrokenVersion, UnknownVersion
+from common.store import BrokenVersion, UnknownVersion, VersionStore
 from models.config import TrainConfig
 from models.store import ModelStore, packaged_default
 
@@ -91,8 +93,15 @@ class ProgressWriter:
     ``heartbeat_at`` (when the trainer last reported).
     """
 
-    def __init__(self, jobs: JobStore, job_id: str, interval: float = PROGRESS_WRITE_INTERVAL):
+    def __init__(
+        self,
+        jobs: JobStore,
+        job_id: str,
+        interval: float = PROGRESS_WRITE_INTERVAL,
+        on_publish: Callable[[], Any] | None = None,
+    ):
         self.jobs, self.job_id, self.interval = jobs, job_id, interval
+        self.on_publish = on_publish  # after each new version: retention
         self._last_write = float("-inf")
         self._versions: list[int] = []
         self.last: dict[str, Any] | None = None  # the latest report, written or not
@@ -109,7 +118,22 @@ class ProgressWriter:
         except OSError as exc:  # a full disk must not kill a run that is otherwise fine
             log.warning("job %s: cannot write progress: %s", self.job_id, exc)
             return
+        published = versions != self._versions
         self._last_write, self._versions = now, versions
+        if published and self.on_publish is not None:
+            self.on_publish()
+
+
+def apply_retention(store: VersionStore, settings: Settings) -> list[int]:
+    """``COLORIZER_KEEP_VERSIONS``: delete all versions but the newest N, the labelled ones and the
+    one ``COLORIZER_SERVE`` pins; never fails the job (a store it cannot prune is logged)."""
+    if settings.keep_versions < 1:
+        return []
+    try:
+        return prune_versions(store, settings.keep_versions, settings.policy.pinned)
+    except (OSError, LabelsUnreadable) as exc:
+        log.warning("retention skipped: %s", exc)
+        return []
 
 
 def _configure_device() -> None:
@@ -233,19 +257,19 @@ def _run_claimed(
         _configure_device()
         from models.backbones import PretrainedWeightsError
         from models.callbacks import PublishError
-        from models.data import DatasetError  # lazy: the data pipeline brings TensorFlow
         from models.training import run_training
     except Exception as exc:
         log.exception("job %s: cannot load the training code", job_id)
         return _finish(jobs, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
-    writer = ProgressWriter(jobs, job_id)
+    store = ModelStore(settings.models_dir, packaged_default(settings.default_model_dir))
+    writer = ProgressWriter(jobs, job_id, on_publish=lambda: apply_retention(store, settings))
     try:
         result = run_training(
             train_config,
             data_dir=settings.data_dir,
             job_dir=jobs.job_dir(job_id),
-            store=ModelStore(settings.models_dir, packaged_default(settings.default_model_dir)),
+            store=store,
             job_id=job_id,
             on_progress=writer,
             should_cancel=should_cancel,

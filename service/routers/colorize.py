@@ -19,6 +19,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 from starlette.types import Message
 
+from common.labels import is_label_name
 from common.store import version_key
 from inference.images import FORMATS
 from inference.pipeline import Pipeline, Prepared
@@ -44,13 +45,13 @@ _RESPONSES_DOC: dict[int | str, dict[str, Any]] = {
         "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
         "headers": {
             "X-Model-Version": {
-                "description": 'The model version used: a number, or "default".',
+                "description": 'The model version used: a number or "default" (for a label, its version).',
                 "schema": {"type": "string"},
             },
         },
     },
     400: {"model": ErrorResponse, "description": "Empty, damaged or truncated image."},
-    404: {"model": ErrorResponse, "description": "No such model version."},
+    404: {"model": ErrorResponse, "description": "No such model version or label."},
     409: {"model": ErrorResponse, "description": "That model version cannot be loaded."},
     413: {"model": ErrorResponse, "description": "Upload or image too large."},
     415: {"model": ErrorResponse, "description": "Not an image."},
@@ -115,12 +116,15 @@ async def read_upload(request: Request, limit: int) -> bytes:
 
 
 def requested_version(model: str | None) -> int | str | None:
-    """The ``model`` query value as a version number or "default" (None: the served one).
+    """The ``model`` query value as a version number, "default" or a label's name (None: the
+    served one; the engine resolves a label when it takes the model).
 
     Raises UnknownVersion for anything else.
     """
     if model is None or model.strip().lower() in ("", "latest"):
         return None
+    if is_label_name(model.strip()):
+        return model.strip()
     return version_key(model)
 
 
@@ -135,7 +139,10 @@ RenderSizeQuery = Annotated[
 ]
 ModelQuery = Annotated[
     str | None,
-    Query(description='A model version from GET /models, or "default". Default: the served one.'),
+    Query(
+        description='A model version from GET /models, "default", or a label (GET /models/labels). '
+        "Default: the one COLORIZER_SERVE names."
+    ),
 ]
 
 

@@ -22,8 +22,9 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     """200 when a model is loaded and /colorize can answer, else 503; says which version and device."""
     current = engine.current
     if current is not None:
-        body = ReadyResponse(ready=True, model_version=current.version, device=engine.device)
+        policy = str(engine.chooser.policy)
+        body = ReadyResponse(ready=True, model_version=current.version, policy=policy, device=engine.device)
         return JSONResponse(body.model_dump())
     detail = engine.waiting_reason()
-    body = ReadyResponse(ready=False, device=engine.device, detail=detail)
+    body = ReadyResponse(ready=False, policy=str(engine.chooser.policy), device=engine.device, detail=detail)
     return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})

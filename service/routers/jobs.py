@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
+from common.datasets import DatasetError, resolve_dataset
 from common.jobs import FINAL_STATES
 from common.settings import redact_url
 from common.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, VersionStore, read_metadata
@@ -38,19 +39,10 @@ _UNKNOWN_JOB = {404: {"model": ErrorResponse, "description": "No such job."}}
 
 def dataset_folder(datasets_dir: Path, name: str) -> Path:
     """The dataset's folder, resolved; raises a 422 naming ``dataset`` if missing or outside datasets_dir."""
-    root = datasets_dir.resolve()
-    folder = (root / name).resolve()
-    if not folder.is_relative_to(root) or folder == root:
-        raise field_error("body", "dataset", f"dataset {name!r} points outside the datasets directory", name)
-    if not folder.is_dir():
-        raise field_error(
-            "body",
-            "dataset",
-            f"dataset {name!r} does not exist: put a folder of colour images at datasets/{name} "
-            "in the data directory first",
-            name,
-        )
-    return folder
+    try:
+        return resolve_dataset(datasets_dir, name)
+    except DatasetError as exc:
+        raise field_error("body", "dataset", str(exc), name) from None
 
 
 def _init_from_metadata(store: VersionStore, init_from: int | str) -> tuple[str, dict[str, Any]]:

@@ -1,16 +1,39 @@
-"""The model store's versions, the packaged default model, and which one is served."""
+"""The model store's versions, the packaged default model, which one is served, and the labels."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Response
 
-from common.store import DEFAULT_VERSION, BrokenVersion, VersionStore, read_metadata
-from service.deps import EngineDep, StoreDep
-from service.schemas import ModelInfo, ModelsResponse
+from common.labels import BadLabel, LabelsUnreadable, check_label
+from common.store import (
+    DEFAULT_VERSION,
+    BrokenVersion,
+    UnknownVersion,
+    Version,
+    VersionStore,
+    read_metadata,
+    version_key,
+)
+from service.deps import EngineDep, StoreDep, require_api_key
+from service.errors import field_error
+from service.schemas import (
+    ErrorResponse,
+    LabelMoved,
+    LabelsResponse,
+    LabelTarget,
+    ModelInfo,
+    ModelsResponse,
+    ValidationErrorResponse,
+)
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/models", tags=["models"])
+
+_KEYED = {401: {"model": ErrorResponse, "description": "Missing or wrong API key."}}
 
 
 def _as_float(value: Any) -> float | None:
@@ -41,6 +64,11 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
     each with its metadata and metrics, and the one /colorize serves."""
     current = engine.current
     served = current.version if current is not None else None
+    try:
+        labels = engine.chooser.labels.read()
+    except LabelsUnreadable as exc:
+        log.warning("GET /models lists no labels: %s", exc)
+        labels = {}
     cached = set(engine.cached_versions())
     failed = engine.failed_versions()
     listed: list[tuple[int | str, dict[str, Any]]] = []
@@ -58,10 +86,76 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
                 render_size=_as_int(meta.get("render_size", meta.get("image_size"))),
                 created_at=_as_float(meta.get("created_at")),
                 served=version == served,
+                labels=sorted(name for name, target in labels.items() if target == version),
                 loaded=version == served or version in cached,
                 error=failed.get(version) or meta.get("error"),
                 metrics=metrics if isinstance(metrics, dict) else None,
                 metadata=meta,
             )
         )
-    return ModelsResponse(served=served, device=engine.device, versions=versions)
+    return ModelsResponse(
+        served=served,
+        policy=str(engine.chooser.policy),
+        labels=labels,
+        device=engine.device,
+        versions=versions,
+    )
+
+
+@router.get("/labels", response_model=LabelsResponse, responses={503: {"model": ErrorResponse}})
+def list_labels(engine: EngineDep) -> LabelsResponse:
+    """Every label and the version it points at, and the serving policy (COLORIZER_SERVE)."""
+    return LabelsResponse(policy=str(engine.chooser.policy), labels=engine.chooser.labels.read())
+
+
+def _label_name(name: str) -> str:
+    try:
+        return check_label(name)
+    except BadLabel as exc:
+        raise field_error("path", "name", str(exc), name) from None
+
+
+@router.put(
+    "/labels/{name}",
+    response_model=LabelMoved,
+    dependencies=[Depends(require_api_key)],
+    responses={
+        **_KEYED,
+        409: {"model": ErrorResponse, "description": "That version cannot be loaded; the label stays."},
+        422: {"model": ValidationErrorResponse, "description": "Bad label name, or no such version."},
+    },
+)
+def move_label(name: str, target: LabelTarget, engine: EngineDep, store: StoreDep) -> LabelMoved:
+    """Point a label at a version (creating the label). The version is loaded and tried on a test
+    image first: a version that cannot be served is refused (409) and the label does not move.
+    Every replica following the label switches at its next look at the store."""
+    name = _label_name(name)
+    try:
+        version: Version = version_key(target.version)
+        if version == DEFAULT_VERSION and not store.has_default():
+            raise UnknownVersion("no default model is installed")
+        engine.model(version)  # blocking (a sync route runs in a worker thread); raises BrokenVersion
+        previous = engine.chooser.labels.set(name, version)
+    except UnknownVersion as exc:  # also a version deleted by retention meanwhile
+        raise field_error(
+            "body", "version", f"{exc} (GET /models lists the versions)", target.version
+        ) from None
+    log.info("label %r moved to version %s (was %s)", name, version, previous)
+    return LabelMoved(label=name, version=version, previous=previous)
+
+
+@router.delete(
+    "/labels/{name}",
+    status_code=204,
+    dependencies=[Depends(require_api_key)],
+    responses={
+        **_KEYED,
+        404: {"model": ErrorResponse, "description": "No such label."},
+        422: {"model": ValidationErrorResponse, "description": "A name that cannot be a label."},
+    },
+)
+def delete_label(name: str, engine: EngineDep) -> Response:
+    """Delete a label. Replicas that follow it keep serving what they serve."""
+    previous = engine.chooser.labels.remove(_label_name(name))
+    log.info("label %r deleted (it pointed at version %s)", name, previous)
+    return Response(status_code=204)

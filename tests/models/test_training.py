@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.datasets import DatasetError, resolve_dataset
 from models import color
 from models.colorize import colorize_array
 from models.config import TrainConfig
-from models.data import DatasetError, resolve_dataset, scan_images
+from models.data import scan_images
 from models.networks import build_generator
 from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, ModelStore, UnknownVersion
 from models.training import run_training

@@ -57,6 +57,8 @@ def test_every_state_changing_route_refuses_a_request_without_the_key(keyed):
         ("POST", "/jobs/{job_id}/cancel"),
         ("POST", "/datasets"),
         ("DELETE", "/datasets/{name}"),
+        ("PUT", "/models/labels/{name}"),
+        ("DELETE", "/models/labels/{name}"),
     }
     assert (settings.datasets_dir / "tiny").is_dir()  # the DELETE without a key deleted nothing
     assert fake.calls == [] and JobStore(settings.jobs_dir).list() == []

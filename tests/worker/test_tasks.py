@@ -220,3 +220,19 @@ def test_progress_writes_are_throttled_but_never_miss_a_publish_or_the_end():
     assert [w["progress"]["step"] for w in store.writes] == [1, 3, 10]
     assert store.writes[1]["published_versions"] == [7]
     assert writer.last["step"] == 10
+
+
+def test_retention_after_each_publish_keeps_the_newest_the_labelled_and_the_pinned(settings):
+    from common.labels import Labels
+    from tests.apptest import publish_tiny
+
+    for _ in range(4):
+        publish_tiny(settings)  # versions 1-4, from earlier jobs
+    Labels(settings.models_dir).set("stable", 1)
+    kept = settings.model_copy(update={"keep_versions": 2, "serve": "2"})
+    config = {**TINY, "steps": 6, "publish_every": 2}  # publishes 5, 6 and 7
+    jobs, job_id = new_job(kept, config)
+    assert run_job(kept, job_id, config)["state"] == "succeeded"
+    assert jobs.get(job_id)["published_versions"] == [5, 6, 7]
+    # newest two (6, 7), labelled (1), pinned by COLORIZER_SERVE (2); 3, 4 and 5 deleted
+    assert sorted(int(p.name) for p in settings.models_dir.iterdir() if p.name.isdigit()) == [1, 2, 6, 7]

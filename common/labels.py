@@ -1,0 +1,237 @@
+"""Version labels and the serving policy, in the store itself so that every replica reads the same.
+
+A label (``stable``, ``canary``, any lower-case name) points at a version and moves only when
+someone moves it (``PUT /models/labels/<name>``, ``colorizer models label``). Labels live in
+``<models>/labels.json``: read-modify-write under an exclusive ``flock`` on ``.labels.lock``,
+written to a temporary file and renamed over the old one, so a reader sees the old labels or the
+new ones, never a mix.
+
+The policy (``COLORIZER_SERVE``) says what ``/colorize`` serves when a request names no model, as
+TensorFlow Serving's version policy does: ``latest`` (the newest loadable version, the packaged
+default while there is none), a version number (pinned), ``default`` (the packaged model), or a
+label's name (whatever it points at; the packaged default until it is set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.store import (
+    DEFAULT_VERSION,
+    LABELS_FILE,
+    TRASH_PREFIX,
+    UnknownVersion,
+    Version,
+    VersionStore,
+    parse_version,
+)
+
+log = logging.getLogger(__name__)
+
+LABELS_LOCK = ".labels.lock"
+LATEST = "latest"
+# Starts with a letter: a name can never be read as a version number, nor hold a path.
+_LABEL = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+RESERVED = frozenset({LATEST, DEFAULT_VERSION})
+
+
+class BadLabel(ValueError):
+    """Not a usable label name; the message says what a name may be."""
+
+
+class UnknownLabel(UnknownVersion):
+    """No such label in the store."""
+
+
+class LabelsUnreadable(RuntimeError):
+    """labels.json exists but is not a JSON object of label -> version."""
+
+
+def check_label(name: Any) -> str:
+    """``name`` if it can name a label; raises BadLabel with the rule."""
+    if isinstance(name, str) and _LABEL.fullmatch(name) and name not in RESERVED:
+        return name
+    raise BadLabel(
+        f"{name!r} cannot name a label: use 1-40 lower-case letters, digits, '-' or '_', starting "
+        f"with a letter, and not {' or '.join(repr(r) for r in sorted(RESERVED))}"
+    )
+
+
+def is_label_name(text: Any) -> bool:
+    return isinstance(text, str) and bool(_LABEL.fullmatch(text)) and text not in RESERVED
+
+
+def _target(value: Any) -> Version | None:
+    """A version a label may point at, from its JSON value; None if it is not one."""
+    if value == DEFAULT_VERSION:
+        return DEFAULT_VERSION
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return parse_version(value) if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What /colorize serves when a request names no model: ``kind`` is ``latest``, ``version``
+    (pinned: ``value`` is a number or ``"default"``) or ``label`` (``value`` is its name)."""
+
+    kind: str
+    value: Version | None = None
+
+    def __str__(self) -> str:
+        return LATEST if self.kind == LATEST else str(self.value)
+
+    @property
+    def pinned(self) -> list[Version]:
+        """The version this policy pins (retention keeps it), if it pins one."""
+        return [self.value] if self.kind == "version" and self.value is not None else []
+
+
+def parse_policy(text: str) -> Policy:
+    """``COLORIZER_SERVE``'s value as a Policy; raises ValueError with what it may be."""
+    cleaned = text.strip().lower() if isinstance(text, str) else text
+    if cleaned == LATEST:
+        return Policy(LATEST)
+    if cleaned == DEFAULT_VERSION:
+        return Policy("version", DEFAULT_VERSION)
+    number = parse_version(cleaned)
+    if number is not None:
+        return Policy("version", number)
+    if is_label_name(cleaned):
+        return Policy("label", cleaned)
+    raise ValueError(
+        f"{text!r} is not a serving policy: use 'latest', a version number, 'default', or a label's "
+        "name (lower-case letters, digits, '-' or '_', starting with a letter)"
+    )
+
+
+class Labels:
+    """The labels of the model store at ``root``: safe for concurrent readers and writers, in one
+    process or many, on one machine or on a shared volume with working ``flock``."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.path = self.root / LABELS_FILE
+
+    def read(self) -> dict[str, Version]:
+        """Every label and its version; {} when none was ever set. Raises LabelsUnreadable."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise LabelsUnreadable(f"{LABELS_FILE} cannot be read: {exc.strerror}") from exc
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise LabelsUnreadable(f"{LABELS_FILE} is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise LabelsUnreadable(f"{LABELS_FILE} is not a JSON object of label -> version")
+        labels: dict[str, Version] = {}
+        for name, value in data.items():
+            target = _target(value)
+            if not is_label_name(name) or target is None:
+                raise LabelsUnreadable(f"{LABELS_FILE}: {name!r} -> {value!r} is not a label and a version")
+            labels[name] = target
+        return labels
+
+    def get(self, name: str) -> Version:
+        """The version label ``name`` points at; raises UnknownLabel (or BadLabel, LabelsUnreadable)."""
+        check_label(name)
+        labels = self.read()
+        if name not in labels:
+            raise UnknownLabel(f"label {name!r} does not exist (GET /models/labels lists them)")
+        return labels[name]
+
+    def set(self, name: str, version: Version) -> Version | None:
+        """Point ``name`` at ``version``; returns the version it pointed at before, if any."""
+        check_label(name)
+        target = _target(version)
+        if target is None:
+            raise UnknownVersion(f"model version {version!r} does not exist")
+        with self._locked():  # under the lock that retention holds: the version cannot go meanwhile
+            if isinstance(target, int) and not (self.root / str(target)).is_dir():
+                raise UnknownVersion(f"model version {target} does not exist (GET /models lists them)")
+            labels = self.read()
+            previous = labels.get(name)
+            labels[name] = target
+            self._write(labels)
+        return previous
+
+    def remove(self, name: str) -> Version:
+        """Delete label ``name``; returns the version it pointed at. Raises UnknownLabel."""
+        check_label(name)
+        with self._locked():
+            labels = self.read()
+            if name not in labels:
+                raise UnknownLabel(f"label {name!r} does not exist (GET /models/labels lists them)")
+            previous = labels.pop(name)
+            self._write(labels)
+        return previous
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LABELS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write(self, labels: dict[str, Version]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-labels-", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(dict(sorted(labels.items())), fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # readable by an API running as another user
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def prune_versions(store: VersionStore, keep: int, protected: Iterable[Version] = ()) -> list[int]:
+    """Retention: delete every published version but the newest ``keep``, the labelled ones and
+    ``protected`` (a pinned version, the one this process serves); returns the numbers deleted.
+
+    Runs under the labels' lock, so no label can be pointed at a version being deleted. Each
+    version is first renamed to a hidden folder (one atomic step: a reader sees it whole or not at
+    all; a replica that has it loaded keeps serving it from memory), then removed.
+    """
+    if keep < 1:
+        raise ValueError("keep at least the newest version")
+    labels = Labels(store.root)
+    with labels._locked():
+        versions = store.versions()
+        kept = set(versions[-keep:]) | set(labels.read().values()) | set(protected)
+        removed = []
+        for version in versions:
+            if version in kept:
+                continue
+            trash = store.root / f"{TRASH_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(store.root / str(version), trash)
+            except FileNotFoundError:
+                continue  # another process pruned it first
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(version)
+    if removed:
+        log.info(
+            "retention: deleted model versions %s (keeping the newest %d and the labelled)", removed, keep
+        )
+    return removed

@@ -1,0 +1,85 @@
+"""The serving policy in the engine: a label followed wherever it moves, a pinned version, and
+``?model=`` naming a label; tiny real generators in a temporary store (refresh() called by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.labels import Labels, UnknownLabel
+from common.store import DEFAULT_VERSION, GENERATOR_FILE, UnknownVersion
+from inference.engine import Engine
+from inference.errors import NoModelLoaded
+from models.store import ModelStore, export_float16
+from tests.apptest import publish_tiny_to, tiny_model
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    default = export_float16(tiny_model({}), tmp_path / "default")
+    return ModelStore(tmp_path / "models", default)
+
+
+def test_a_label_policy_serves_the_default_until_the_label_is_set_then_only_what_it_points_at(store):
+    engine = Engine(store, policy="stable")
+    publish_tiny_to(store)
+    assert engine.refresh() == DEFAULT_VERSION  # a published version does not take the traffic
+    assert engine.refresh() is None
+    Labels(store.root).set("stable", 1)
+    assert engine.refresh() == 1
+    publish_tiny_to(store)
+    publish_tiny_to(store)  # two jobs publishing: still version 1
+    assert engine.refresh() is None and engine.model().version == 1
+    Labels(store.root).set("stable", 3)
+    assert engine.refresh() == 3
+    Labels(store.root).set("stable", 2)  # a rollback moves down
+    assert engine.refresh() == 2
+    assert engine.describe()["policy"] == "stable"
+
+
+def test_a_label_moved_to_a_broken_version_keeps_the_served_one(store):
+    engine = Engine(store, policy="stable")
+    publish_tiny_to(store)
+    publish_tiny_to(store)
+    Labels(store.root).set("stable", 1)
+    assert engine.refresh() == 1
+    (store.root / "2" / GENERATOR_FILE).write_bytes(b"broken after the label moved")
+    Labels(store.root).set("stable", 2)
+    assert engine.refresh() is None
+    assert engine.model().version == 1 and 2 in engine.failed_versions()
+
+
+def test_a_label_policy_without_the_label_or_a_default_says_how_to_set_it(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    publish_tiny_to(store)
+    engine = Engine(store, policy="stable")
+    assert engine.refresh() is None
+    with pytest.raises(NoModelLoaded, match=r"label 'stable'.*PUT /models/labels/stable"):
+        engine.model()
+
+
+def test_a_pinned_version_is_served_alone_and_a_missing_one_is_named(store):
+    engine = Engine(store, policy="2")
+    publish_tiny_to(store)
+    assert engine.refresh() is None
+    with pytest.raises(NoModelLoaded, match=r"version 2 \(COLORIZER_SERVE\) does not exist"):
+        engine.model()
+    publish_tiny_to(store)
+    publish_tiny_to(store)
+    assert engine.refresh() == 2 and engine.refresh() is None
+    assert Engine(store, policy="default").refresh() == DEFAULT_VERSION
+
+
+def test_a_request_may_name_a_label_and_gets_the_version_it_points_at(store):
+    engine = Engine(store)
+    publish_tiny_to(store)
+    publish_tiny_to(store)
+    engine.refresh()
+    Labels(store.root).set("canary", 1)
+    assert engine.model("canary").version == 1
+    assert engine.model(" canary ").version == 1
+    with pytest.raises(UnknownLabel, match="'nightly' does not exist"):
+        engine.model("nightly")
+    with pytest.raises(UnknownVersion):
+        engine.model("Canary")  # not a label name, not a version
