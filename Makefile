@@ -3,7 +3,7 @@
 #            missing), then the test suite
 # make lint  ruff and the import rules between the rooms (lint-imports)
 # make default-model  rebuild the shipped default model (see MODEL_CARD.md)
-# make bench-serve / bench-train / bench-folder  the benchmarks in bench/ (docs/performance.md); minutes each
+# make bench-serve / bench-train / bench-folder / bench-replicas  the benchmarks in bench/ (docs/performance.md)
 # Every COLORIZER_* variable in the environment reaches the service unchanged.
 
 PYTHON ?= python3
@@ -17,7 +17,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test lint install default-model bench-serve bench-train bench-folder
+.PHONY: run test lint install default-model bench-serve bench-train bench-folder bench-replicas
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,3 +80,7 @@ bench-train: $(DEV_STAMP)
 # colorizer colorize on folders of 256x256 and 2 MP photographs: images/s against the old loop.
 bench-folder: $(DEV_STAMP)
 	$(BIN)/python bench/folder.py $(BENCH_ARGS)
+
+# Two API replicas on one store: the window they serve different versions after a change.
+bench-replicas: $(DEV_STAMP)
+	$(BIN)/python bench/replicas.py

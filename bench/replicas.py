@@ -119,22 +119,13 @@ def run_phase(policy: str, changes: int, clients: int, default_dir: Path, body: 
                     if policy == "stable":
                         time.sleep(3.0)  # published, not labelled: it must take no traffic
                         since = time.monotonic()
-                        moved = httpx.put(
-                            f"{servers[0].url}/models/labels/stable", json={"version": version}, timeout=120
-                        )
-                        moved.raise_for_status()
+                        url = f"{servers[0].url}/models/labels/stable"
+                        httpx.put(url, json={"version": version}, timeout=120).raise_for_status()
                     else:
                         since = time.monotonic()
-                    firsts = load.switch_times(since, version, len(servers))
-                    rows.append(
-                        [
-                            policy,
-                            change + 1,
-                            version,
-                            *(f"{t:.2f}" for t in firsts),
-                            f"{abs(firsts[0] - firsts[1]):.2f}",
-                        ]
-                    )
+                    served_from[str(version)] = since
+                    a, b = load.switch_times(since, version, len(servers))
+                    rows.append([policy, change + 1, version, f"{a:.2f}", f"{b:.2f}", f"{abs(a - b):.2f}"])
                     time.sleep(1.0)
             answers = load.answers
         finally:

@@ -31,8 +31,8 @@ cv2.setNumThreads(1)
 # photograph of a new size does not compile again. Unfused, a 2 MP photograph costs about ten
 # passes over memory per operation, and TensorFlow's pow alone costs more than the model's share.
 #
-# What a 2 MP profile showed, each choice below with its figures, and what was tried and dropped:
-# docs/performance.md, "The full-resolution colour loops, as they stand".
+# Why each choice below, and what was tried and dropped: docs/performance.md, "Why it is this
+# fast"; the profiles and figures behind them are in that page's git history.
 
 _MIN_PIXEL_BUCKET = 1 << 12
 _W_R, _W_G, _W_B = (float(w) for w in color._RGB_TO_XYZ.numpy()[1])  # Y of D65 white is 1
