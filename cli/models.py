@@ -22,7 +22,8 @@ def _store() -> tuple[VersionStore, Labels]:
 
 @main.group("models")
 def models() -> None:
-    """List the model versions and labels; move, delete labels; apply retention."""
+    """List the model versions and labels; move, delete labels; apply retention; retry a version
+    a replica refused."""
 
 
 @models.command("list")
@@ -91,3 +92,20 @@ def prune(keep: int | None) -> None:
     except LabelsUnreadable as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"deleted versions {removed}" if removed else "nothing to delete")
+
+
+@models.command("retry")
+@click.argument("version")
+def retry(version: str) -> None:
+    """Forget that a replica refused VERSION, so every replica tries it again (a refusal also ends
+    by itself when the version's files change)."""
+    store, _ = _store()
+    from common.refusals import Refusals
+
+    try:
+        key = version_key(version)
+    except UnknownVersion as exc:
+        raise click.ClickException(str(exc)) from None
+    if not Refusals(store.root).forget(key):
+        raise click.ClickException(f"no replica refused version {key}")
+    click.echo(f"version {key} will be tried again")

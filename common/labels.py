@@ -15,15 +15,13 @@ label's name (whatever it points at; the packaged default until it is set).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,9 @@ from common.store import (
     UnknownVersion,
     Version,
     VersionStore,
+    file_lock,
     parse_version,
+    replace_json,
 )
 
 log = logging.getLogger(__name__)
@@ -181,28 +181,12 @@ class Labels:
             self._write(labels)
         return previous
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LABELS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.root / LABELS_LOCK)
 
     def _write(self, labels: dict[str, Version]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-labels-", dir=self.root)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(dict(sorted(labels.items())), fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # readable by an API running as another user
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.root.mkdir(parents=True, exist_ok=True)
+        replace_json(self.path, labels)
 
 
 def prune_versions(store: VersionStore, keep: int, protected: Iterable[Version] = ()) -> list[int]:

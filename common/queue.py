@@ -183,3 +183,34 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Colorize
         conf["redis_socket_connect_timeout"] = REDIS_CONNECT_TIMEOUT_S
     app.conf.update(conf)
     return app
+
+
+# A worker that finds no record of a job it was given (its COLORIZER_DATA_DIR is not the API's)
+# hands the job back to the queue, a second apart, for a worker that shares the API's data
+# directory; after this many it gives up and leaves the reason in the result backend, where the
+# API finds it (``not_visible_reason``) and fails the job. 20 bounces between one bad and one good
+# worker all land on the bad one with a probability of about one in a million.
+NOT_VISIBLE_RETRIES = 20
+NOT_VISIBLE_DELAY_S = 1.0
+
+
+def send_train(app: Celery, job_id: str, config: dict[str, Any]) -> None:
+    """Queue the training task for ``job_id``; its task id is the job id (``not_visible_reason``).
+
+    ``ignore_result``: job state lives in the record; without it the Redis result backend would
+    first retry its subscription for ~20 s when Redis is down.
+    """
+    app.send_task(TRAIN_TASK, args=[job_id, config], queue=TRAIN_QUEUE, task_id=job_id, ignore_result=True)
+
+
+def not_visible_reason(app: Celery, job_id: str) -> str | None:
+    """Why no worker could run ``job_id`` (a failure a worker stored under the job's task id), or
+    None: nothing stored, or the backend cannot be read right now."""
+    try:
+        meta = app.backend.get_task_meta(job_id)
+    except Exception as exc:  # an unreachable backend must not break reading the job
+        log.debug("result backend unreadable for job %s: %s", job_id, exc)
+        return None
+    if meta.get("status") != "FAILURE":
+        return None
+    return str(meta.get("result") or "no worker could run the job")

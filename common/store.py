@@ -15,6 +15,8 @@ generator is ``models.store.ModelStore``'s.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -23,7 +25,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,11 @@ METADATA_FILE = "metadata.json"
 TEMP_PREFIX = ".tmp-"
 # Where versions deleted by retention go first: one rename hides a version whole (common.labels).
 TRASH_PREFIX = ".trash-"
-# The store's own files beside the versions: the labels (common.labels).
+# The store's own files beside the versions: the labels (common.labels) and the versions a
+# replica refused (common.refusals).
 LABELS_FILE = "labels.json"
+REFUSALS_FILE = "refused.json"
+_STORE_FILES = frozenset({LABELS_FILE, REFUSALS_FILE})
 # A publisher's temporary directory older than this was left by a killed process.
 STALE_TEMP_SECONDS = 3600.0
 
@@ -139,7 +144,11 @@ class VersionStore:
             version = parse_version(child.name)
             if version is not None and child.is_dir():
                 found.append((version, child))
-            elif not child.name.startswith(".") and child.name not in (LABELS_FILE, *self._ignored):
+            elif not child.name.startswith(".") and child.name not in (
+                LABELS_FILE,
+                REFUSALS_FILE,
+                *self._ignored,
+            ):
                 self._ignored.add(child.name)
                 log.warning(
                     "ignoring %r in the model store: versions are folders named by a positive "
@@ -261,3 +270,32 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, fh, indent=2, sort_keys=True, default=str)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block: one writer
+    at a time across processes, on one machine or on a shared volume with working ``flock``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def replace_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` as a whole: a temporary file beside it, synced, then renamed over
+    it, so a reader sees the old content or the new, never a mix. Readable by other users."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.stem}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -275,12 +275,30 @@ class Engine:
         """
         self.setup()
         try:
-            return self._look(self._current)
+            current = self._current
+            if current is not None and self._failures.refused_elsewhere(current.version) is not None:
+                return self._replace_refused(current)
+            return self._look(current, current)
         finally:
             self._looked.set()
 
-    def _look(self, current: LoadedModel | None) -> Version | None:
-        for version in self._candidates(current):
+    def _replace_refused(self, current: LoadedModel) -> Version | None:
+        """Another replica refused the served version: serve what this one would serve without it,
+        or nothing (replicas must not disagree about a broken version)."""
+        log.warning("model version %s was refused by another replica; not serving it", current.version)
+        version = self._look(current, None)
+        if version is None:
+            with self._load_lock, self._state_lock:
+                if self._current is current:
+                    self._current = None
+        with self._state_lock:
+            self._cache.pop(current.version, None)
+        return version
+
+    def _look(self, current: LoadedModel | None, served: LoadedModel | None) -> Version | None:
+        """Swap in the best candidate instead of ``served`` (what the policy compares against),
+        unless the model served is no longer ``current``."""
+        for version in self._candidates(served):
             if self._failures.known(version) is not None:
                 continue
             with self._load_lock:

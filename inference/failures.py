@@ -1,15 +1,23 @@
 """Model versions that failed to load, remembered with their files' modification times: a broken
-version is not tried again until one of its files changes (a re-publish, a repaired copy)."""
+version is not tried again until one of its files changes (a re-publish, a repaired copy).
+
+A failure is also written to the store's shared refusals (``common.refusals``), and a version
+another replica refused counts as failed here too: replicas on one store refuse the same versions.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 from dataclasses import dataclass
 
+from common.refusals import Refusals
 from common.store import DEFAULT_VERSION, GENERATOR_FILE, METADATA_FILE, WEIGHTS_FILE, Version
 from models.store import ModelStore
+
+log = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_REASON = 400
@@ -30,10 +38,12 @@ class _Failure:
 
 
 class FailedVersions:
-    """Thread-safe memory of the versions of ``store`` that could not be served, and why."""
+    """Thread-safe memory of the versions of ``store`` that could not be served, and why (here or,
+    through the store, by another replica)."""
 
     def __init__(self, store: ModelStore):
         self.store = store
+        self.shared = Refusals(store.root)
         self._failed: dict[Version, _Failure] = {}
         self._lock = threading.Lock()
 
@@ -49,21 +59,46 @@ class FailedVersions:
         return tuple(stamps)
 
     def known(self, version: Version) -> str | None:
-        """Why ``version`` failed, while its files are the ones that failed; else None."""
+        """Why ``version`` failed (here, or at another replica), while its files are the ones that
+        failed; else None."""
         with self._lock:
             failure = self._failed.get(version)
-        if failure is not None and failure.signature == self.signature(version):
+        signature = self.signature(version)
+        if failure is not None and failure.signature == signature:
             return failure.reason
-        return None
+        return self.refused_elsewhere(version, signature)
+
+    def refused_elsewhere(self, version: Version, signature: Signature | None = None) -> str | None:
+        """Why another replica refused ``version`` (these very files), or None."""
+        reason = self.shared.get(version, signature or self.signature(version))
+        return one_line(reason) if reason is not None else None
 
     def record(self, version: Version, signature: Signature, reason: str) -> None:
         with self._lock:
             self._failed[version] = _Failure(signature, reason)
+        try:
+            self.shared.record(version, signature, reason)
+        except OSError as exc:  # a read-only store: this replica still remembers
+            log.warning("cannot share the refusal of version %s: %s", version, exc)
 
     def forget(self, version: Version) -> None:
+        """``version`` loaded: no refusal of it applies any more, here or in the store."""
         with self._lock:
             self._failed.pop(version, None)
+        if str(version) in self.shared.read():
+            try:
+                self.shared.forget(version)
+            except OSError as exc:
+                log.warning("cannot clear the refusal of version %s: %s", version, exc)
 
     def reasons(self) -> dict[Version, str]:
+        """Every version refused here or (for the files it has now) by another replica."""
         with self._lock:
-            return {v: f.reason for v, f in self._failed.items()}
+            reasons = {v: f.reason for v, f in self._failed.items()}
+        for key in self.shared.read():
+            version: Version = (
+                DEFAULT_VERSION if key == DEFAULT_VERSION else int(key) if key.isdigit() else key
+            )
+            if version not in reasons and (reason := self.refused_elsewhere(version)) is not None:
+                reasons[version] = reason
+        return reasons

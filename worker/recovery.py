@@ -30,7 +30,7 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 
 from common.jobs import JobStore
-from common.queue import TRAIN_QUEUE, TRAIN_TASK
+from common.queue import send_train
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def requeue_orphans(app: Celery, jobs: JobStore, requeue_after: float) -> list[s
         if marked is None:
             continue
         try:
-            app.send_task(TRAIN_TASK, args=[job_id, marked["config"]], queue=TRAIN_QUEUE, ignore_result=True)
+            send_train(app, job_id, marked["config"])
         except Exception as exc:  # kombu OperationalError, ConnectionError, ...
             log.warning(
                 "job %s needs re-queueing but the broker is unreachable (%s); retrying later", job_id, exc

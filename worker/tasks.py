@@ -46,7 +46,7 @@ from pydantic import ValidationError
 from common.datasets import DatasetError
 from common.jobs import FINAL_STATES, JobStore, UnknownJob
 from common.labels import LabelsUnreadable, prune_versions
-from common.queue import TRAIN_QUEUE, TRAIN_TASK
+from common.queue import NOT_VISIBLE_DELAY_S, NOT_VISIBLE_RETRIES, TRAIN_QUEUE, TRAIN_TASK
 from common.settings import Settings
 from common.store import BrokenVersion, UnknownVersion, VersionStore
 from models.config import TrainConfig
@@ -188,7 +188,7 @@ def run_job(
     try:
         record = jobs.get(job_id)
     except UnknownJob:
-        log.error("job %s has no record under %s; dropping it", job_id, jobs.root)
+        log.error("job %s has no record under %s", job_id, jobs.root)
         return {"job_id": job_id, "state": "missing", "error": "no job record"}
     if record["state"] in FINAL_STATES:
         log.info("job %s is already %s; nothing to do", job_id, record["state"])
@@ -366,4 +366,22 @@ def train(self, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
             signal.signal(signal.SIGTERM, previous)
     if outcome["state"] == "interrupted":
         log.warning("job %s: stopped by SIGTERM with a checkpoint; it resumes at its next start", job_id)
+    if outcome["state"] == "missing":
+        handed_back = self.request.retries
+        if handed_back < NOT_VISIBLE_RETRIES:
+            log.error(
+                "job %s: this worker's data directory has no record of it (the API and every worker must "
+                "share COLORIZER_DATA_DIR); handing it back to the queue for another worker (%d of %d)",
+                job_id,
+                handed_back + 1,
+                NOT_VISIBLE_RETRIES,
+            )
+            raise self.retry(countdown=NOT_VISIBLE_DELAY_S, max_retries=NOT_VISIBLE_RETRIES)
+        reason = (
+            f"no worker could run this job: the workers that took it ({NOT_VISIBLE_RETRIES + 1} deliveries) "
+            "have no record of it in their data directory. The API and every worker must share one "
+            "COLORIZER_DATA_DIR (models/, datasets/, jobs/), e.g. one volume or network share"
+        )
+        log.error("job %s: %s", job_id, reason)
+        self.backend.mark_as_failure(self.request.id, RuntimeError(reason))
     return outcome

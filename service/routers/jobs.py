@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
 from common.datasets import DatasetError, resolve_dataset
-from common.jobs import FINAL_STATES
+from common.jobs import FINAL_STATES, JobStore
 from common.settings import redact_url
 from common.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, VersionStore, read_metadata
 from models.config import TrainConfig
@@ -135,13 +136,9 @@ def submit_job(
     config_dict = config.model_dump(mode="json")
     record = jobs.create(config_dict)
     try:
-        from common.queue import TRAIN_QUEUE, TRAIN_TASK
+        from common.queue import send_train
 
-        # ignore_result: job state lives in the record; without it the Redis result backend
-        # would first retry its subscription for ~20 s when Redis is down.
-        celery_app.send_task(
-            TRAIN_TASK, args=[record["id"], config_dict], queue=TRAIN_QUEUE, ignore_result=True
-        )
+        send_train(celery_app, record["id"], config_dict)
     except Exception as exc:  # kombu OperationalError, ConnectionError, a missing worker package, ...
         log.warning("job %s could not be queued: %s", record["id"], redact_url(repr(exc)))
         # Celery's Redis result backend gives up for good after its reconnect retries ("must be
@@ -164,22 +161,42 @@ def submit_job(
     return _status(record)
 
 
+def _reconciled(record: dict[str, Any], jobs: JobStore, celery_app: Celery) -> dict[str, Any]:
+    """``record``, failed with the reason when no worker could see the job (a queued job whose last
+    worker stored a failure in the result backend: its data directory is not the API's)."""
+    if record.get("state") != "queued":
+        return record
+    from common.queue import not_visible_reason
+
+    reason = not_visible_reason(celery_app, record["id"])
+    if reason is None:
+        return record
+
+    def fail(current: dict[str, Any]) -> dict[str, Any] | None:
+        if current.get("state") != "queued":
+            return None
+        return {"state": "failed", "error": reason, "finished_at": time.time()}
+
+    log.error("job %s: %s", record["id"], reason)
+    return jobs.modify(record["id"], fail) or jobs.get(record["id"])
+
+
 @router.get("", response_model=list[JobStatus])
-def list_jobs(jobs: JobStoreDep) -> list[JobStatus]:
+def list_jobs(jobs: JobStoreDep, celery_app: CeleryDep) -> list[JobStatus]:
     """Every job, newest first (a record that does not parse is logged and left out)."""
     statuses = []
     for record in jobs.list():
         try:
-            statuses.append(_status(record))
+            statuses.append(_status(_reconciled(record, jobs, celery_app)))
         except ValidationError as exc:
             log.warning("job record %s is damaged and not listed: %s", record.get("id"), exc)
     return statuses
 
 
 @router.get("/{job_id}", response_model=JobStatus, responses=_UNKNOWN_JOB)
-def get_job(job_id: str, jobs: JobStoreDep) -> JobStatus:
+def get_job(job_id: str, jobs: JobStoreDep, celery_app: CeleryDep) -> JobStatus:
     """One job's record: state, progress, losses, ETA, published versions, error."""
-    return _status(jobs.get(job_id))
+    return _status(_reconciled(jobs.get(job_id), jobs, celery_app))
 
 
 @router.post(

@@ -61,3 +61,17 @@ def test_prune_keeps_the_newest_the_labelled_and_the_pinned(data_dir, monkeypatc
     assert run("prune", "--keep", "2") == (0, "deleted versions [2, 4]\n")
     assert store.versions() == [1, 3, 5, 6]
     assert run("prune", "--keep", "2") == (0, "nothing to delete\n")
+
+
+def test_retry_forgets_a_refusal_shared_through_the_store(data_dir):
+    from common.refusals import Refusals
+
+    store = ModelStore(data_dir / "models")
+    publish_tiny_to(store)
+    Refusals(store.root).record(1, (1, None, 2), "out of memory")
+    code, listing = run("list")
+    assert code == 0 and listing.splitlines()[1].split() == ["1"]  # refused.json is not a version
+    assert run("retry", "1") == (0, "version 1 will be tried again\n")
+    assert Refusals(store.root).read() == {}
+    code, output = run("retry", "1")
+    assert code == 1 and "no replica refused version 1" in output

@@ -173,3 +173,18 @@ def test_a_version_left_half_deleted_by_a_killed_pruner_is_cleared_at_the_next_p
     (leftover / "x").write_text("x")
     publish(store, 1)
     assert not leftover.exists() and store.versions() == [1, 2]
+
+
+def test_shared_refusals_apply_to_the_files_refused_and_a_damaged_file_is_no_refusal(store, caplog):
+    from common.refusals import Refusals
+
+    publish(store, 1)
+    refusals = Refusals(store.root)
+    refusals.record(1, (5, None, 6), "bad weights")
+    assert "bad weights (refused by " in refusals.get(1, (5, None, 6))
+    assert refusals.get(1, (5, None, 7)) is None  # the files changed since
+    assert store.versions() == [1]
+    (store.root / "refused.json").write_text("{damaged")
+    with caplog.at_level(logging.WARNING):
+        assert refusals.read() == {} and refusals.get(1, (5, None, 6)) is None
+    assert "refused.json cannot be read" in caplog.text

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from common.labels import Labels, UnknownLabel
-from common.store import DEFAULT_VERSION, GENERATOR_FILE, UnknownVersion
+from common.refusals import Refusals
+from common.store import DEFAULT_VERSION, GENERATOR_FILE, METADATA_FILE, BrokenVersion, UnknownVersion
 from inference.engine import Engine
 from inference.errors import NoModelLoaded
 from models.store import ModelStore, export_float16
@@ -83,3 +85,53 @@ def test_a_request_may_name_a_label_and_gets_the_version_it_points_at(store):
         engine.model("nightly")
     with pytest.raises(UnknownVersion):
         engine.model("Canary")  # not a label name, not a version
+
+
+# -- refusals shared through the store: replicas refuse the same versions --------------------------
+
+
+class _FailsOn(ModelStore):
+    """A real store whose load() fails for some versions, as on a replica whose hardware or
+    TensorFlow cannot load them while another's can."""
+
+    def __init__(self, root: Path, default_dir: Path | None, failing: set):
+        super().__init__(root, default_dir)
+        self.failing = failing
+
+    def load(self, version):
+        if version in self.failing:
+            raise BrokenVersion(f"version {version}: out of memory on this replica")
+        return super().load(version)
+
+
+def test_a_version_one_replica_refuses_is_refused_by_the_others_until_its_files_change(store):
+    publish_tiny_to(store)
+    publish_tiny_to(store)
+    serving = Engine(store)  # a replica that loaded version 2 before the other refused it
+    assert serving.refresh() == 2
+    refusing = Engine(_FailsOn(store.root, store.default_dir, {2}))
+    assert refusing.refresh() == 1  # it cannot load 2, and says so in the store
+    assert "out of memory on this replica" in Refusals(store.root).read()["2"]["reason"]
+
+    assert serving.refresh() == 1  # the first replica stops serving 2 too
+    fresh = Engine(store)
+    assert fresh.refresh() == 1  # and a new one never serves it
+    assert "refused by" in fresh.failed_versions()[2]
+    with pytest.raises(BrokenVersion, match="out of memory"):
+        fresh.model(2)
+
+    # published again (new files): every replica tries it again
+    time.sleep(0.01)
+    (store.root / "2" / METADATA_FILE).touch()
+    assert fresh.refresh() == 2 and serving.refresh() == 2
+    assert "2" not in Refusals(store.root).read()
+
+
+def test_a_pinned_replica_stops_serving_a_version_another_refused(store):
+    publish_tiny_to(store)
+    pinned = Engine(store, policy="1")
+    assert pinned.refresh() == 1
+    Engine(_FailsOn(store.root, store.default_dir, {1}), policy="1").refresh()
+    assert pinned.refresh() is None and not pinned.ready
+    with pytest.raises(NoModelLoaded, match="cannot be loaded"):
+        pinned.model()
