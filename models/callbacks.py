@@ -29,6 +29,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from common.labels import Labels, LabelsUnreadable
+from common.store import BrokenVersion, UnknownVersion, Version
 from models.colorize import colorize_array
 from models.store import LoadedModel, ModelStore
 
@@ -292,11 +294,13 @@ class Publisher(keras.callbacks.Callback):
         ledger: Path,
         metadata: dict,
         validation: list[tuple[str, np.ndarray]] | None = None,
+        promote_to: str | None = None,
     ):
         super().__init__()
         self.state, self.every, self.store = state, every, store
         self.ledger, self.metadata = ledger, metadata
         self.validation = validation or []
+        self.promote_to = promote_to if self.validation else None
         self._scored: LoadedModel | None = None
 
     def on_train_batch_end(self, batch, logs=None):
@@ -319,6 +323,8 @@ class Publisher(keras.callbacks.Callback):
                 **({"validation": self.validate()} if self.validation else {}),
             },
         }
+        if self.promote_to is not None:
+            metadata["promotion"] = self.judge(metadata["metrics"]["validation"])
         try:
             version = self.store.publish(float32_generator(self.model.generator), metadata)
         except OSError as exc:
@@ -327,20 +333,70 @@ class Publisher(keras.callbacks.Callback):
             ) from exc
         self.state.published[step] = version
         self.ledger.write_text(json.dumps({str(k): v for k, v in self.state.published.items()}))
+        if self.promote_to is not None and metadata["promotion"]["promoted"]:
+            self.promote(version, metadata["promotion"])
         return version
+
+    def judge(self, scores: dict[str, float]) -> dict[str, Any]:
+        """Whether the version about to be published beats the gray input and the version
+        ``promote_to`` points at, both scored here on this job's validation photographs."""
+        label = self.promote_to
+        incumbent: Version | None = None
+        theirs: float | None = None
+        try:
+            incumbent = Labels(self.store.root).get(label)
+            model = self.store.load(incumbent)
+            theirs = self._score(model)["ciede2000"]
+        except (UnknownVersion, BrokenVersion, LabelsUnreadable) as exc:  # UnknownLabel: not set yet
+            log.info("promotion to %r: no version to beat (%s)", label, exc)
+        return {"label": label, **promotion(scores, incumbent, theirs)}
+
+    def promote(self, version: int, decision: dict[str, Any]) -> None:
+        try:
+            Labels(self.store.root).set(self.promote_to, version)
+        except (OSError, UnknownVersion, LabelsUnreadable) as exc:  # e.g. retention took it meanwhile
+            log.warning("version %s was not labelled %r: %s", version, self.promote_to, exc)
+            return
+        log.info("label %r moved to version %s: %s", self.promote_to, version, decision["reason"])
 
     def validate(self) -> dict[str, float]:
         """Mean metrics on the held-out photographs, at the model's size."""
-        from models.evaluate import evaluate_images, summary
-
         if self._scored is None:
             meta = self.metadata
             self._scored = LoadedModel(None, self.model.generator, meta["preset"], meta["image_size"], meta)
-        model = self._scored
+        return self._score(self._scored)
+
+    def _score(self, model: LoadedModel) -> dict[str, float]:
+        """``model``'s mean metrics on the held-out photographs, at this run's image size."""
+        from models.evaluate import evaluate_images, summary
+
+        size = self.metadata["image_size"]
         report = evaluate_images(
-            lambda gray: colorize_array(model, gray), self.validation, model.image_size, full_resolution=False
+            lambda gray: colorize_array(model, gray), self.validation, size, full_resolution=False
         )
         return summary(report)
+
+
+def promotion(scores: dict[str, float], incumbent: Version | None, theirs: float | None) -> dict[str, Any]:
+    """The quality gate's decision for a version with validation ``scores``: promoted when its
+    CIEDE2000 is below the gray input's and below ``theirs`` (the labelled version's, on the same
+    photographs; None when the label is not set or its version cannot be loaded)."""
+    ours, gray = scores["ciede2000"], scores["grayscale_ciede2000"]
+    decision = {
+        "ciede2000": ours,
+        "grayscale_ciede2000": gray,
+        "incumbent": incumbent,
+        "incumbent_ciede2000": theirs,
+    }
+    if not ours < gray:
+        reason = f"CIEDE2000 {ours:.2f} does not beat the gray input's {gray:.2f}"
+        return {**decision, "promoted": False, "reason": reason}
+    if theirs is not None and not ours < theirs:
+        reason = f"CIEDE2000 {ours:.2f} does not beat version {incumbent}'s {theirs:.2f}"
+        return {**decision, "promoted": False, "reason": reason}
+    against = f" and version {incumbent}'s {theirs:.2f}" if theirs is not None else ""
+    reason = f"CIEDE2000 {ours:.2f} beats the gray input's {gray:.2f}{against}"
+    return {**decision, "promoted": True, "reason": reason}
 
 
 def float32_generator(generator: keras.Model) -> keras.Model:

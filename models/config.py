@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.labels import check_label
 from models.presets import DEFAULT_PRESET, PRESETS, levels_for
 
 # A dataset is a folder name: jobs, uploads (service/datasets.py) and the OpenAPI schema share it.
@@ -106,6 +107,12 @@ class TrainConfig(BaseModel):
     max_seconds: float | None = Field(
         None, gt=0, description="Stop (and publish) after this much training time, whatever steps remain."
     )
+    promote_to: str | None = Field(
+        None,
+        description="A label to move to each version this job publishes that beats both the gray "
+        "input and the label's current version on the job's validation photographs (a quality gate; "
+        "the decision is in the version's metadata, 'promotion').",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -138,6 +145,19 @@ class TrainConfig(BaseModel):
             raise ValueError("encoder mobilenet_v2 needs an image_size of at least 32")
         if self.train_encoder and self.encoder not in ("mobilenet_v2", None):
             raise ValueError("train_encoder fine-tunes a mobilenet_v2 encoder; a unet encoder always trains")
+        return self
+
+    @field_validator("promote_to")
+    @classmethod
+    def _label_name(cls, value: str | None) -> str | None:
+        return check_label(value) if value is not None else None  # BadLabel is a ValueError
+
+    @model_validator(mode="after")
+    def _promotion_is_scored(self) -> TrainConfig:
+        if self.promote_to is not None and self.validation_split == 0:
+            raise ValueError(
+                "promote_to compares versions on validation photographs: validation_split must be > 0"
+            )
         return self
 
     @model_validator(mode="after")

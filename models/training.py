@@ -237,7 +237,7 @@ def run_training(
             sample_pairs(validation_files + train_files, config),
             config.preset,
         ),
-        Publisher(state, config.publish_every, store, ledger, metadata, validation),
+        Publisher(state, config.publish_every, store, ledger, metadata, validation, config.promote_to),
     ]
     if config.max_seconds is not None:
         callbacks.insert(2, TimeLimit(state, config.max_seconds))

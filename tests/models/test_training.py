@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from common.datasets import DatasetError, resolve_dataset
 from models import color
+from models.callbacks import promotion
 from models.colorize import colorize_array
 from models.config import TrainConfig
 from models.data import scan_images
@@ -280,3 +282,66 @@ def test_epochs_mean_passes_over_the_dataset(dataset_dir, tmp_path):
 
 def test_dataset_path_outside_is_never_used(dataset_dir):
     assert not (Path(dataset_dir) / "datasets" / "..").resolve().samefile(dataset_dir / "datasets")
+
+
+# -- the quality gate: promote_to --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours", "gray", "theirs", "promoted", "words"),
+    [
+        (9.0, 10.0, None, True, "beats the gray input's 10.00"),
+        (9.0, 10.0, 9.5, True, "and version 3's 9.50"),
+        (9.0, 10.0, 9.0, False, "does not beat version 3's 9.00"),
+        (9.0, 10.0, 8.0, False, "does not beat version 3's 8.00"),
+        (10.0, 10.0, None, False, "does not beat the gray input's 10.00"),
+        (11.0, 10.0, 12.0, False, "does not beat the gray input's"),
+    ],
+)
+def test_a_version_is_promoted_only_when_it_beats_gray_and_the_labelled_one(
+    ours, gray, theirs, promoted, words
+):
+    decision = promotion({"ciede2000": ours, "grayscale_ciede2000": gray}, 3 if theirs else None, theirs)
+    assert decision["promoted"] is promoted and words in decision["reason"]
+
+
+def test_promote_to_must_be_a_label_and_needs_validation_photographs():
+    assert tiny_config(promote_to="stable").promote_to == "stable"
+    for bad in ("7", "Stable", "../x", "latest"):
+        with pytest.raises(ValidationError, match="cannot name a label"):
+            tiny_config(promote_to=bad)
+    with pytest.raises(ValidationError, match="validation_split"):
+        tiny_config(promote_to="stable", validation_split=0)
+
+
+def test_a_run_moves_the_label_only_to_versions_that_beat_gray_and_the_labelled_one(dataset_dir, tmp_path):
+    from common.labels import Labels
+    from tests.apptest import tiny_model
+
+    store = ModelStore(dataset_dir / "models")
+    loud = tiny_model({})
+    last = [layer for layer in loud.generator.layers if layer.weights][-1]
+    kernel, _ = last.get_weights()
+    last.set_weights([kernel, np.asarray([2.0, -2.0], np.float32)])  # a saturated green-blue cast
+    first = store.publish(loud.generator, loud.metadata)
+    Labels(store.root).set("stable", first)
+
+    result = run_training(
+        tiny_config(steps=6, promote_to="stable", validation_split=0.34),
+        data_dir=dataset_dir,
+        job_dir=tmp_path / "job",
+        store=store,
+    )
+    expected = first
+    for version in result.published_versions:
+        decision = store.get(version).metadata["promotion"]
+        beats_gray = decision["ciede2000"] < decision["grayscale_ciede2000"]
+        incumbent = decision["incumbent_ciede2000"]
+        assert decision["incumbent"] == expected and incumbent is not None  # scored on the same photos
+        assert decision["promoted"] is (beats_gray and decision["ciede2000"] < incumbent), decision
+        if decision["promoted"]:
+            expected = version
+    assert Labels(store.root).get("stable") == expected
+    assert (
+        store.get(result.published_versions[0]).metadata["promotion"]["incumbent_ciede2000"] > 20
+    )  # the cast
