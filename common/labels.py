@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.serving import ServingReports
 from common.store import (
     DEFAULT_VERSION,
     LABELS_FILE,
@@ -190,8 +191,9 @@ class Labels:
 
 
 def prune_versions(store: VersionStore, keep: int, protected: Iterable[Version] = ()) -> list[int]:
-    """Retention: delete every published version but the newest ``keep``, the labelled ones and
-    ``protected`` (a pinned version, the one this process serves); returns the numbers deleted.
+    """Retention: delete every published version but the newest ``keep``, the labelled ones, those
+    a live API replica serves or is loading (``common.serving``) and ``protected`` (a pinned
+    version); returns the numbers deleted.
 
     Runs under the labels' lock, so no label can be pointed at a version being deleted. Each
     version is first renamed to a hidden folder (one atomic step: a reader sees it whole or not at
@@ -202,7 +204,8 @@ def prune_versions(store: VersionStore, keep: int, protected: Iterable[Version] 
     labels = Labels(store.root)
     with labels._locked():
         versions = store.versions()
-        kept = set(versions[-keep:]) | set(labels.read().values()) | set(protected)
+        in_use = ServingReports(store.root).in_use()  # served or being loaded by a live replica
+        kept = set(versions[-keep:]) | set(labels.read().values()) | set(protected) | in_use
         removed = []
         for version in versions:
             if version in kept:

@@ -4,24 +4,18 @@ This is the only module of the API's process that uses TensorFlow, and it import
 and ``models.device``) lazily, when the engine first needs it, so ``import service.app`` stays cheap.
 
 Serving model: ``engine.current`` is swapped atomically (one reference assignment) after the new
-version has loaded and colorized a dummy image; a request grabs the reference once and keeps that
-``LoadedModel`` to the end, whatever the watcher does meanwhile. Older or explicitly requested
-versions live in a small LRU cache. A version that fails to load is remembered (with its files'
-modification times) and not tried again until its files change.
+version has loaded and colorized a dummy image; a request keeps the ``LoadedModel`` it took to
+the end. Which version is served is the policy's (``inference.versions``: latest, pinned, or a
+label); other versions asked for live in a small LRU cache; a version that fails to load is
+refused, here and through the store by every replica, until its files change
+(``inference.failures``).
 
-Versions are the store's positive integers plus ``"default"``, the generator packaged with the code
-(``models/default/``): it ranks below every published version, so it is served only while the store
-has no loadable version, and the first loadable published version replaces it.
-
-Inference (TensorFlow Serving style dynamic batching): callers ``prepare`` a photograph in their
-own thread (luminance, model input), ``submit`` the model input and get a future, and ``finish``
-the prediction in their own thread (chroma upsampled, joined with the luminance). One inference
-thread (``inference.batcher.DynamicBatcher``) takes up to ``max_batch_size`` queued inputs for the
-same model version and render size, waiting at most ``batch_timeout`` after the oldest, and runs
-them as one call of a compiled function whose signature is fixed per (version, size); the batch
-is padded to a bucket size (1, 2, 4, 8). A full queue (``max_queue``) answers EngineBusy at once.
-A version is warmed up when it loads (every bucket traced and run once), before it is swapped in,
-in float32 or bfloat16 as ``precision`` says (auto: bfloat16 where the hardware has it).
+Inference (TensorFlow Serving style dynamic batching, docs/operations.md "How /colorize runs"):
+callers ``prepare`` in their thread, ``submit`` the model input to the one inference thread
+(``inference.batcher``), which runs queued inputs of one version and size as one compiled call
+padded to a bucket (1, 2, 4, 8), and ``finish`` in their thread. A full queue answers EngineBusy.
+A version is warmed up (every bucket traced and run) before it is swapped in, in float32 or
+bfloat16 as ``precision`` says (auto: bfloat16 where the hardware has it).
 """
 
 from __future__ import annotations
@@ -45,7 +39,7 @@ from common.store import (
 from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
 from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
 from inference.failures import FailedVersions, one_line
-from inference.versions import VersionChooser
+from inference.versions import ServingReporter, VersionChooser
 from models.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
@@ -87,6 +81,7 @@ class Engine:
     ):
         self.store = store
         self.chooser = VersionChooser(store, policy)
+        self.reporter = ServingReporter(store)
         self.device_preference = device_preference
         self.reload_interval = reload_interval
         self.max_render_size = max_render_size
@@ -201,7 +196,9 @@ class Engine:
             except Exception:  # the watcher must outlive any surprise in one look at the store
                 log.exception("looking for a new model version failed; trying again later")
             self._looked.set()  # also after a look that failed
+            self._report()
             self._stop.wait(self.reload_interval)
+        self.reporter.withdraw()
 
     def waiting_reason(self) -> str:
         """Why no model is served (yet), in a sentence for /readyz and a 503."""
@@ -308,6 +305,7 @@ class Engine:
                     model = self._cache.get(version)  # already loaded on demand by a request
                 if model is None:
                     self.loading = version
+                    self._report()  # retention must not delete what is being loaded
                     try:
                         model = self._load_and_warm(version)
                     except (UnknownVersion, BrokenVersion):
@@ -317,6 +315,10 @@ class Engine:
                 self._swap_in(model)
             return version
         return None
+
+    def _report(self) -> None:
+        current = self._current
+        self.reporter.report(current.version if current else None, self.loading, self.chooser.policy)
 
     def _swap_in(self, model: LoadedModel) -> None:
         with self._state_lock:

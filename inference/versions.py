@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from common.labels import LATEST, Labels, LabelsUnreadable, Policy, UnknownLabel, is_label_name, parse_policy
+from common.serving import ServingReports, replica_id
 from common.store import DEFAULT_VERSION, Version, version_key, version_rank
 from models.store import ModelStore
 
@@ -73,3 +74,27 @@ class VersionChooser:
                 f"no model is loaded: version {target} (COLORIZER_SERVE) cannot be loaded: {failed[target]}"
             )
         return f"nothing served: version {target} (COLORIZER_SERVE) does not exist"
+
+
+class ServingReporter:
+    """This replica's report in the store of what it serves (``common.serving``); a store it cannot
+    write to is logged once and otherwise ignored (reports are for retention and operators)."""
+
+    def __init__(self, store: ModelStore):
+        self.reports = ServingReports(store.root)
+        self.replica = replica_id()
+        self._warned = False
+
+    def report(self, served: Version | None, loading: Version | None, policy: Policy) -> None:
+        try:
+            self.reports.report(self.replica, served, loading, str(policy))
+        except OSError as exc:
+            if not self._warned:
+                log.warning("cannot report what this replica serves in the store: %s", exc)
+                self._warned = True
+
+    def withdraw(self) -> None:
+        try:
+            self.reports.remove(self.replica)
+        except OSError:
+            pass

@@ -131,6 +131,11 @@ class ModelsResponse(BaseModel):
         "latest", description="COLORIZER_SERVE: latest, a pinned version, default, or a label's name."
     )
     labels: dict[str, int | str] = Field(default_factory=dict, description="Every label and its version.")
+    replicas: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Every API replica on this store heard from in the last 5 minutes: what it serves "
+        "and loads, its policy, and when it last looked at the store (Unix time).",
+    )
     device: str | None = Field(None, description="The TensorFlow device models run on.")
     versions: list[ModelInfo] = Field(description="Oldest first: the default model, then version 1, 2, ...")
 

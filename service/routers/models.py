@@ -97,6 +97,7 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
         served=served,
         policy=str(engine.chooser.policy),
         labels=labels,
+        replicas=engine.reporter.reports.live(),
         device=engine.device,
         versions=versions,
     )

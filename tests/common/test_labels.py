@@ -188,3 +188,20 @@ def test_shared_refusals_apply_to_the_files_refused_and_a_damaged_file_is_no_ref
     with caplog.at_level(logging.WARNING):
         assert refusals.read() == {} and refusals.get(1, (5, None, 6)) is None
     assert "refused.json cannot be read" in caplog.text
+
+
+def test_retention_never_deletes_what_a_live_replica_serves_or_loads(store):
+    from common.serving import ServingReports
+
+    publish(store, 6)
+    reports = ServingReports(store.root)
+    reports.report("api-a", 1, None, "latest")
+    reports.report("api-b", 2, 3, "stable")
+    gone = store.root / ".serving" / "api-gone.json"
+    gone.write_text(json.dumps({"replica": "api-gone", "served": 4, "loading": None, "at": 0}))  # stale
+    assert sorted(r["replica"] for r in reports.live()) == ["api-a", "api-b"]
+    assert reports.in_use() == {1, 2, 3}
+    assert prune_versions(store, keep=1) == [4, 5]
+    assert store.versions() == [1, 2, 3, 6]
+    reports.remove("api-b")
+    assert reports.in_use() == {1}

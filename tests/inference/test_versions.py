@@ -135,3 +135,23 @@ def test_a_pinned_replica_stops_serving_a_version_another_refused(store):
     assert pinned.refresh() is None and not pinned.ready
     with pytest.raises(NoModelLoaded, match="cannot be loaded"):
         pinned.model()
+
+
+def test_the_watcher_reports_what_it_serves_in_the_store_and_withdraws_at_stop(store):
+    from common.serving import ServingReports
+
+    publish_tiny_to(store)
+    engine = Engine(store, policy="latest", reload_interval=0.05)
+    engine.start()
+    reports = ServingReports(store.root)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and [r.get("served") for r in reports.live()] != [1]:
+        time.sleep(0.05)
+    (report,) = reports.live()
+    assert (
+        report["served"] == 1
+        and report["policy"] == "latest"
+        and report["replica"] == engine.reporter.replica
+    )
+    engine.stop()
+    assert reports.live() == []

@@ -81,6 +81,12 @@ def test_a_server_following_a_label_switches_when_it_moves_and_ignores_new_versi
     assert client.put("/models/labels/stable", json={"version": 3}).status_code == 200
     wait_for(lambda: client.get("/readyz").json().get("model_version") == 3, what="label moved to 3")
     assert client.get("/models").json()["served"] == 3
+    wait_for(  # this replica's report in the store, written after each look
+        lambda: (
+            [(r["served"], r["policy"]) for r in client.get("/models").json()["replicas"]] == [(3, "stable")]
+        ),
+        what="the replica's report",
+    )
     (settings.models_dir / LABELS_FILE).write_text("{broken")
     assert_json_error(client.get("/models/labels"), 503, "labels cannot be read")
     assert client.get("/models").status_code == 200
