@@ -37,6 +37,7 @@ from common.store import (
     file_lock,
     parse_version,
     replace_json,
+    version_from_json,
 )
 
 log = logging.getLogger(__name__)
@@ -72,15 +73,6 @@ def check_label(name: Any) -> str:
 
 def is_label_name(text: Any) -> bool:
     return isinstance(text, str) and bool(_LABEL.fullmatch(text)) and text not in RESERVED
-
-
-def _target(value: Any) -> Version | None:
-    """A version a label may point at, from its JSON value; None if it is not one."""
-    if value == DEFAULT_VERSION:
-        return DEFAULT_VERSION
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return parse_version(value) if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)
@@ -142,7 +134,7 @@ class Labels:
             raise LabelsUnreadable(f"{LABELS_FILE} is not a JSON object of label -> version")
         labels: dict[str, Version] = {}
         for name, value in data.items():
-            target = _target(value)
+            target = version_from_json(value)
             if not is_label_name(name) or target is None:
                 raise LabelsUnreadable(f"{LABELS_FILE}: {name!r} -> {value!r} is not a label and a version")
             labels[name] = target
@@ -159,7 +151,7 @@ class Labels:
     def set(self, name: str, version: Version) -> Version | None:
         """Point ``name`` at ``version``; returns the version it pointed at before, if any."""
         check_label(name)
-        target = _target(version)
+        target = version_from_json(version)
         if target is None:
             raise UnknownVersion(f"model version {version!r} does not exist")
         with self._locked():  # under the lock that retention holds: the version cannot go meanwhile

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.store import DEFAULT_VERSION, Version, parse_version, replace_json
+from common.store import Version, replace_json, version_from_json
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,6 @@ LIVE_SECONDS = 300.0
 def replica_id() -> str:
     """This process as a replica: host name and process id."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _version(value: Any) -> Version | None:
-    if value == DEFAULT_VERSION:
-        return DEFAULT_VERSION
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return parse_version(value) if isinstance(value, str) else None
 
 
 class ServingReports:
@@ -74,5 +66,5 @@ class ServingReports:
 
     def in_use(self, max_age: float = LIVE_SECONDS) -> set[Version]:
         """Versions a live replica serves or is loading."""
-        found = {_version(r.get(key)) for r in self.live(max_age) for key in ("served", "loading")}
+        found = {version_from_json(r.get(key)) for r in self.live(max_age) for key in ("served", "loading")}
         return {v for v in found if v is not None}

@@ -100,6 +100,16 @@ def version_key(version: int | str) -> Version:
     )
 
 
+def version_from_json(value: Any) -> Version | None:
+    """A version as written in the store's JSON files (a number, its digits, or "default"); None
+    for anything else."""
+    if value == DEFAULT_VERSION:
+        return DEFAULT_VERSION
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return parse_version(value) if isinstance(value, str) else None
+
+
 def version_rank(version: Version) -> int:
     """Order of preference: the packaged default below every published version."""
     return 0 if version == DEFAULT_VERSION else int(version)

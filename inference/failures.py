@@ -14,7 +14,14 @@ import threading
 from dataclasses import dataclass
 
 from common.refusals import Refusals
-from common.store import DEFAULT_VERSION, GENERATOR_FILE, METADATA_FILE, WEIGHTS_FILE, Version
+from common.store import (
+    DEFAULT_VERSION,
+    GENERATOR_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    Version,
+    version_from_json,
+)
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -96,9 +103,9 @@ class FailedVersions:
         with self._lock:
             reasons = {v: f.reason for v, f in self._failed.items()}
         for key in self.shared.read():
-            version: Version = (
-                DEFAULT_VERSION if key == DEFAULT_VERSION else int(key) if key.isdigit() else key
-            )
-            if version not in reasons and (reason := self.refused_elsewhere(version)) is not None:
+            version = version_from_json(key)  # None: not a version (a hand-edited file)
+            if version is None or version in reasons:
+                continue
+            if (reason := self.refused_elsewhere(version)) is not None:
                 reasons[version] = reason
         return reasons
