@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.refusals import Refusals
 from common.serving import ServingReports
 from common.store import (
     DEFAULT_VERSION,
@@ -163,6 +164,20 @@ class Labels:
             self._write(labels)
         return previous
 
+    def move_if(self, name: str, expected: Version | None, version: Version) -> bool:
+        """Point ``name`` at ``version`` only if it still points at ``expected`` (None: unset);
+        returns whether it moved. For a decision taken on the label's earlier version."""
+        check_label(name)
+        with self._locked():
+            labels = self.read()
+            if labels.get(name) != expected:
+                return False
+            if isinstance(version, int) and not (self.root / str(version)).is_dir():
+                raise UnknownVersion(f"model version {version} does not exist")
+            labels[name] = version
+            self._write(labels)
+        return True
+
     def remove(self, name: str) -> Version:
         """Delete label ``name``; returns the version it pointed at. Raises UnknownLabel."""
         check_label(name)
@@ -210,7 +225,8 @@ def prune_versions(store: VersionStore, keep: int, protected: Iterable[Version] 
             shutil.rmtree(trash, ignore_errors=True)
             removed.append(version)
     if removed:
+        Refusals(store.root).forget_all(removed)
         log.info(
-            "retention: deleted model versions %s (keeping the newest %d and the labelled)", removed, keep
+            "retention: deleted versions %s (kept the newest %d, labelled, pinned, served)", removed, keep
         )
     return removed

@@ -64,6 +64,11 @@ class Refusals:
         self._change(lambda refusals: found.append(refusals.pop(str(version), None) is not None))
         return bool(found and found[0])
 
+    def forget_all(self, versions: list[Version]) -> None:
+        """Drop the refusals of ``versions`` (deleted by retention)."""
+        keys = {str(v) for v in versions}
+        self._change(lambda refusals: [refusals.pop(k) for k in list(refusals) if k in keys])
+
     def _change(self, change: Any) -> None:
         if not self.root.is_dir():
             return

@@ -60,7 +60,8 @@ class ServingReports:
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # being replaced, or damaged: the next report rewrites it
-            if isinstance(record, dict) and now - float(record.get("at") or 0) <= max_age:
+            at = record.get("at") if isinstance(record, dict) else None
+            if isinstance(at, int | float) and now - at <= max_age:
                 reports.append(record)
         return reports
 

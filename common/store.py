@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -282,17 +283,26 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+_THREAD_LOCKS: dict[Path, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block: one writer
-    at a time across processes, on one machine or on a shared volume with working ``flock``."""
+    """An exclusive lock on ``path`` (created if missing) for the ``with`` block: one writer at a
+    time across processes (``flock``, on one machine or a shared volume where it works) and across
+    this process's threads (on NFS, Linux's ``flock`` is a POSIX lock, which a process's threads
+    share)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    with _THREAD_LOCKS_GUARD:
+        in_process = _THREAD_LOCKS.setdefault(path.resolve(), threading.Lock())
+    with in_process:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 def replace_json(path: Path, data: Any) -> None:

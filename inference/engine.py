@@ -38,7 +38,7 @@ from common.store import (
 )
 from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
 from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
-from inference.failures import FailedVersions, one_line
+from inference.failures import FailedVersions, about_the_files, one_line
 from inference.versions import ServingReporter, VersionChooser
 from models.store import LoadedModel, ModelStore
 
@@ -60,8 +60,8 @@ class EngineObserver(Protocol):
 class Engine:
     """Serves generators from a ModelStore; thread-safe.
 
-    ``start()`` runs a daemon thread that configures TensorFlow, loads the newest loadable version
-    and then looks at the store every ``reload_interval`` seconds for a newer one.
+    ``start()`` runs a daemon thread that configures TensorFlow, loads the version the policy names
+    and then looks at the store every ``reload_interval`` seconds for a change.
     """
 
     def __init__(
@@ -165,7 +165,7 @@ class Engine:
             return self._device
 
     def start(self) -> None:
-        """Start the watcher thread (it sets up TensorFlow and loads the newest version first)."""
+        """Start the watcher thread (it sets up TensorFlow and loads the policy's version first)."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
@@ -205,12 +205,12 @@ class Engine:
         if self.setup_error:
             return self.setup_error
         if self._device is None:
-            return "starting: TensorFlow is being set up, then the newest model is loaded"
+            return "starting: TensorFlow is being set up, then the model is loaded"
         loading = self.loading
         if loading is not None:
             return f"starting: loading model version {loading}"
         if not self._looked.is_set():
-            return "starting: looking for the newest model version"
+            return "starting: looking for the model version to serve"
         unserved = self.chooser.unserved_reason(self.failed_versions())
         if unserved is not None:
             return unserved
@@ -250,7 +250,7 @@ class Engine:
                     f"{one_line(self.store.public_reason(exc))}"
                 )
             log.debug("model version %s failed to load or warm up", version, exc_info=exc)
-            self._failures.record(version, signature, reason)
+            self._failures.record(version, signature, reason, share=about_the_files(exc))
             if self.observer is not None:
                 self.observer.load_failed(version)
             log.warning("model version %s cannot be served and is skipped: %s", version, reason)
@@ -373,7 +373,12 @@ class Engine:
                 return cached
             if current is not None and current.version == version:
                 return current
-            model = self._load_and_warm(version)
+            self.loading = version
+            self._report()  # retention must not delete what is being loaded
+            try:
+                model = self._load_and_warm(version)
+            finally:
+                self.loading = None
             with self._state_lock:
                 self._remember(model)
         return model

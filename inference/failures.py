@@ -7,6 +7,7 @@ another replica refused counts as failed here too: replicas on one store refuse 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from common.store import (
     GENERATOR_FILE,
     METADATA_FILE,
     WEIGHTS_FILE,
+    BrokenVersion,
     Version,
     version_from_json,
 )
@@ -42,6 +44,28 @@ def one_line(text: str) -> str:
 class _Failure:
     signature: Signature
     reason: str
+    shared: bool  # also written to the store: the store's entry is then the authority
+
+
+# Causes that say nothing about the files (this replica's memory, a flaky disk or network share):
+# a load that failed so is remembered here only, never refused for every replica.
+_TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.EAGAIN, errno.ENOMEM, errno.ETIMEDOUT})
+
+
+def about_the_files(exc: BaseException) -> bool:
+    """Whether a failed load says the version's files are bad (any replica would fail the same):
+    a BrokenVersion whose causes hold no memory, resource or I/O error."""
+    if not isinstance(exc, BrokenVersion):
+        return False  # it loaded, then failed on a test image: this replica's runtime
+    cause: BaseException | None = exc
+    while cause is not None:
+        name = type(cause).__name__
+        if isinstance(cause, MemoryError) or "ResourceExhausted" in name or "OutOfMemory" in name:
+            return False
+        if isinstance(cause, OSError) and cause.errno in _TRANSIENT_ERRNOS:
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
 
 
 class FailedVersions:
@@ -71,22 +95,32 @@ class FailedVersions:
         with self._lock:
             failure = self._failed.get(version)
         signature = self.signature(version)
+        elsewhere = self.refused_elsewhere(version, signature)
         if failure is not None and failure.signature == signature:
-            return failure.reason
-        return self.refused_elsewhere(version, signature)
+            if not failure.shared or elsewhere is not None:
+                return failure.reason
+            with self._lock:  # its shared refusal was withdrawn (colorizer models retry): try again
+                self._failed.pop(version, None)
+            return None
+        return elsewhere
 
     def refused_elsewhere(self, version: Version, signature: Signature | None = None) -> str | None:
         """Why another replica refused ``version`` (these very files), or None."""
         reason = self.shared.get(version, signature or self.signature(version))
         return one_line(reason) if reason is not None else None
 
-    def record(self, version: Version, signature: Signature, reason: str) -> None:
+    def record(self, version: Version, signature: Signature, reason: str, share: bool = True) -> None:
+        """Remember that ``version`` (these files) failed; ``share`` also refuses it for every
+        replica (only for failures about the files: ``about_the_files``)."""
+        shared = False
+        if share:
+            try:
+                self.shared.record(version, signature, reason)
+                shared = True
+            except OSError as exc:  # a read-only store: this replica still remembers
+                log.warning("cannot share the refusal of version %s: %s", version, exc)
         with self._lock:
-            self._failed[version] = _Failure(signature, reason)
-        try:
-            self.shared.record(version, signature, reason)
-        except OSError as exc:  # a read-only store: this replica still remembers
-            log.warning("cannot share the refusal of version %s: %s", version, exc)
+            self._failed[version] = _Failure(signature, reason, shared)
 
     def forget(self, version: Version) -> None:
         """``version`` loaded: no refusal of it applies any more, here or in the store."""

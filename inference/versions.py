@@ -33,9 +33,23 @@ class VersionChooser:
             return sorted(found, key=version_rank, reverse=True)
         wanted = self.target()
         found = [wanted] if wanted is not None else []
-        if self.policy.kind == "label" and served is None and self.store.has_default():
-            found.append(DEFAULT_VERSION)  # until the label is set (or while its version is broken)
+        if (
+            self.policy.kind == "label"
+            and served is None
+            and self._label_unset()
+            and self.store.has_default()
+        ):
+            found.append(DEFAULT_VERSION)  # until the label is set (not when it cannot be read)
         return [v for v in dict.fromkeys(found) if v != served]
+
+    def _label_unset(self) -> bool:
+        try:
+            self.labels.get(str(self.policy.value))
+        except UnknownLabel:
+            return True
+        except LabelsUnreadable:
+            return False
+        return False
 
     def target(self) -> Version | None:
         """The version the policy names now: the pinned one, or the label's (None while the label
@@ -64,6 +78,8 @@ class VersionChooser:
         if self.policy.kind == LATEST:
             return None
         target = self.target()
+        if target is None and not self._label_unset():
+            return "no model is loaded: the store's labels.json cannot be read (fix or remove it)"
         if target is None:
             return (
                 f"no model is loaded: label {self.policy.value!r} (COLORIZER_SERVE) is not set and no "

@@ -301,6 +301,8 @@ class Publisher(keras.callbacks.Callback):
         self.ledger, self.metadata = ledger, metadata
         self.validation = validation or []
         self.promote_to = promote_to if self.validation else None
+        if promote_to is not None and not self.validation:
+            log.warning("promote_to %r is off: the job has no validation photographs to judge on", promote_to)
         self._scored: LoadedModel | None = None
 
     def on_train_batch_end(self, batch, logs=None):
@@ -345,19 +347,32 @@ class Publisher(keras.callbacks.Callback):
         theirs: float | None = None
         try:
             incumbent = Labels(self.store.root).get(label)
-            model = self.store.load(incumbent)
-            theirs = self._score(model)["ciede2000"]
-        except (UnknownVersion, BrokenVersion, LabelsUnreadable) as exc:  # UnknownLabel: not set yet
+        except (UnknownVersion, LabelsUnreadable) as exc:  # UnknownLabel: not set yet
             log.info("promotion to %r: no version to beat (%s)", label, exc)
+        if incumbent is not None:
+            try:
+                theirs = self._score(self.store.load(incumbent))["ciede2000"]
+            except Exception as exc:  # a broken incumbent, or no memory for a second generator
+                log.warning("promotion to %r: version %s could not be scored: %s", label, incumbent, exc)
+                if not isinstance(exc, UnknownVersion | BrokenVersion):
+                    return {
+                        "label": label,
+                        "promoted": False,
+                        "reason": f"version {incumbent} could not be scored",
+                    }
         return {"label": label, **promotion(scores, incumbent, theirs)}
 
     def promote(self, version: int, decision: dict[str, Any]) -> None:
+        """Move the label, unless it moved since the decision (another job, a person): forward only."""
         try:
-            Labels(self.store.root).set(self.promote_to, version)
+            moved = Labels(self.store.root).move_if(self.promote_to, decision.get("incumbent"), version)
         except (OSError, UnknownVersion, LabelsUnreadable) as exc:  # e.g. retention took it meanwhile
             log.warning("version %s was not labelled %r: %s", version, self.promote_to, exc)
             return
-        log.info("label %r moved to version %s: %s", self.promote_to, version, decision["reason"])
+        if moved:
+            log.info("label %r moved to version %s: %s", self.promote_to, version, decision["reason"])
+        else:
+            log.info("label %r moved since version %s was judged; it stays", self.promote_to, version)
 
     def validate(self) -> dict[str, float]:
         """Mean metrics on the held-out photographs, at the model's size."""

@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from common.datasets import DatasetError
 from common.jobs import FINAL_STATES, JobStore, UnknownJob
-from common.labels import LabelsUnreadable, prune_versions
+from common.labels import prune_versions
 from common.queue import NOT_VISIBLE_DELAY_S, NOT_VISIBLE_RETRIES, TRAIN_QUEUE, TRAIN_TASK
 from common.settings import Settings
 from common.store import BrokenVersion, UnknownVersion, VersionStore
@@ -131,7 +131,7 @@ def apply_retention(store: VersionStore, settings: Settings) -> list[int]:
         return []
     try:
         return prune_versions(store, settings.keep_versions, settings.policy.pinned)
-    except (OSError, LabelsUnreadable) as exc:
+    except Exception as exc:  # retention must never fail the job that published
         log.warning("retention skipped: %s", exc)
         return []
 

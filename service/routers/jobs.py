@@ -35,6 +35,9 @@ router = APIRouter(
     responses={401: {"model": ErrorResponse, "description": "Missing or wrong API key."}},
 )
 
+# A worker hands a job it cannot see back for about NOT_VISIBLE_RETRIES seconds before failing it.
+NOT_VISIBLE_CHECK_AFTER_S = 15.0
+
 _UNKNOWN_JOB = {404: {"model": ErrorResponse, "description": "No such job."}}
 
 
@@ -164,7 +167,11 @@ def submit_job(
 def _reconciled(record: dict[str, Any], jobs: JobStore, celery_app: Celery) -> dict[str, Any]:
     """``record``, failed with the reason when no worker could see the job (a queued job whose last
     worker stored a failure in the result backend: its data directory is not the API's)."""
-    if record.get("state") != "queued":
+    # Only a job no worker ever started, queued longer than a hand-back takes: one read of the
+    # result backend (which may be down: see common.queue) per such job and request, no more.
+    if record.get("state") != "queued" or record.get("attempts") or record.get("claimed_at"):
+        return record
+    if time.time() - float(record.get("created_at") or 0) < NOT_VISIBLE_CHECK_AFTER_S:
         return record
     from common.queue import not_visible_reason
 

@@ -18,7 +18,7 @@ from common.store import (
     version_key,
 )
 from service.deps import EngineDep, StoreDep, require_api_key
-from service.errors import field_error
+from service.errors import ApiError, field_error
 from service.schemas import (
     ErrorResponse,
     LabelMoved,
@@ -109,6 +109,13 @@ def list_labels(engine: EngineDep) -> LabelsResponse:
     return LabelsResponse(policy=str(engine.chooser.policy), labels=engine.chooser.labels.read())
 
 
+def _unwritable(exc: OSError) -> ApiError:
+    return ApiError(503, f"the model store cannot be written, so the label stays: {exc.strerror or exc}")
+
+
+_UNWRITABLE = {503: {"model": ErrorResponse, "description": "The store cannot be written (or read)."}}
+
+
 def _label_name(name: str) -> str:
     try:
         return check_label(name)
@@ -123,6 +130,7 @@ def _label_name(name: str) -> str:
     responses={
         **_KEYED,
         409: {"model": ErrorResponse, "description": "That version cannot be loaded; the label stays."},
+        **_UNWRITABLE,
         422: {"model": ValidationErrorResponse, "description": "Bad label name, or no such version."},
     },
 )
@@ -137,6 +145,10 @@ def move_label(name: str, target: LabelTarget, engine: EngineDep, store: StoreDe
             raise UnknownVersion("no default model is installed")
         engine.model(version)  # blocking (a sync route runs in a worker thread); raises BrokenVersion
         previous = engine.chooser.labels.set(name, version)
+    except OSError as exc:  # a read-only store, a full disk
+        raise ApiError(
+            503, f"the model store cannot be written, so the label stays: {exc.strerror}"
+        ) from None
     except UnknownVersion as exc:  # also a version deleted by retention meanwhile
         raise field_error(
             "body", "version", f"{exc} (GET /models lists the versions)", target.version
@@ -152,11 +164,17 @@ def move_label(name: str, target: LabelTarget, engine: EngineDep, store: StoreDe
     responses={
         **_KEYED,
         404: {"model": ErrorResponse, "description": "No such label."},
+        **_UNWRITABLE,
         422: {"model": ValidationErrorResponse, "description": "A name that cannot be a label."},
     },
 )
 def delete_label(name: str, engine: EngineDep) -> Response:
     """Delete a label. Replicas that follow it keep serving what they serve."""
-    previous = engine.chooser.labels.remove(_label_name(name))
+    try:
+        previous = engine.chooser.labels.remove(_label_name(name))
+    except OSError as exc:
+        raise ApiError(
+            503, f"the model store cannot be written, so the label stays: {exc.strerror}"
+        ) from None
     log.info("label %r deleted (it pointed at version %s)", name, previous)
     return Response(status_code=204)

@@ -205,3 +205,35 @@ def test_retention_never_deletes_what_a_live_replica_serves_or_loads(store):
     assert store.versions() == [1, 2, 3, 6]
     reports.remove("api-b")
     assert reports.in_use() == {1}
+
+
+def test_a_label_moves_only_from_the_version_a_decision_was_taken_on(store):
+    publish(store, 3)
+    labels = Labels(store.root)
+    assert labels.move_if("stable", None, 1)  # unset, as expected
+    assert not labels.move_if("stable", None, 2)  # someone set it meanwhile
+    assert labels.move_if("stable", 1, 3) and labels.get("stable") == 3
+    assert not labels.move_if("stable", 1, 2) and labels.get("stable") == 3  # not backwards
+    with pytest.raises(UnknownVersion):
+        labels.move_if("stable", 3, 9)
+
+
+def test_a_serving_report_that_cannot_be_read_is_no_replica(store):
+    from common.serving import ServingReports
+
+    reports = ServingReports(store.root)
+    reports.report("api-a", 1, None, "latest")
+    (reports.folder / "api-b.json").write_text('{"served": 2, "at": "yesterday"}')
+    (reports.folder / "api-c.json").write_text("[1, 2]")
+    (reports.folder / "api-d.json").write_text("{torn")
+    assert [r["replica"] for r in reports.live()] == ["api-a"] and reports.in_use() == {1}
+
+
+def test_retention_forgets_the_refusals_of_the_versions_it_deletes(store):
+    from common.refusals import Refusals
+
+    publish(store, 3)
+    Refusals(store.root).record(1, (1,), "bad")
+    Refusals(store.root).record(3, (1,), "bad")
+    assert prune_versions(store, keep=1) == [1, 2]
+    assert set(Refusals(store.root).read()) == {"3"}

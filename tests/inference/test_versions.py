@@ -13,6 +13,7 @@ from common.refusals import Refusals
 from common.store import DEFAULT_VERSION, GENERATOR_FILE, METADATA_FILE, BrokenVersion, UnknownVersion
 from inference.engine import Engine
 from inference.errors import NoModelLoaded
+from inference.failures import about_the_files
 from models.store import ModelStore, export_float16
 from tests.apptest import publish_tiny_to, tiny_model
 
@@ -155,3 +156,49 @@ def test_the_watcher_reports_what_it_serves_in_the_store_and_withdraws_at_stop(s
     )
     engine.stop()
     assert reports.live() == []
+
+
+class _OutOfMemoryOn(_FailsOn):
+    """load() fails for lack of memory: about this replica, not about the files."""
+
+    def load(self, version):
+        if version in self.failing:
+            try:
+                raise MemoryError("no room for another generator")
+            except MemoryError as exc:
+                raise BrokenVersion(f"version {version}: cannot load generator.keras: {exc}") from exc
+        return ModelStore.load(self, version)
+
+
+def test_only_failures_about_the_files_are_shared(store):
+    publish_tiny_to(store)
+    publish_tiny_to(store)
+    short_of_memory = Engine(_OutOfMemoryOn(store.root, store.default_dir, {2}))
+    assert short_of_memory.refresh() == 1 and 2 in short_of_memory.failed_versions()
+    assert Refusals(store.root).read() == {}  # nobody else refuses version 2
+    assert Engine(store).refresh() == 2
+    assert not about_the_files(RuntimeError("fails on a test image"))
+    assert about_the_files(BrokenVersion("metadata.json is not JSON"))
+
+
+def test_a_withdrawn_refusal_is_tried_again_by_the_replica_that_made_it(store):
+    publish_tiny_to(store)
+    publish_tiny_to(store)
+    failing = {2}
+    refusing = Engine(_FailsOn(store.root, store.default_dir, failing))
+    assert refusing.refresh() == 1 and "2" in Refusals(store.root).read()
+    failing.clear()  # whatever it was is fixed
+    assert Refusals(store.root).forget(2)  # colorizer models retry 2
+    assert refusing.refresh() == 2
+
+
+def test_a_new_label_follower_waits_rather_than_serve_the_default_when_the_labels_are_unreadable(store):
+    publish_tiny_to(store)
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / "labels.json").write_text("{damaged")
+    engine = Engine(store, policy="stable")
+    assert engine.refresh() is None and not engine.ready
+    with pytest.raises(NoModelLoaded, match="labels.json cannot be read"):
+        engine.model()
+    (store.root / "labels.json").write_text('{"stable": 1}')
+    assert engine.refresh() == 1
