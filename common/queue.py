@@ -186,12 +186,11 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Colorize
 
 
 # A worker that finds no record of a job it was given (its COLORIZER_DATA_DIR is not the API's)
-# hands the job back to the queue, a second apart, for a worker that shares the API's data
-# directory; after this many it gives up and leaves the reason in the result backend, where the
-# API finds it (``not_visible_reason``) and fails the job. 20 bounces between one bad and one good
-# worker all land on the bad one with a probability of about one in a million.
-NOT_VISIBLE_RETRIES = 20
+# hands the job back to the queue for a worker that shares the API's data directory: 1 s later,
+# then twice as late each time up to this, for COLORIZER_UNSEEN_JOB_SECONDS; then it leaves the
+# reason in the result backend, where the API finds it (``not_visible_reason``) and fails the job.
 NOT_VISIBLE_DELAY_S = 1.0
+NOT_VISIBLE_MAX_DELAY_S = 30.0
 
 
 def send_train(app: Celery, job_id: str, config: dict[str, Any]) -> None:

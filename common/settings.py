@@ -125,6 +125,13 @@ class Settings(BaseSettings):
         le=86_400,
         description="Seconds between a worker's looks for started jobs nobody is training (to re-queue).",
     )
+    unseen_job_seconds: float = Field(
+        600.0,
+        ge=1,
+        le=86_400,
+        description="How long a worker without a job's record (its data directory is not the API's) "
+        "keeps handing the job back to the queue for another worker before the job is failed.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:

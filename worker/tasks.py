@@ -46,7 +46,7 @@ from pydantic import ValidationError
 from common.datasets import DatasetError
 from common.jobs import FINAL_STATES, JobStore, UnknownJob
 from common.labels import prune_versions
-from common.queue import NOT_VISIBLE_DELAY_S, NOT_VISIBLE_RETRIES, TRAIN_QUEUE, TRAIN_TASK
+from common.queue import NOT_VISIBLE_DELAY_S, NOT_VISIBLE_MAX_DELAY_S, TRAIN_QUEUE, TRAIN_TASK
 from common.settings import Settings
 from common.store import BrokenVersion, UnknownVersion, VersionStore
 from models.config import TrainConfig
@@ -341,9 +341,19 @@ def _interrupt_running_jobs(**_kwargs: Any) -> None:
                 os.kill(request.worker_pid, signal.SIGTERM)
 
 
-@shared_task(name=TRAIN_TASK, bind=True, queue=TRAIN_QUEUE, acks_late=True, ignore_result=True)
-def train(self, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
+# max_retries=None: the hand-backs of a job this worker cannot see are bounded by time, not count.
+@shared_task(
+    name=TRAIN_TASK, bind=True, queue=TRAIN_QUEUE, acks_late=True, ignore_result=True, max_retries=None
+)
+def train(
+    self, job_id: str, config: dict[str, Any], handed_back_since: float | None = None
+) -> dict[str, Any]:
     """Train job ``job_id`` with ``config`` (TrainConfig as plain JSON); see ``run_job``.
+
+    A worker without the job's record (its data directory is not the API's) hands it back to the
+    queue, twice as late each time up to NOT_VISIBLE_MAX_DELAY_S, for ``COLORIZER_UNSEEN_JOB_SECONDS``
+    since it first did (``handed_back_since``), then stores why in the result backend, where the
+    API finds it and fails the job.
 
     In the pool child, SIGTERM (sent by a worker shutdown, or by Celery cancelling the job when
     the broker connection drops) stops training at the next step with a checkpoint, and the job
@@ -367,19 +377,22 @@ def train(self, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
     if outcome["state"] == "interrupted":
         log.warning("job %s: stopped by SIGTERM with a checkpoint; it resumes at its next start", job_id)
     if outcome["state"] == "missing":
-        handed_back = self.request.retries
-        if handed_back < NOT_VISIBLE_RETRIES:
+        since = handed_back_since or time.time()
+        window = self.app.settings.unseen_job_seconds
+        if time.time() - since < window:
+            delay = min(NOT_VISIBLE_DELAY_S * 2**self.request.retries, NOT_VISIBLE_MAX_DELAY_S)
             log.error(
                 "job %s: this worker's data directory has no record of it (the API and every worker must "
-                "share COLORIZER_DATA_DIR); handing it back to the queue for another worker (%d of %d)",
+                "share COLORIZER_DATA_DIR); handing it back to the queue for another worker (again in "
+                "%.0f s, for up to %.0f s)",
                 job_id,
-                handed_back + 1,
-                NOT_VISIBLE_RETRIES,
+                delay,
+                window,
             )
-            raise self.retry(countdown=NOT_VISIBLE_DELAY_S, max_retries=NOT_VISIBLE_RETRIES)
+            raise self.retry(kwargs={"handed_back_since": since}, countdown=delay)
         reason = (
-            f"no worker could run this job: the workers that took it ({NOT_VISIBLE_RETRIES + 1} deliveries) "
-            "have no record of it in their data directory. The API and every worker must share one "
+            f"no worker could run this job: for {window:.0f} s, the workers that took it had no record "
+            "of it in their data directory. The API and every worker must share one "
             "COLORIZER_DATA_DIR (models/, datasets/, jobs/), e.g. one volume or network share"
         )
         log.error("job %s: %s", job_id, reason)

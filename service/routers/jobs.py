@@ -35,7 +35,7 @@ router = APIRouter(
     responses={401: {"model": ErrorResponse, "description": "Missing or wrong API key."}},
 )
 
-# A worker hands a job it cannot see back for about NOT_VISIBLE_RETRIES seconds before failing it.
+# A job no worker started this soon may be one a worker could not see (its data directory differs).
 NOT_VISIBLE_CHECK_AFTER_S = 15.0
 
 _UNKNOWN_JOB = {404: {"model": ErrorResponse, "description": "No such job."}}
