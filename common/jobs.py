@@ -23,13 +23,14 @@ import json
 import os
 import re
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from common.store import replace_json
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -113,7 +114,7 @@ class JobStore:
             "error": None,
             **fields,
         }
-        _atomic_write(folder / RECORD_FILE, record)
+        replace_json(folder / RECORD_FILE, record)
         return record
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -153,7 +154,7 @@ class JobStore:
             if fields is None:
                 return None
             record.update(fields)
-            _atomic_write(self.job_dir(job_id) / RECORD_FILE, record)
+            replace_json(self.job_dir(job_id) / RECORD_FILE, record)
             return record
 
     @contextlib.contextmanager
@@ -234,14 +235,3 @@ class JobStore:
             return None
         plots = sorted(folder.glob("plot_*.png"))
         return plots[-1] if plots else None
-
-
-def _atomic_write(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -48,6 +48,7 @@ LATEST = "latest"
 # Starts with a letter: a name can never be read as a version number, nor hold a path.
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 RESERVED = frozenset({LATEST, DEFAULT_VERSION})
+_ANY = object()  # Labels._point: no expectation about the label's current version
 
 
 class BadLabel(ValueError):
@@ -151,32 +152,30 @@ class Labels:
 
     def set(self, name: str, version: Version) -> Version | None:
         """Point ``name`` at ``version``; returns the version it pointed at before, if any."""
+        return self._point(name, version)[1]
+
+    def move_if(self, name: str, expected: Version | None, version: Version) -> bool:
+        """Point ``name`` at ``version`` only if it still points at ``expected`` (None: unset);
+        returns whether it moved. For a decision taken on the label's earlier version."""
+        return self._point(name, version, expected)[0]
+
+    def _point(self, name: str, version: Version, expected: Any = _ANY) -> tuple[bool, Version | None]:
+        """(whether ``name`` now points at ``version``, what it pointed at before); it moves only
+        from ``expected`` when one is given. Raises BadLabel, UnknownVersion, LabelsUnreadable."""
         check_label(name)
         target = version_from_json(version)
         if target is None:
             raise UnknownVersion(f"model version {version!r} does not exist")
         with self._locked():  # under the lock that retention holds: the version cannot go meanwhile
-            if isinstance(target, int) and not (self.root / str(target)).is_dir():
-                raise UnknownVersion(f"model version {target} does not exist (GET /models lists them)")
             labels = self.read()
             previous = labels.get(name)
+            if expected is not _ANY and previous != expected:
+                return False, previous
+            if isinstance(target, int) and not (self.root / str(target)).is_dir():
+                raise UnknownVersion(f"model version {target} does not exist (GET /models lists them)")
             labels[name] = target
             self._write(labels)
-        return previous
-
-    def move_if(self, name: str, expected: Version | None, version: Version) -> bool:
-        """Point ``name`` at ``version`` only if it still points at ``expected`` (None: unset);
-        returns whether it moved. For a decision taken on the label's earlier version."""
-        check_label(name)
-        with self._locked():
-            labels = self.read()
-            if labels.get(name) != expected:
-                return False
-            if isinstance(version, int) and not (self.root / str(version)).is_dir():
-                raise UnknownVersion(f"model version {version} does not exist")
-            labels[name] = version
-            self._write(labels)
-        return True
+        return True, previous
 
     def remove(self, name: str) -> Version:
         """Delete label ``name``; returns the version it pointed at. Raises UnknownLabel."""

@@ -42,9 +42,10 @@ class Refusals:
             return {}
         return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
-    def get(self, version: Version, signature: tuple) -> str | None:
-        """Why ``version`` was refused, while its files are the ones refused; else None."""
-        entry = self.read().get(str(version))
+    def get(self, version: Version, signature: tuple, entries: dict | None = None) -> str | None:
+        """Why ``version`` was refused, while its files are the ones refused; else None.
+        ``entries``: what ``read`` gave, when the caller has it already."""
+        entry = (self.read() if entries is None else entries).get(str(version))
         if entry is None or tuple(entry.get("signature") or ()) != tuple(signature):
             return None
         return f"{entry.get('reason')} (refused by {entry.get('by')})"

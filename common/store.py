@@ -155,11 +155,7 @@ class VersionStore:
             version = parse_version(child.name)
             if version is not None and child.is_dir():
                 found.append((version, child))
-            elif not child.name.startswith(".") and child.name not in (
-                LABELS_FILE,
-                REFUSALS_FILE,
-                *self._ignored,
-            ):
+            elif not child.name.startswith(".") and child.name not in _STORE_FILES | self._ignored:
                 self._ignored.add(child.name)
                 log.warning(
                     "ignoring %r in the model store: versions are folders named by a positive "
@@ -311,7 +307,7 @@ def replace_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.stem}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
+            json.dump(data, fh, indent=2, sort_keys=True, default=str)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)

@@ -104,9 +104,11 @@ class FailedVersions:
             return None
         return elsewhere
 
-    def refused_elsewhere(self, version: Version, signature: Signature | None = None) -> str | None:
+    def refused_elsewhere(
+        self, version: Version, signature: Signature | None = None, entries: dict | None = None
+    ) -> str | None:
         """Why another replica refused ``version`` (these very files), or None."""
-        reason = self.shared.get(version, signature or self.signature(version))
+        reason = self.shared.get(version, signature or self.signature(version), entries)
         return one_line(reason) if reason is not None else None
 
     def record(self, version: Version, signature: Signature, reason: str, share: bool = True) -> None:
@@ -136,10 +138,11 @@ class FailedVersions:
         """Every version refused here or (for the files it has now) by another replica."""
         with self._lock:
             reasons = {v: f.reason for v, f in self._failed.items()}
-        for key in self.shared.read():
+        entries = self.shared.read()
+        for key in entries:
             version = version_from_json(key)  # None: not a version (a hand-edited file)
             if version is None or version in reasons:
                 continue
-            if (reason := self.refused_elsewhere(version)) is not None:
+            if (reason := self.refused_elsewhere(version, entries=entries)) is not None:
                 reasons[version] = reason
         return reasons
