@@ -3,6 +3,7 @@ encoding overlapped."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -101,11 +102,41 @@ def write_atomically(target: Path, data: bytes) -> None:
         raise
 
 
+def read_hints_file(path: Path, sources: list[Path]) -> dict[Path, Any]:
+    """The colour hints of ``--hints``, by photograph: a JSON list is the one photograph's (refused
+    for several), an object maps each photograph's path as given, or its file name, to its list.
+    Raises click.BadParameter for a file that is not such JSON or names no photograph given."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"{path}: not readable JSON: {exc}", param_hint="--hints") from None
+    if isinstance(data, list):
+        if len(sources) != 1:
+            raise click.BadParameter(
+                f"a list of hints is for one photograph, and {len(sources)} are given: use an object from "
+                "each photograph's path to its list",
+                param_hint="--hints",
+            )
+        return {sources[0]: data}
+    if not isinstance(data, dict):
+        raise click.BadParameter("not a JSON list of points nor an object of lists", param_hint="--hints")
+    by_path = {}
+    for source in sources:
+        found = data.get(str(source), data.get(source.name))
+        if found is not None:
+            by_path[source] = found
+    unknown = set(data) - {str(s) for s in sources} - {s.name for s in sources}
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        raise click.BadParameter(f"hints for photographs not given: {names}", param_hint="--hints")
+    return by_path
+
+
 def describe_failure(exc: BaseException) -> str:
     """A one-line reason for a photograph that could not be colorized."""
-    from inference.errors import BadRenderSize, EngineBusy, ImageRejected
+    from inference.errors import BadHints, BadRenderSize, EngineBusy, ImageRejected
 
-    if isinstance(exc, ImageRejected | BadRenderSize | EngineBusy):  # a sentence for the person already
+    if isinstance(exc, ImageRejected | BadRenderSize | BadHints | EngineBusy):  # a sentence already
         return str(exc)
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
@@ -133,8 +164,10 @@ class FolderRun:
         render_size: int | None,
         jobs: int,
         window: int,
+        hints: dict[Path, Any] | None = None,
     ):
         self.pipeline = pipeline
+        self.hints = hints or {}  # a photograph's colour hints, by its path
         self.model = model
         self.fmt = fmt
         self.render_size = render_size
@@ -142,7 +175,9 @@ class FolderRun:
         self.window = window
 
     def _decode(self, task: ColorizeTask) -> Any:
-        return self.pipeline.decode_and_prepare(task.source.read_bytes(), self.model, self.render_size)
+        return self.pipeline.decode_and_prepare(
+            task.source.read_bytes(), self.model, self.render_size, hints=self.hints.get(task.source)
+        )
 
     def _finish(self, task: ColorizeTask, prepared: Any, prediction: Any) -> None:
         write_atomically(task.target, self.pipeline.finish_and_encode(prepared, prediction, self.fmt))
@@ -272,6 +307,15 @@ def resolve_colorize_model(engine: Any, store: Any, value: str) -> Any:
     default=None,
     help="Threads decoding, and threads encoding [default: the number of CPUs, at most 4].",
 )
+@click.option(
+    "--hints",
+    "hints_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='Colour hints (JSON) for a model that takes them: a list of points such as [{"x": 120, "y": 80, '
+    '"color": "#aa3311", "radius": 3}] for one photograph, or an object from each photograph\'s path '
+    "(as given, or its file name) to its list.",
+)
 def colorize(
     inputs: tuple[Path, ...],
     out_dir: Path,
@@ -281,6 +325,7 @@ def colorize(
     recursive: bool,
     overwrite: bool,
     jobs: int | None,
+    hints_file: Path | None = None,
 ) -> None:
     """Colorize image files, or the images in folders, into the --out folder.
 
@@ -298,6 +343,7 @@ def colorize(
         raise click.UsageError("no image files in the given inputs")
     todo = tasks if overwrite else [t for t in tasks if not t.target.exists()]
     skipped = len(tasks) - len(todo)
+    hints = read_hints_file(hints_file, [t.source for t in tasks]) if hints_file is not None else {}
     if not todo:  # a finished run run again: answer without loading TensorFlow and a model
         click.echo(f"nothing to do: the {skipped} output(s) exist in {out_dir} (--overwrite redoes them)")
         return
@@ -322,6 +368,10 @@ def colorize(
             engine.check_render_size(model, render_size)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--render-size") from None
+        if hints and not model.hints:
+            from models.hints import NoHintInputs
+
+            raise click.BadParameter(str(NoHintInputs(model.version)), param_hint="--hints")
         click.echo(
             f"colorizing {len(todo)} of {len(tasks)} file(s) with model version {model.version} "
             f"({model.serving.precision} on {engine.device}, batches of up to {settings.max_batch_size})",
@@ -335,6 +385,7 @@ def colorize(
             render_size=render_size,
             jobs=jobs,
             window=window,
+            hints=hints,
         )
         failures: list[str] = []
         written = 0

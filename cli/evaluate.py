@@ -63,8 +63,10 @@ def evaluate_folder(
     full_resolution: bool,
     max_side: int | None,
     skipped: dict[str, str],
+    hints: int = 0,
 ) -> dict[str, Any]:
-    """``models.evaluate`` report of ``model`` on ``paths`` (named relative to ``folder``).
+    """``models.evaluate`` report of ``model`` on ``paths`` (named relative to ``folder``), with
+    ``hints`` per photograph taken from the truth at random points (repeatable: seed 0).
 
     Unreadable photographs are left out and recorded in ``skipped``; progress goes to stderr.
     """
@@ -85,7 +87,11 @@ def evaluate_folder(
             yield name, rgb
 
     report = evaluate_images(
-        lambda gray: colorize_array(model, gray), photographs(), model.image_size, full_resolution
+        lambda gray, given=None: colorize_array(model, gray, hints=given),
+        photographs(),
+        model.image_size,
+        full_resolution,
+        hints,
     )
     report["model"] = {
         "label": label,
@@ -210,6 +216,14 @@ def _sheet_path(sheet: Path, label: str, several: bool) -> Path:
     help="Shrink photographs so their long side is at most this many pixels before scoring.",
 )
 @click.option("--no-full", is_flag=True, help="Score at the model's own size only (skip full resolution).")
+@click.option(
+    "--hints",
+    type=click.IntRange(min=0, max=200),
+    default=0,
+    show_default=True,
+    help="Give each photograph this many colour hints taken from the original at random points (the "
+    "same points every run), for models that take hints.",
+)
 def evaluate(
     model_ref: str | None,
     compare: tuple[str, str] | None,
@@ -219,6 +233,7 @@ def evaluate(
     sheet: Path | None,
     max_side: int | None,
     no_full: bool,
+    hints: int = 0,
 ) -> None:
     """Measure colorization quality on a folder of colour photographs.
 
@@ -245,11 +260,13 @@ def evaluate(
         if label in models:
             raise click.UsageError(f"--compare needs two different models; {ref!r} is given twice")
         models[label] = loaded
+        if hints and not loaded.hints:
+            raise click.BadParameter(f"model {label} takes no colour hints", param_hint="--hints")
     click.echo(f"scoring {', '.join(models)} on {len(paths)} photograph(s) in {images_dir}", err=True)
 
     skipped: dict[str, str] = {}
     reports = {
-        label: evaluate_folder(label, loaded, images_dir, paths, not no_full, max_side, skipped)
+        label: evaluate_folder(label, loaded, images_dir, paths, not no_full, max_side, skipped, hints)
         for label, loaded in models.items()
     }
     for name, reason in skipped.items():
@@ -271,6 +288,7 @@ def evaluate(
             "images_dir": str(images_dir),
             "full_resolution": not no_full,
             "max_side": max_side,
+            "hints": hints,
             "models": list(reports),
             "reports": reports,
             "skipped": skipped,

@@ -37,7 +37,7 @@ from common.store import (
     Version,
 )
 from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
-from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
+from inference.errors import BadHints, BadRenderSize, EngineBusy, NoModelLoaded
 from inference.failures import FailedVersions, about_the_files, one_line
 from inference.versions import ServingReporter, VersionChooser
 from models.store import LoadedModel, ModelStore
@@ -425,27 +425,37 @@ class Engine:
             inputs, lum, _ = prepare(model, np.full((WARMUP_SIDE, WARMUP_SIDE), 128, np.uint8))
             finish(model, serving.predict(inputs[None])[0], lum)
 
-    def prepare(self, model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> Any:
-        """(model input, lightness, side) for an RGB (H, W, 3) or gray (H, W) uint8 array.
+    def prepare(
+        self, model: LoadedModel, image: np.ndarray, render_size: int | None = None, hints: Any = None
+    ) -> Any:
+        """(model input, lightness, side) for an RGB (H, W, 3) or gray (H, W) uint8 array, with
+        ``hints`` (``models.hints.Hint`` points of it) for a model that takes them.
 
-        Blocking: call it from a worker thread. Raises BadRenderSize.
+        Blocking: call it from a worker thread. Raises BadRenderSize, BadHints.
         """
         import tensorflow as tf
 
         from models.colorize import prepare
+        from models.hints import BadHint
 
         self.check_render_size(model, render_size)
         with tf.device(self._device or self.setup()):
-            return prepare(model, image, render_size)
+            try:
+                return prepare(model, image, render_size, hints)
+            except BadHint as exc:
+                raise BadHints(str(exc)) from None
 
-    def finish(self, model: LoadedModel, prediction: np.ndarray, lum: Any) -> np.ndarray:
-        """RGB uint8 at the photograph's size from a prediction and the photograph's lightness."""
+    def finish(
+        self, model: LoadedModel, prediction: np.ndarray, lum: Any, hinted: bool = False
+    ) -> np.ndarray:
+        """RGB uint8 at the photograph's size from a prediction and the photograph's lightness
+        (``hinted``: the input had colour hints)."""
         import tensorflow as tf
 
         from models.colorize import finish
 
         with tf.device(self._device or self.setup()):
-            return finish(model, prediction, lum)
+            return finish(model, prediction, lum, hinted)
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: about the time to run the queue once."""

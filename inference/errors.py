@@ -44,6 +44,17 @@ class BadRenderSize(ValueError):
         self.value = value
 
 
+class BadHints(ValueError):
+    """Colour hints that cannot be used (malformed, outside the photograph, or sent to a model without
+    hint inputs): the message names the point. ``location`` says where the request carried them
+    ("body": a multipart field or a batch manifest; "query")."""
+
+    def __init__(self, message: str, value: str | None = None, location: str = "body"):
+        super().__init__(message)
+        self.value = value
+        self.location = location
+
+
 class NoModelLoaded(RuntimeError):
     """The engine has no model to serve yet (empty store, or still loading)."""
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from inference.engine import Engine
+from inference.errors import BadHints
 from inference.images import decode_image, encode_image
 from models.store import LoadedModel
 
@@ -32,6 +33,7 @@ class Prepared:
     light: Any
     size: int
     alpha: np.ndarray | None = None
+    hinted: bool = False  # colour hints went into the input
 
 
 class Pipeline:
@@ -43,12 +45,14 @@ class Pipeline:
         self.min_side = min_side
 
     def prepare_array(
-        self, model: LoadedModel, image: np.ndarray, render_size: int | None = None
+        self, model: LoadedModel, image: np.ndarray, render_size: int | None = None, hints: Any = None
     ) -> Prepared:
-        """Blocking: ``image`` (RGB (H, W, 3) or gray (H, W) uint8) ready for the model.
-        Raises BadRenderSize."""
-        inputs, light, size = self.engine.prepare(model, image, render_size)
-        return Prepared(model, inputs, light, size)
+        """Blocking: ``image`` (RGB (H, W, 3) or gray (H, W) uint8) ready for the model, with
+        ``hints`` (JSON text or a list of points, ``models.hints.parse_hints``) when given.
+        Raises BadRenderSize, BadHints."""
+        points = read_hints(hints, image.shape[1], image.shape[0])
+        inputs, light, size = self.engine.prepare(model, image, render_size, points)
+        return Prepared(model, inputs, light, size, hinted=bool(points))
 
     def decode_and_prepare(
         self,
@@ -56,18 +60,27 @@ class Pipeline:
         model: LoadedModel,
         render_size: int | None = None,
         refuse_when_busy: bool = False,
+        hints: Any = None,
+        hints_location: str = "body",
     ) -> Prepared:
         """Blocking: check ``render_size`` (and, with ``refuse_when_busy``, that the queue has room,
-        before any decoding), decode the photograph upright in sRGB and prepare the model input.
+        before any decoding), decode the photograph upright in sRGB and prepare the model input,
+        with ``hints`` (JSON text or a list of points of the upright photograph) when given.
 
-        Raises BadRenderSize, EngineBusy, or an ImageRejected subclass.
+        Raises BadRenderSize, EngineBusy, BadHints (at ``hints_location``), or an ImageRejected
+        subclass.
         """
         self.engine.check_render_size(model, render_size)
         if refuse_when_busy:
             self.engine.check_capacity()
         photo = decode_image(data, self.max_pixels, self.min_side)
-        inputs, light, size = self.engine.prepare(model, photo.pixels, render_size)
-        return Prepared(model, inputs, light, size, photo.alpha)
+        height, width = photo.pixels.shape[:2]
+        try:
+            points = read_hints(hints, width, height)
+            inputs, light, size = self.engine.prepare(model, photo.pixels, render_size, points)
+        except BadHints as exc:
+            raise BadHints(str(exc), hints if isinstance(hints, str) else None, hints_location) from None
+        return Prepared(model, inputs, light, size, photo.alpha, hinted=bool(points))
 
     def submit(self, prepared: Prepared) -> Future:
         """Queue the model call; the future gives the prediction. Raises EngineBusy."""
@@ -75,7 +88,7 @@ class Pipeline:
 
     def finish(self, prepared: Prepared, prediction: np.ndarray) -> np.ndarray:
         """Blocking: the colorized RGB uint8 pixels at the photograph's size (a read-only view)."""
-        return self.engine.finish(prepared.model, prediction, prepared.light)
+        return self.engine.finish(prepared.model, prediction, prepared.light, prepared.hinted)
 
     def finish_and_encode(self, prepared: Prepared, prediction: np.ndarray, image_format: str) -> bytes:
         """Blocking: ``finish``, encoded as ``image_format`` with the photograph's transparency where
@@ -83,11 +96,15 @@ class Pipeline:
         return encode_image(self.finish(prepared, prediction), image_format, prepared.alpha)
 
     def colorize_array(
-        self, image: np.ndarray, model: LoadedModel | None = None, render_size: int | None = None
+        self,
+        image: np.ndarray,
+        model: LoadedModel | None = None,
+        render_size: int | None = None,
+        hints: Any = None,
     ) -> np.ndarray:
         """Blocking, through the batching queue (never from the inference thread): ``image``
-        colorized by ``model`` (default: the served one)."""
-        prepared = self.prepare_array(model or self.engine.model(), image, render_size)
+        colorized by ``model`` (default: the served one), with ``hints`` when given."""
+        prepared = self.prepare_array(model or self.engine.model(), image, render_size, hints)
         return self.finish(prepared, self.submit(prepared).result())
 
     def colorize_bytes(
@@ -96,7 +113,22 @@ class Pipeline:
         image_format: str = "png",
         model: LoadedModel | None = None,
         render_size: int | None = None,
+        hints: Any = None,
     ) -> bytes:
-        """Blocking, through the batching queue: a photograph file's bytes colorized and encoded."""
-        prepared = self.decode_and_prepare(data, model or self.engine.model(), render_size)
+        """Blocking, through the batching queue: a photograph file's bytes colorized and encoded
+        (with ``hints``, JSON text or a list of points, when given)."""
+        prepared = self.decode_and_prepare(data, model or self.engine.model(), render_size, hints=hints)
         return self.finish_and_encode(prepared, self.submit(prepared).result(), image_format)
+
+
+def read_hints(hints: Any, width: int, height: int) -> list:
+    """The points of ``hints`` (None, JSON text or a decoded list) on a ``width`` x ``height``
+    photograph; raises BadHints naming the bad point."""
+    from models.hints import BadHint, parse_hints
+
+    if hints is None:
+        return []
+    try:
+        return parse_hints(hints, width, height)
+    except BadHint as exc:
+        raise BadHints(str(exc)) from None

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import color
+from models.hints import Hint, NoHintInputs, rasterize
 from models.pixels import (
     gray_luminance,
     gray_rgb_input,
@@ -112,14 +113,28 @@ def gray_model_input(levels: np.ndarray, preset_name: str) -> np.ndarray:
 
 
 def prepare(
-    model: LoadedModel, image: np.ndarray, render_size: int | None = None
+    model: LoadedModel, image: np.ndarray, render_size: int | None = None, hints: list[Hint] | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(model input (s, s, C) float32, the photograph's lightness, s) for an RGB (H, W, 3) or gray
     (H, W) uint8 array. The lightness is L float32 (H, W, 1) for RGB and the gray array itself for
-    gray: what ``finish`` joins the chroma with.
+    gray: what ``finish`` joins the chroma with. A model that takes hints gets ``hints`` (points of
+    ``image``, ``models.hints.parse_hints``) drawn into its hint channels, none when None.
 
-    Raises ValueError for a bad render_size or array shape.
+    Raises ValueError for a bad render_size or array shape, NoHintInputs (a ValueError) for hints
+    given to a model without hint inputs.
     """
+    if hints and not model.hints:
+        raise NoHintInputs(model.version)
+    inputs, light, size = _prepare(model, image, render_size)
+    if model.hints:
+        height, width = np.shape(image)[:2]
+        inputs = np.concatenate([inputs, rasterize(hints or [], width, height, size)], axis=-1)
+    return inputs, light, size
+
+
+def _prepare(
+    model: LoadedModel, image: np.ndarray, render_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     size = check_render_size(model, render_size)
     image = np.asarray(image)
     if image.dtype != np.uint8:  # values on the 0..255 scale, as uint8 would hold them
@@ -138,22 +153,27 @@ def prepare(
     return gray_model_input(shrink_gray(light, size), model.preset), light, size
 
 
-def finish(model: LoadedModel, prediction: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray:
+def finish(
+    model: LoadedModel, prediction: np.ndarray | tf.Tensor, light: np.ndarray, hinted: bool = False
+) -> np.ndarray:
     """RGB uint8 (H, W, 3), read-only (``join_chroma``): the generator's ``prediction`` (s, s, C) for
     a photograph whose lightness ``prepare`` gave as ``light``, chroma upsampled and joined with it
-    (scaled by the model's ``chroma_scale`` first, when it has one)."""
+    (scaled by the model's ``chroma_scale`` first, when it has one, unless the photograph was
+    ``hinted``: the hint branch learnt the true colours, which need no scaling)."""
     chroma = output_chroma(prediction, model.preset)
-    if model.chroma_scale != 1.0:
+    if model.chroma_scale != 1.0 and not hinted:
         chroma = chroma * model.chroma_scale
     return join_chroma(chroma, light)
 
 
-def colorize_array(model: LoadedModel, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
-    """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array; returns RGB uint8 of the same size
-    (computed on the CPU, a read-only view of padded 4-byte pixels: ``np.array`` it to write to it
-    or to keep it without the padding).
+def colorize_array(
+    model: LoadedModel, image: np.ndarray, render_size: int | None = None, hints: list[Hint] | None = None
+) -> np.ndarray:
+    """Colorize an RGB (H, W, 3) or gray (H, W) uint8 array (with ``hints``, as ``prepare``); returns
+    RGB uint8 of the same size (computed on the CPU, a read-only view of padded 4-byte pixels:
+    ``np.array`` it to write to it or to keep it without the padding).
 
-    Raises ValueError for a bad render_size or array shape.
+    Raises ValueError for a bad render_size or array shape, or hints the model cannot take.
     """
-    inputs, light, _ = prepare(model, image, render_size)
-    return finish(model, predict(model, inputs[None])[0], light)
+    inputs, light, _ = prepare(model, image, render_size, hints)
+    return finish(model, predict(model, inputs[None])[0], light, hinted=bool(hints))

@@ -74,6 +74,13 @@ class TrainConfig(BaseModel):
         "stay frozen); false: train the decoder alone. Give it a low g_learning_rate (2e-5) and "
         "init_from a model whose decoder is trained already.",
     )
+    hints: bool | None = Field(
+        None,
+        description="Train a model that takes colour hints (points of known colour, Zhang et al. 2017), "
+        "with hints simulated from the true colours; mobilenet_v2 encoder only. Started from a model "
+        "without hints (init_from), only the hint branch trains and the automatic colours stay exactly "
+        "that model's. Default: the init_from model's, else false.",
+    )
     max_aspect: float = Field(
         1.0,
         ge=1.0,
@@ -143,6 +150,8 @@ class TrainConfig(BaseModel):
             raise ValueError("encoder mobilenet_v2 needs the lab preset and the resize decoder")
         if self.encoder == "mobilenet_v2" and self.image_size < 32:
             raise ValueError("encoder mobilenet_v2 needs an image_size of at least 32")
+        if self.hints and (self.encoder == "unet" or (self.encoder is None and self.init_from is None)):
+            raise ValueError("hints need encoder mobilenet_v2 (or init_from a model that has it)")
         if self.train_encoder and self.encoder not in ("mobilenet_v2", None):
             raise ValueError("train_encoder fine-tunes a mobilenet_v2 encoder; a unet encoder always trains")
         return self

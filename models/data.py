@@ -254,11 +254,13 @@ def make_dataset(
     cache_scale: float = 2.0,
     max_aspect: float = 1.0,
     degrade: float = 0.0,
+    hints: bool = False,
 ):
     """An endless, shuffled, batched, prefetched tf.data.Dataset of (input, target) batches.
 
     A share ``degrade`` of the inputs are made to look like old photographs
-    (``degrade_lightness``); their targets stay clean.
+    (``degrade_lightness``); their targets stay clean. With ``hints``, each input also has hint
+    channels simulated from its target (``models.hints.simulated_hints``).
 
     Photographs are decoded once with their short side at ``cache_scale * image_size`` and cached
     in memory; crops are then taken at scales between that and the crop size, with aspect ratios
@@ -296,6 +298,12 @@ def make_dataset(
             return tf.cond(tf.random.uniform(()) < degrade, lambda: degrade_lightness(x), lambda: x), y
 
         ds = ds.map(maybe_degrade, num_parallel_calls=tf.data.AUTOTUNE)
+    if hints:
+        from models.hints import simulated_hints
+
+        ds = ds.map(
+            lambda x, y: (tf.concat([x, simulated_hints(y)], axis=-1), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -21,6 +21,7 @@ from skimage.color import deltaE_ciede2000, rgb2lab
 
 from models import color
 from models.colorize import colorize_array
+from models.hints import Hint
 from models.store import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -80,16 +81,35 @@ def square(rgb: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(crop.resize((side, side), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
+def true_hints(truth: np.ndarray, count: int, rng: np.random.Generator, patch: int = 2) -> list[Hint]:
+    """``count`` hints at uniformly random points of ``truth`` (RGB uint8), each the mean colour of
+    the truth within ``patch`` pixels of it: what a person who knows the photograph would give."""
+    height, width = truth.shape[:2]
+    hints = []
+    for _ in range(count):
+        x, y = int(rng.integers(width)), int(rng.integers(height))
+        area = truth[max(0, y - patch) : y + patch + 1, max(0, x - patch) : x + patch + 1]
+        rgb = np.round(area.reshape(-1, 3).mean(axis=0)).astype(int)
+        hints.append(Hint(float(x), float(y), (int(rgb[0]), int(rgb[1]), int(rgb[2]))))
+    return hints
+
+
 def evaluate_images(
-    colorize: Callable[[np.ndarray], np.ndarray],
+    colorize: Callable[..., np.ndarray],
     images: Iterable[tuple[str, np.ndarray]],
     image_size: int,
     full_resolution: bool = True,
+    hints: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Score ``colorize`` (RGB uint8 -> RGB uint8) and the grayscale baseline on ``images``.
 
+    With ``hints`` > 0, ``colorize`` is called as ``colorize(gray, hints)`` with that many hints
+    taken from the truth at random points (``true_hints``, repeatable by ``seed``).
+
     Returns ``{"images": [{name, model_size: {model, grayscale}, full: {...}}], "mean": {...}}``.
     """
+    rng = np.random.default_rng(seed)
     rows = []
     for name, rgb in images:
         row: dict[str, Any] = {"name": name, "width": int(rgb.shape[1]), "height": int(rgb.shape[0])}
@@ -100,7 +120,8 @@ def evaluate_images(
             scales["full"] = rgb
         for scale, truth in scales.items():
             gray = grayscale_of(truth)
-            row[scale] = {"model": score(colorize(gray), truth), "grayscale": score(gray, truth)}
+            output = colorize(gray, true_hints(truth, hints, rng)) if hints else colorize(gray)
+            row[scale] = {"model": score(output, truth), "grayscale": score(gray, truth)}
         rows.append(row)
     return {"images": rows, "mean": mean_scores(rows)}
 
@@ -171,14 +192,24 @@ def evaluate_model(
     full_resolution: bool = True,
     max_side: int | None = None,
     root: Path | None = None,
+    hints: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a loaded model on photographs at ``paths`` (see evaluate_images); with ``root``,
-    each is named by its path under it, so a subfolder is its category."""
+    """Evaluate a loaded model on photographs at ``paths`` (see evaluate_images; ``hints`` per
+    photograph taken from the truth, for a model that takes them); with ``root``, each is named by
+    its path under it, so a subfolder is its category."""
     images = ((p.relative_to(root).as_posix() if root else p.name, load_rgb(p, max_side)) for p in paths)
     report = evaluate_images(
-        lambda gray: colorize_array(model, gray), images, model.image_size, full_resolution
+        lambda gray, given=None: colorize_array(model, gray, hints=given),
+        images,
+        model.image_size,
+        full_resolution,
+        hints,
+        seed,
     )
     report["model"] = {"version": model.version, "preset": model.preset, "image_size": model.image_size}
+    if hints:
+        report["hints"] = {"per_photograph": hints, "seed": seed}
     return report
 
 

@@ -41,6 +41,17 @@ class BadHint(ValueError):
         super().__init__(message if index is None else f"hint {index}: {message}")
 
 
+class NoHintInputs(BadHint):
+    """Hints sent to a model that has no hint inputs."""
+
+    def __init__(self, version: int | str):
+        super().__init__(
+            None,
+            f"model version {version} takes no colour hints: send the photograph without hints, or ask "
+            "for a model that takes them (GET /models says which do)",
+        )
+
+
 @dataclass(frozen=True)
 class Hint:
     """A point of the upright photograph (pixels, from its top-left corner) and its colour."""
@@ -138,3 +149,35 @@ def simulate_hints(ab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         grid[cy : cy + side, cx : cx + side, :2] = patch.reshape(-1, 2).mean(axis=0)
         grid[cy : cy + side, cx : cx + side, 2] = 1.0
     return grid
+
+
+# At most this many simulated hints per training input (the geometric count's tail is cut here).
+MAX_SIMULATED = 24
+
+
+def simulated_hints(ab):
+    """``simulate_hints`` in TensorFlow, for a tf.data map: hint channels (size, size, 3) drawn
+    from a square target's normalised ``ab`` (size, size, 2), with TensorFlow's seeded generator."""
+    import tensorflow as tf
+
+    size = tf.shape(ab)[0]
+    # geometric count of failures before a success: floor(log U / log(1 - p))
+    uniform = tf.random.uniform((), 1e-7, 1.0)
+    count = tf.minimum(tf.cast(tf.math.log(uniform) / np.log(1.0 - SIMULATED_P), tf.int32), MAX_SIMULATED)
+    sides = tf.random.uniform((MAX_SIMULATED,), 1, MAX_PATCH + 1, dtype=tf.int32)
+    centres = tf.clip_by_value(tf.random.normal((MAX_SIMULATED, 2), 0.5, SIMULATED_SPREAD), 0.0, 1.0)
+    corners = tf.cast(centres * tf.cast(size - sides, tf.float32)[:, None], tf.int32)  # (n, 2): y, x
+    cells = tf.range(size)
+    rows = (cells[None, :] >= corners[:, :1]) & (cells[None, :] < corners[:, :1] + sides[:, None])
+    cols = (cells[None, :] >= corners[:, 1:]) & (cells[None, :] < corners[:, 1:] + sides[:, None])
+    patches = tf.cast(rows[:, :, None] & cols[:, None, :], tf.float32)  # (n, size, size)
+    patches *= tf.cast(tf.range(MAX_SIMULATED) < count, tf.float32)[:, None, None]
+    means = tf.einsum("nyx,yxc->nc", patches, ab) / tf.maximum(
+        tf.reduce_sum(patches, axis=(1, 2))[:, None], 1.0
+    )
+    # a later hint wins where two overlap: each cell takes the last patch covering it
+    order = tf.cast(tf.range(1, MAX_SIMULATED + 1), tf.float32)[:, None, None]
+    last = tf.argmax(patches * order, axis=0)  # (size, size)
+    mask = tf.reduce_max(patches, axis=0)
+    colours = tf.gather(means, last) * mask[..., None]
+    return tf.concat([colours, mask[..., None]], axis=-1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from models import hint_net
 from models.presets import DECODERS, ENCODERS, MOBILENET_V2, REPORT_DECODER, REPORT_ENCODER, levels_for
 
 
@@ -94,19 +95,24 @@ def build_generator(
     dtype: str | None = None,
     decoder: str = REPORT_DECODER,
     encoder: str = REPORT_ENCODER,
+    hints: bool = False,
 ) -> keras.Model:
     """U-Net generator. At 256, width 64, 3->3 channels it is the report's (54,429,315 params).
 
     ``dtype`` is a Keras dtype policy for every layer but the output ("mixed_bfloat16",
     "mixed_float16"; None: the global policy, float32 by default); the output stays float32.
     ``decoder`` is how the decoder upsamples (see ``up_conv``; "transpose" is the report's).
-    ``encoder`` "mobilenet_v2" makes ``pretrained_unet`` instead (1 channel in only).
-    Raises ValueError for an image size that is not a power of two in range or an unknown decoder.
+    ``encoder`` "mobilenet_v2" makes ``pretrained_unet`` instead (1 channel in only), which can
+    also take colour ``hints``.
+    Raises ValueError for an image size that is not a power of two in range, an unknown decoder,
+    or hints without the mobilenet_v2 encoder.
     """
     if encoder == MOBILENET_V2:
-        return pretrained_unet(image_size, in_channels, out_channels, width, dtype, decoder)
+        return pretrained_unet(image_size, in_channels, out_channels, width, dtype, decoder, hints)
     if encoder != REPORT_ENCODER:
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+    if hints:
+        raise ValueError("colour hints need the mobilenet_v2 encoder")
     depth = levels_for(image_size)
     filters = encoder_filters(depth, width)
     # Spatial dims stay open so serving can render at any multiple of 2**depth.
@@ -143,11 +149,14 @@ def pretrained_unet(
     width: int = 32,
     dtype: str | None = None,
     decoder: str = "resize",
+    hints: bool = False,
 ) -> keras.Model:
     """A U-Net whose encoder is MobileNetV2 (models.backbones; ImageNet weights are loaded apart,
     by ``models.backbones.pretrained_mobilenet_v2``) and stays frozen, batch norm included: the
     decoder (bilinear upsampling, Conv 3x3, BatchNorm, dropout 0.5 in its first three blocks,
     skips from the encoder's stride 16, 8, 4 and 2 features and from the input) learns the colours.
+    With ``hints``, the input has the hint channels too, and each hint's colour is carried to the
+    pixels like it (``models.hint_net.HintPropagation``).
     """
     from models.backbones import mobilenet_v2_features
 
@@ -155,11 +164,17 @@ def pretrained_unet(
         raise ValueError("a MobileNetV2 encoder needs an image_size of at least 32")
     if in_channels != 1 or decoder != "resize":
         raise ValueError("a MobileNetV2 encoder takes the lab preset (1 channel in) and the resize decoder")
-    gray = keras.Input((None, None, 1), name="gray")
-    features, skips = mobilenet_v2_features(gray, dtype=dtype)
-    encoder = keras.Model(gray, [features, *skips], name=MOBILENET_V2)
+    if hints:
+        inputs, gray, hint_channels = hint_net.split_input(in_channels, dtype)
+    else:
+        inputs = gray = keras.Input((None, None, 1), name="gray")
+    # the encoder as a model of its own (frozen as one); on a hint model, of the photograph's channel
+    encoder_in = keras.Input((None, None, 1), name="gray") if hints else gray
+    features, skips = mobilenet_v2_features(encoder_in, dtype=dtype)
+    encoder = keras.Model(encoder_in, [features, *skips], name=MOBILENET_V2)
     encoder.trainable = False
     features, *skips = encoder(gray)
+
     x = layers.Conv2D(width * 8, 1, kernel_initializer=init(), name="dec_reduce_conv", dtype=dtype)(features)
     x = layers.BatchNormalization(name="dec_reduce_bn", dtype=dtype)(x)
     x = layers.Activation("relu", name="dec_reduce_act", dtype=dtype)(x)
@@ -184,11 +199,16 @@ def pretrained_unet(
         x
     )
     x = layers.Activation("relu", name="dec_out_act", dtype=dtype)(x)
+    last_features = x
     x = layers.Conv2D(
         out_channels, 3, padding="same", kernel_initializer=init(), name="out_upconv", dtype=dtype
     )(x)
     outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
-    return keras.Model(gray, outputs, name="generator")
+    if hints:
+        outputs = hint_net.HintPropagation(name="hint_propagation", dtype="float32")(
+            [outputs, hint_channels, last_features, gray]
+        )
+    return keras.Model(inputs, outputs, name="generator")
 
 
 def build_discriminator(

@@ -136,10 +136,12 @@ class Pix2Pix(keras.Model):
 
     def train_step(self, data):
         source, target, _ = keras.utils.unpack_x_y_sample_weight(data)
+        # the discriminator judges (photograph, colours): a hint model's hint channels are not its
+        condition = source[..., : self.discriminator.input[0].shape[-1]]
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = self.generator(source, training=True)
-            real_logits = self.discriminator([source, target], training=True)
-            fake_logits = self.discriminator([source, fake], training=True)
+            real_logits = self.discriminator([condition, target], training=True)
+            fake_logits = self.discriminator([condition, fake], training=True)
             g_loss, g_gan, l1 = generator_loss(fake_logits, target, fake, self.l1_weight)
             d_loss = discriminator_loss(real_logits, fake_logits)
             g_scaled = _scaled(self.g_optimizer, g_loss)

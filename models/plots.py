@@ -14,6 +14,7 @@ from models import color
 from models.callbacks import RunState
 from models.config import TrainConfig
 from models.data import center_view, load_photo, to_pair
+from models.hint_net import with_no_hints
 from models.presets import get_preset
 
 SAMPLE_COUNT = 3
@@ -34,7 +35,7 @@ class SamplePlot(keras.callbacks.Callback):
 
     def write(self, step: int) -> Path:
         source, target = self.pairs
-        fake = self.model.generator(source, training=False)
+        fake = self.model.generator(with_no_hints(source, self.model.generator), training=False)
         rows = [
             to_display(source, self.preset_name, source, is_input=True),
             to_display(fake, self.preset_name, source),

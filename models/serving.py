@@ -54,6 +54,7 @@ def precision_twin(model: LoadedModel, policy: str) -> Any:
         dtype=policy,
         decoder=decoder_of(generator),
         encoder=encoder_of(generator),
+        hints=model.hints,
     )
     twin.set_weights(generator.get_weights())  # raises ValueError when the shapes differ
     return twin

@@ -75,6 +75,14 @@ class LoadedModel:
         image (metadata ``flip_average``, chosen on calibration photographs by recipe.default_model)."""
         return bool(self.metadata.get("flip_average", False))
 
+    @property
+    def hints(self) -> bool:
+        """Whether the generator takes colour hints (``models.hint_net``): its input has the hint
+        channels after the preset's."""
+        from models.hint_net import accepts_hints
+
+        return accepts_hints(self.generator)
+
     def scale_sizes(self, size: int) -> tuple[int, ...]:
         """The other sides the generator also runs at when serving at side ``size``, its outputs
         resized to ``size`` and averaged with the one at ``size`` (metadata ``scale_steps``: offsets in
@@ -89,6 +97,8 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
     """Load and check a version directory; raises BrokenVersion with the reason."""
     import keras
 
+    from models.hint_net import accepts_hints
+    from models.hints import HINT_CHANNELS
     from models.presets import get_preset, levels_for
 
     metadata = read_metadata(path)
@@ -130,10 +140,11 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
         raise BrokenVersion(f"{path}: cannot load {name}: {exc}") from exc
     in_ch = generator.input_shape[-1]
     out_ch = generator.output_shape[-1]
-    if (in_ch, out_ch) != (preset.in_channels, preset.out_channels):
+    hint_channels = HINT_CHANNELS if accepts_hints(generator) else 0
+    if (in_ch, out_ch) != (preset.in_channels + hint_channels, preset.out_channels):
         raise BrokenVersion(
             f"{path}: generator maps {in_ch}->{out_ch} channels, preset {preset.name!r} needs "
-            f"{preset.in_channels}->{preset.out_channels}"
+            f"{preset.in_channels}->{preset.out_channels}" + (" and the hints" if hint_channels else "")
         )
     model = LoadedModel(version, generator, preset.name, image_size, metadata)
     if render_size % model.size_step:
@@ -163,6 +174,7 @@ def _generator_from_weights(path: Path, preset: Any, image_size: int, metadata: 
             width=width,
             decoder=decoder,
             encoder=metadata.get("encoder") or REPORT_ENCODER,
+            hints=metadata.get("hints") is True,
         )
     except ValueError as exc:
         raise BrokenVersion(f"{path}: {exc}") from exc

@@ -40,6 +40,7 @@ from models.data import (
     scan_images,
     split_validation,
 )
+from models.hint_net import accepts_hints, copy_weights_by_name, freeze_all_but_hints
 from models.networks import build_discriminator, build_generator, decoder_of, encoder_of
 from models.pix2pix import Pix2Pix, adam
 from models.plots import SamplePlot, sample_pairs
@@ -70,18 +71,23 @@ def training_policy(config: TrainConfig, device: str | None = None) -> str:
     return training_policy(config.precision, device)
 
 
-def build_pix2pix(config: TrainConfig, policy: str | None = None) -> Pix2Pix:
+def build_pix2pix(config: TrainConfig, policy: str | None = None, hints_only: bool = False) -> Pix2Pix:
     """Generator, discriminator and optimisers for ``config`` (not yet trained), in ``policy``
-    (default: what ``config.precision`` means here). float16 gets loss-scaling optimisers."""
+    (default: what ``config.precision`` means here). float16 gets loss-scaling optimisers. With
+    ``hints_only``, only the generator's hint branch trains (``freeze_all_but_hints``)."""
     policy = policy or training_policy(config)
     dtype = None if policy == "float32" else policy
     preset = get_preset(config.preset)
     shape = (config.image_size, preset.in_channels, preset.out_channels)
     decoder = config.decoder or REPORT_DECODER
     encoder = config.encoder or REPORT_ENCODER
-    generator = build_generator(*shape, width=config.width, dtype=dtype, decoder=decoder, encoder=encoder)
+    generator = build_generator(
+        *shape, width=config.width, dtype=dtype, decoder=decoder, encoder=encoder, hints=bool(config.hints)
+    )
     if config.train_encoder:
         unfreeze_encoder(generator)
+    if hints_only:
+        freeze_all_but_hints(generator)
     discriminator = build_discriminator(*shape, width=config.width, dtype=dtype)
     model = Pix2Pix(generator, discriminator)
     loss_scale = policy == "mixed_float16"
@@ -118,9 +124,13 @@ def init_source(config: TrainConfig, store: ModelStore) -> LoadedModel:
 
 
 def resolve_architecture(config: TrainConfig, source: LoadedModel | None) -> TrainConfig:
-    """``config`` with its decoder and encoder set: as asked, else the init_from model's, else the
-    report's (a MobileNetV2 encoder implies the resize decoder)."""
-    update = {}
+    """``config`` with its decoder, encoder and hints set: as asked, else the init_from model's, else
+    the report's (a MobileNetV2 encoder implies the resize decoder; no hints).
+
+    Raises BrokenVersion when hints are asked of a model whose encoder cannot take them."""
+    update: dict[str, Any] = {}
+    if config.hints is None:
+        update["hints"] = source is not None and accepts_hints(source.generator)
     if config.encoder is None:
         update["encoder"] = encoder_of(source.generator) if source is not None else REPORT_ENCODER
     if config.decoder is None:
@@ -129,7 +139,12 @@ def resolve_architecture(config: TrainConfig, source: LoadedModel | None) -> Tra
         else:
             encoder = update.get("encoder", config.encoder)
             update["decoder"] = "resize" if encoder == MOBILENET_V2 else REPORT_DECODER
-    return config.model_copy(update=update) if update else config
+    config = config.model_copy(update=update) if update else config
+    if config.hints and config.encoder != MOBILENET_V2:
+        raise BrokenVersion(
+            f"init_from version {config.init_from} has a {config.encoder!r} encoder: hints need mobilenet_v2"
+        )
+    return config
 
 
 def init_generator(model: Pix2Pix, config: TrainConfig, source: LoadedModel) -> None:
@@ -147,7 +162,10 @@ def init_generator(model: Pix2Pix, config: TrainConfig, source: LoadedModel) -> 
             f"{config.decoder!r} (leave decoder out to take the model's)"
         )
     try:
-        model.generator.set_weights(source.generator.get_weights())
+        if accepts_hints(source.generator) == bool(config.hints):
+            model.generator.set_weights(source.generator.get_weights())
+        else:  # an automatic model gains hints (a new propagation), or a hint model loses them
+            copy_weights_by_name(source.generator, model.generator)
     except ValueError as exc:
         raise BrokenVersion(
             f"init_from version {config.init_from} does not fit this job's image_size/width: {exc}"
@@ -206,7 +224,9 @@ def run_training(
     config = resolve_architecture(config, source)
     _save_resolved_config(job_dir, config, scan, state, validation_files)
 
-    model = build_pix2pix(config)
+    # an automatic model that gains hints keeps its automatic colours exactly: only the branch trains
+    hints_only = bool(config.hints) and source is not None and not accepts_hints(source.generator)
+    model = build_pix2pix(config, hints_only=hints_only)
     if source is not None:
         init_generator(model, config, source)
     elif config.encoder == MOBILENET_V2:  # a resumed run's checkpoint then overrides them
@@ -218,6 +238,7 @@ def run_training(
         config.preset,
         max_aspect=config.max_aspect,
         degrade=config.degrade,
+        hints=bool(config.hints),
     )
     validation = [
         (p.name, image)
@@ -291,6 +312,7 @@ def _metadata(config: TrainConfig, job_id: str | None, scan: DatasetScan) -> dic
         "width": config.width,
         "decoder": config.decoder,
         "encoder": config.encoder,
+        "hints": bool(config.hints),
         **({"pretrained_encoder": PROVENANCE} if config.encoder == MOBILENET_V2 else {}),
         "job_id": job_id,
         "config": config.model_dump(),

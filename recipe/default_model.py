@@ -30,9 +30,11 @@ from models.evaluate import by_category, summary
 from models.store import DEFAULT_MODEL_DIR, LoadedModel, ModelStore, export_float16
 from models.training import run_training
 from recipe.calibrate import calibrated, lowest_ciede
+from recipe.hints import HINT_SUMMARY, candidate_of, hint_curve, with_hints
 from recipe.reports import (
     json_default,
     write_comparison,
+    write_hints_sheet,
     write_manifest,
     write_old_photographs_sheet,
     write_sheets,
@@ -75,6 +77,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 # Equal compute: every candidate trains this many steps (same size, width and batch).
 CANDIDATE_STEPS = 1500
+# The hint sheet shows this many of the validation photographs of people.
+HINT_SHEET_PHOTOS = 8
 # The winner trains on for this many steps, publishing this many snapshots; the best ships.
 FINAL_STEPS = 8000
 FINAL_SNAPSHOTS = 8
@@ -403,12 +407,19 @@ def _ship(
     manifest and sheets to ``docs_dir``. Returns the comparison with ``calibration`` and the
     float16 model's report (``float16``) in it."""
     photos = Photos.of(workdir)
+    # last: colour hints, learnt on top of the calibrated model (its automatic colours unchanged)
+    model, hinted = with_hints(workdir, model, photos, candidate_of(model))
+    hinted = hinted or dict(comparison.get("hints", {}))  # a model with hints already: how it got them
     staging = workdir / "default-export"
     shutil.rmtree(staging, ignore_errors=True)
     export_float16(model, staging)
     exported_model = ModelStore.load_dir(staging, "default")
     exported = evaluate_on(exported_model, photos.validation)
     comparison = {**comparison, **calibration, "float16": exported}
+    if exported_model.hints:
+        hinted = {**hinted, "validation_curve": hint_curve(exported_model, photos.validation)}
+    if hinted:
+        comparison["hints"] = hinted
     meta_path = staging / "metadata.json"
     metadata = json.loads(meta_path.read_text())
     metadata.update(
@@ -425,6 +436,15 @@ def _ship(
                 "validation": summary(exported, "model_size"),
                 "validation_full": summary(exported, "full"),
                 "validation_categories": by_category(exported),
+                **(
+                    {
+                        "validation_hints": [
+                            {k: c[k] for k in HINT_SUMMARY} for c in hinted["validation_curve"]
+                        ]
+                    }
+                    if "validation_curve" in hinted
+                    else {}
+                ),
             },
             "photos": comparison["photos"],
         }
@@ -440,4 +460,7 @@ def _ship(
         write_manifest(docs_dir, comparison["photos"], skipped)
         write_old_photographs_sheet(workdir, exported_model, docs_dir / "old-photographs-sheet.jpg")
         write_validation_sheet(exported_model, photos.validation, docs_dir / "validation-sheet.jpg")
+        if exported_model.hints:
+            people = [p for p in photos.validation if p.parent.name == "people"][:HINT_SHEET_PHOTOS]
+            write_hints_sheet(exported_model, people, docs_dir / "hints-sheet.jpg")
     return comparison

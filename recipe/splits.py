@@ -192,8 +192,8 @@ class Photos:
         )
 
 
-def evaluate_on(model: Any, files: list[Path], max_side: int | None = None) -> dict[str, Any]:
-    """evaluate_model on ``files``, each named by its path under their common folder (so the
-    validation photographs are <category>/<file>)."""
+def evaluate_on(model: Any, files: list[Path], max_side: int | None = None, hints: int = 0) -> dict[str, Any]:
+    """evaluate_model on ``files`` (with ``hints`` per photograph), each named by its path under
+    their common folder (so the validation photographs are <category>/<file>)."""
     root = Path(os.path.commonpath(files)) if len(files) > 1 else files[0].parent
-    return evaluate_model(model, files, max_side=max_side, root=root)
+    return evaluate_model(model, files, max_side=max_side, root=root, hints=hints)

@@ -23,6 +23,7 @@ from common.jobs import UnknownJob
 from common.labels import LabelsUnreadable
 from common.store import BrokenVersion, UnknownVersion
 from inference.errors import (
+    BadHints,
     BadRenderSize,
     CannotEncode,
     DamagedImage,
@@ -78,6 +79,8 @@ def http_error(exc: Exception) -> ApiError | RequestValidationError | None:
         return ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, NoModelLoaded):
         return ApiError(503, str(exc), headers={"Retry-After": "5"})
+    if isinstance(exc, BadHints):
+        return field_error(exc.location, "hints", str(exc), exc.value)
     for kind, (location, name) in _FIELD_OF.items():
         if isinstance(exc, kind):
             return field_error(location, name, str(exc), getattr(exc, "value", None))
@@ -219,7 +222,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for kind in (ImageRejected, BadRenderSize, EngineBusy, NoModelLoaded):
+    for kind in (ImageRejected, BadRenderSize, BadHints, EngineBusy, NoModelLoaded):
         app.add_exception_handler(kind, _inference_error)
     app.add_exception_handler(UnknownVersion, _unknown_version)
     app.add_exception_handler(BrokenVersion, _broken_version)

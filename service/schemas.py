@@ -88,6 +88,9 @@ class ModelInfo(BaseModel):
     render_size: int | None = Field(
         None, description="The side /colorize runs it at unless ?render_size= asks another."
     )
+    hints: bool = Field(
+        False, description="Takes colour hints (POST /colorize with hints); others refuse hints."
+    )
     created_at: float | None = Field(None, description="When it was published (Unix time).")
     served: bool = Field(False, description="The version /colorize uses when no ?model= is given.")
     labels: list[str] = Field(default_factory=list, description="The labels pointing at it.")

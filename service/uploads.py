@@ -40,7 +40,8 @@ ARCHIVE_MEDIA_TYPES = frozenset(
         "application/octet-stream",
     }
 )
-MAX_TEXT_FIELD_BYTES = 1024
+# enough for a batch's colour hints (a few thousand points), still bounded in memory
+MAX_TEXT_FIELD_BYTES = 256 * 1024
 # Write to disk in pieces of about this size, off the event loop.
 WRITE_BATCH = 1024 * 1024
 

@@ -69,6 +69,35 @@ def tiny_model(metadata: dict) -> LoadedModel:
     return LoadedModel(1, generator, "lab", 32, {**base, **metadata})
 
 
+HINT_MODEL_METADATA = {
+    "preset": "lab",
+    "image_size": 32,
+    "width": 4,
+    "decoder": "resize",
+    "encoder": "mobilenet_v2",
+    "hints": True,
+}
+
+
+def tiny_hint_generator() -> Any:
+    """A 32 px generator that takes colour hints: untrained (random encoder), its hint propagation
+    narrowed to a few pixels, so a hint changes the colours near it and nowhere far away."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    generator = build_generator(32, 1, 2, width=4, decoder="resize", encoder="mobilenet_v2", hints=True)
+    last = generator.get_layer("out_upconv")
+    last.set_weights([last.get_weights()[0], np.asarray([0.3, -0.25], np.float32)])
+    propagation = generator.get_layer("hint_propagation")
+    propagation.log_spread.assign(-3.5)  # a spread of 3% of the side
+    return generator
+
+
+def publish_tiny_hints_to(store: ModelStore) -> int:
+    """Publish ``tiny_hint_generator`` into ``store``; returns its version."""
+    return store.publish(tiny_hint_generator(), dict(HINT_MODEL_METADATA))
+
+
 def publish_tiny(settings: Settings, preset: str = "lab") -> int:
     """Publish a tiny untrained generator (32 px, width 4) into the settings' store."""
     return publish_tiny_to(ModelStore(settings.models_dir), preset)

@@ -41,7 +41,7 @@ from inference.pipeline import Pipeline
 from models.store import LoadedModel
 from service.archives import ArchiveReader, EntryTooLarge, EntryUnreadable, is_hidden, safe_path
 from service.deps import PipelineDep, SettingsDep
-from service.errors import ApiError, http_error, summarize_validation_errors
+from service.errors import ApiError, field_error, http_error, summarize_validation_errors
 from service.routers.colorize import ModelQuery, RenderSizeQuery, requested_version
 from service.schemas import ErrorResponse, ValidationErrorResponse, upload_body_doc
 from service.uploads import receive_archive
@@ -137,8 +137,10 @@ class _Batch:
         image_format: str | None,
         render_size: int | None,
         limiter: anyio.CapacityLimiter | None,
+        hints: dict[str, Any] | None = None,
     ):
         self.pipeline = pipeline
+        self.hints = dict(hints or {})  # member path -> its colour hints (a list of points)
         self.model = model
         self.settings = settings
         self.out = out
@@ -171,7 +173,13 @@ class _Batch:
             deadline = time.monotonic() + BUSY_PATIENCE_S
             await self._wait_for_room(deadline)  # before decoding: no work spent while the queue is full
             prepared = await anyio.to_thread.run_sync(
-                partial(self.pipeline.decode_and_prepare, data, self.model, self.render_size),
+                partial(
+                    self.pipeline.decode_and_prepare,
+                    data,
+                    self.model,
+                    self.render_size,
+                    hints=self.hints.pop(entry.name, None),
+                ),
                 limiter=self.limiter,
             )
             del data
@@ -301,6 +309,34 @@ def _too_many_files(limit: int) -> ApiError:
     )
 
 
+BatchHintsQuery = Annotated[
+    str | None,
+    Query(
+        description="Colour hints per file, as JSON: an object from each file's path in the archive to its "
+        'hints (as POST /colorize takes them), e.g. `{"family/1931.jpg": [{"x": 120, "y": 80, "color": '
+        '"#aa3311"}]}`. A multipart upload may send it as the field `hints` instead. A file\'s bad hints '
+        "cost that file (its manifest entry says why), not the batch.",
+    ),
+]
+
+
+def batch_hints(text: str, location: str) -> dict[str, Any]:
+    """The per-file hints of a batch request; raises a 422 unless a JSON object of lists."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise field_error(location, "hints", f"hints must be JSON: {exc}", text) from None
+    if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+        raise field_error(
+            location,
+            "hints",
+            'hints for a batch must be an object from file paths to lists of points, such as {"a.jpg": '
+            '[{"x": 10, "y": 20, "color": "#aa3311"}]}',
+            text,
+        )
+    return value
+
+
 def _skip_reason(kind: str, path: str | None) -> str | None:
     if path is None:
         return "unsafe path (absolute, '..' or a drive letter): not colorized"
@@ -334,9 +370,11 @@ async def colorize_batch(
     ] = None,
     render_size: RenderSizeQuery = None,
     model: ModelQuery = None,
+    hints: BatchHintsQuery = None,
 ) -> FileResponse:
     """Colorize every photograph of a zip; the answer is a zip of the results plus manifest.json."""
     version = requested_version(model)
+    per_file = batch_hints(hints, "query") if hints is not None else None
     # one version for the whole batch; a bad render_size is refused before the upload is read
     used = await anyio.to_thread.run_sync(pipeline.engine.model, version)
     pipeline.engine.check_render_size(used, render_size)
@@ -344,8 +382,20 @@ async def colorize_batch(
     cleanup = partial(shutil.rmtree, staging, ignore_errors=True)
     try:
         received = await receive_archive(
-            request, staging / "upload", settings.max_batch_bytes, setting="COLORIZER_MAX_BATCH_BYTES"
+            request,
+            staging / "upload",
+            settings.max_batch_bytes,
+            setting="COLORIZER_MAX_BATCH_BYTES",
+            text_fields=("hints",),
         )
+        if "hints" in received.fields:
+            if per_file is not None:
+                raise field_error("query", "hints", "send hints once: as the multipart field or the query")
+            per_file = batch_hints(received.fields["hints"], "body")
+        if per_file and not used.hints:
+            from models.hints import NoHintInputs  # TensorFlow is loaded by now (the engine's model)
+
+            raise field_error("body", "hints", str(NoHintInputs(used.version)))
         reader = await anyio.to_thread.run_sync(
             partial(
                 ArchiveReader,
@@ -364,8 +414,12 @@ async def colorize_batch(
                 image_format,
                 render_size,
                 getattr(request.app.state, "inference_limiter", None),
+                per_file,
             )
             await batch.run(reader)
+            for name in batch.hints:  # hints for a name no file of the archive has
+                missing = "hints given for a file that is not in the archive"
+                batch.entries.append(ManifestEntry(name, status="skipped", error=missing))
             manifest = batch.manifest()
             counts = manifest["counts"]
             if counts["ok"] == 0:

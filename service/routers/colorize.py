@@ -55,7 +55,11 @@ _RESPONSES_DOC: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "That model version cannot be loaded."},
     413: {"model": ErrorResponse, "description": "Upload or image too large."},
     415: {"model": ErrorResponse, "description": "Not an image."},
-    422: {"model": ValidationErrorResponse, "description": "Bad format, render_size or missing field."},
+    422: {
+        "model": ValidationErrorResponse,
+        "description": "Bad format, render_size, hints (or hints for a model without hint inputs), "
+        "or missing field.",
+    },
     503: {
         "model": ErrorResponse,
         "description": "No model loaded yet, or too many photographs waiting (see Retry-After).",
@@ -88,8 +92,9 @@ def _limited_receive(
     return receive_at_most
 
 
-async def read_upload(request: Request, limit: int) -> bytes:
-    """The photograph's bytes from a multipart field ``image`` or a raw body.
+async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
+    """The photograph's bytes from a multipart field ``image`` or a raw body, and the multipart
+    field ``hints`` (colour hints as JSON text) when there is one.
 
     A raw body's Content-Type is not trusted either way (``application/octet-stream``, curl's
     default form type, none at all): the decoder reads what the bytes are, and answers 415 when
@@ -111,8 +116,11 @@ async def read_upload(request: Request, limit: int) -> bytes:
                     "image",
                     f"send the photograph as the multipart file field 'image' (fields sent: {fields})",
                 )
-            return await upload.read()
-    return await limited.body()
+            hints = form.get("hints")
+            if hints is not None and not isinstance(hints, str):
+                raise field_error("body", "hints", "send hints as a text field of JSON, not as a file")
+            return await upload.read(), hints
+    return await limited.body(), None
 
 
 def requested_version(model: str | None) -> int | str | None:
@@ -146,13 +154,31 @@ ModelQuery = Annotated[
 ]
 
 
+HintsQuery = Annotated[
+    str | None,
+    Query(
+        description='Colour hints as JSON, for a raw-body upload: `[{"x": 120, "y": 80, "color": "#aa3311", '
+        '"radius": 3}]`, pixels of the photograph as it is seen (after EXIF rotation), an optional radius '
+        "in pixels. A multipart upload may send them as the field `hints` instead. Only for models that "
+        "take hints (GET /models).",
+    ),
+]
+
+
 def _pick_and_prepare(
-    pipeline: Pipeline, data: bytes, version: int | str | None, render_size: int | None
+    pipeline: Pipeline,
+    data: bytes,
+    version: int | str | None,
+    render_size: int | None,
+    hints: str | None = None,
+    hints_location: str = "body",
 ) -> Prepared:
     """Blocking: the model asked for, then the photograph decoded and prepared (refused before
     decoding when the queue is full)."""
     model = pipeline.engine.model(version)
-    return pipeline.decode_and_prepare(data, model, render_size, refuse_when_busy=True)
+    return pipeline.decode_and_prepare(
+        data, model, render_size, refuse_when_busy=True, hints=hints, hints_location=hints_location
+    )
 
 
 # Removed: the generator's dropout noise gave colourings about 1 CIEDE2000 unit apart, too little
@@ -172,16 +198,22 @@ async def colorize(
     image_format: Annotated[ImageFormat, Query(alias="format", description="Output image format.")] = "png",
     render_size: RenderSizeQuery = None,
     model: ModelQuery = None,
+    hints: HintsQuery = None,
 ) -> Response:
-    """Colorize a photograph; the answer is the image, at the input's size, with X-Model-Version."""
+    """Colorize a photograph (with colour hints, for a model that takes them); the answer is the
+    image, at the input's size, with X-Model-Version."""
     version = requested_version(model)
     for name, reason in _REMOVED.items():
         if name in request.query_params:
             raise field_error("query", name, reason, request.query_params[name])
-    data = await read_upload(request, settings.max_upload_bytes)
+    data, form_hints = await read_upload(request, settings.max_upload_bytes)
+    if form_hints is not None and hints is not None:
+        raise field_error("query", "hints", "send hints once: as the multipart field or the query, not both")
+    location = "query" if hints is not None else "body"
     limiter = getattr(request.app.state, "inference_limiter", None)
     prepared = await anyio.to_thread.run_sync(
-        partial(_pick_and_prepare, pipeline, data, version, render_size), limiter=limiter
+        partial(_pick_and_prepare, pipeline, data, version, render_size, hints or form_hints, location),
+        limiter=limiter,
     )
     headers = {"X-Model-Version": str(prepared.model.version), "Cache-Control": "no-store"}
     prediction = await asyncio.wrap_future(pipeline.submit(prepared))

@@ -84,6 +84,7 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
                 preset=meta.get("preset") if isinstance(meta.get("preset"), str) else None,
                 image_size=_as_int(meta.get("image_size")),
                 render_size=_as_int(meta.get("render_size", meta.get("image_size"))),
+                hints=meta.get("hints") is True,
                 created_at=_as_float(meta.get("created_at")),
                 served=version == served,
                 labels=sorted(name for name, target in labels.items() if target == version),

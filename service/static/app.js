@@ -268,6 +268,8 @@ let colorizeRequest = null;
 function chooseFile(file) {
   if (!file) return;
   chosenFile = file;
+  hints = []; // hints are points of one photograph
+  selectedHint = -1;
   $("#file-name").textContent = `Chosen: ${file.name || "pasted image"}`;
   $("#colorize-button").disabled = false;
   if (originalUrl) URL.revokeObjectURL(originalUrl);
@@ -299,6 +301,8 @@ async function colorize() {
   if ($("#model").value) params.set("model", $("#model").value);
   const body = new FormData();
   body.append("image", chosenFile, chosenFile.name || "image");
+  const hinted = hints.length > 0 && Boolean(chosenModelInfo()?.hints);
+  if (hinted) body.append("hints", JSON.stringify(hints));
   const started = performance.now();
   try {
     const response = await api(`colorize?${params}`, { method: "POST", body, signal: request.signal });
@@ -318,10 +322,15 @@ async function colorize() {
     $("#result-time").textContent = `${seconds.toFixed(1)} s`;
     const download = $("#download");
     download.href = resultUrl;
-    download.download = `${fileStem(chosenFile.name)}-colorized-v${version}.${FORMAT_EXTENSIONS[format] || format}`;
+    const withHints = hinted ? `-${hints.length}hint${hints.length === 1 ? "" : "s"}` : "";
+    const extension = FORMAT_EXTENSIONS[format] || format;
+    download.download = `${fileStem(chosenFile.name)}-colorized-v${version}${withHints}.${extension}`;
     download.textContent = `Download ${download.download}`;
     $("#result").hidden = false;
-    status.textContent = `Colorized with ${versionLabel(version)} in ${seconds.toFixed(1)} s.`;
+    showHints(version);
+    status.textContent = `Colorized with ${versionLabel(version)}${
+      hinted ? ` and ${hints.length} colour hint${hints.length === 1 ? "" : "s"}` : ""
+    } in ${seconds.toFixed(1)} s.`;
   } catch (err) {
     if (err.name === "AbortError" || request !== colorizeRequest) return;
     status.textContent = "";
@@ -391,6 +400,174 @@ function setUpColorize() {
     if (compare.hasPointerCapture(event.pointerId)) follow(event);
   });
   updateSlider();
+}
+
+// -- colour hints (a model that takes them) ------------------------------------------------------
+
+let hints = []; // {x, y, color, radius}: pixels of the photograph as it is seen
+let selectedHint = -1;
+let hintTimer = null;
+
+/** The hint panel, for a model that takes hints; the colorized photograph is what hints go on. */
+function showHints(version) {
+  const info = modelsInfo.versions.find((v) => String(v.version) === String(version));
+  const panel = $("#hints-panel");
+  panel.hidden = !info?.hints;
+  if (panel.hidden) return;
+  $("#hint-image").src = resultUrl;
+  renderHints();
+}
+
+function recolorizeSoon(delay = 0) {
+  clearTimeout(hintTimer);
+  hintTimer = setTimeout(colorize, delay);
+}
+
+/** The colour of the colorized photograph at (x, y), as #rrggbb: what the model predicts there. */
+function predictedColor(x, y) {
+  const img = $("#hint-image");
+  const canvas = document.createElement("canvas");
+  canvas.width = 1;
+  canvas.height = 1;
+  const context = canvas.getContext("2d");
+  context.drawImage(img, Math.floor(x), Math.floor(y), 1, 1, 0, 0, 1, 1);
+  const [r, g, b] = context.getImageData(0, 0, 1, 1).data;
+  return `#${[r, g, b].map((v) => v.toString(16).padStart(2, "0")).join("")}`;
+}
+
+function boardPoint(event) {
+  const img = $("#hint-image");
+  const box = img.getBoundingClientRect();
+  const fx = Math.min(Math.max((event.clientX - box.left) / box.width, 0), 0.9999);
+  const fy = Math.min(Math.max((event.clientY - box.top) / box.height, 0), 0.9999);
+  return { x: Math.floor(fx * img.naturalWidth), y: Math.floor(fy * img.naturalHeight) };
+}
+
+function addHint(x, y) {
+  const img = $("#hint-image");
+  const radius = Math.max(1, Math.round(Math.min(img.naturalWidth, img.naturalHeight) / 100));
+  hints.push({ x, y, color: predictedColor(x, y), radius });
+  selectHint(hints.length - 1);
+  recolorizeSoon();
+}
+
+function selectHint(index) {
+  selectedHint = index;
+  renderHints();
+  $(`.hint-marker[data-index="${index}"]`)?.focus();
+}
+
+function removeHint(index) {
+  if (index < 0 || index >= hints.length) return;
+  hints.splice(index, 1);
+  selectedHint = hints.length ? Math.min(index, hints.length - 1) : -1;
+  renderHints();
+  recolorizeSoon();
+}
+
+function renderHints() {
+  const board = $("#hint-board");
+  const img = $("#hint-image");
+  const hadFocus = document.activeElement?.classList.contains("hint-marker");
+  for (const marker of board.querySelectorAll(".hint-marker")) marker.remove();
+  hints.forEach((hint, index) => {
+    const marker = document.createElement("button");
+    marker.type = "button";
+    marker.className = "hint-marker";
+    marker.dataset.index = String(index);
+    marker.style.left = `${((hint.x + 0.5) / (img.naturalWidth || 1)) * 100}%`;
+    marker.style.top = `${((hint.y + 0.5) / (img.naturalHeight || 1)) * 100}%`;
+    marker.style.background = hint.color;
+    marker.setAttribute("aria-pressed", String(index === selectedHint));
+    marker.setAttribute("aria-label", `Hint ${index + 1}: ${hint.color} at ${hint.x}, ${hint.y}`);
+    board.append(marker);
+  });
+  // a new result redraws the markers: keyboard focus stays on the selected one
+  if (hadFocus) $(`.hint-marker[data-index="${selectedHint}"]`)?.focus();
+  const selected = hints[selectedHint];
+  const picker = $("#hint-color");
+  picker.disabled = !selected;
+  if (selected) picker.value = selected.color;
+  $("#hint-delete").disabled = !selected;
+  $("#hints-clear").disabled = hints.length === 0;
+  const link = $("#hints-download");
+  link.hidden = hints.length === 0;
+  if (hints.length) {
+    if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+    link.href = URL.createObjectURL(new Blob([JSON.stringify(hints, null, 2)], { type: "application/json" }));
+    link.download = `${fileStem(chosenFile?.name)}-hints.json`;
+  }
+  $("#hints-status").textContent = hints.length
+    ? `${hints.length} hint${hints.length === 1 ? "" : "s"}${selected ? `; hint ${selectedHint + 1} selected` : ""}.`
+    : "No hints: the model’s own colours.";
+}
+
+function setUpHints() {
+  const board = $("#hint-board");
+  let dragging = null; // {index, moved}
+  board.addEventListener("dragstart", (event) => event.preventDefault());
+  board.addEventListener("pointerdown", (event) => {
+    const marker = event.target.closest(".hint-marker");
+    event.preventDefault();
+    if (marker) {
+      dragging = { index: Number(marker.dataset.index), moved: false };
+      board.setPointerCapture(event.pointerId);
+      selectHint(dragging.index);
+    } else {
+      const point = boardPoint(event);
+      addHint(point.x, point.y);
+    }
+  });
+  board.addEventListener("pointermove", (event) => {
+    if (!dragging || !board.hasPointerCapture(event.pointerId)) return;
+    Object.assign(hints[dragging.index], boardPoint(event));
+    dragging.moved = true;
+    renderHints();
+  });
+  board.addEventListener("pointerup", () => {
+    if (dragging?.moved) recolorizeSoon();
+    dragging = null;
+  });
+  board.addEventListener("keydown", (event) => {
+    const marker = event.target.closest(".hint-marker");
+    const img = $("#hint-image");
+    if (!marker) {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        addHint(Math.floor(img.naturalWidth / 2), Math.floor(img.naturalHeight / 2));
+      }
+      return;
+    }
+    const index = Number(marker.dataset.index);
+    const steps = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[event.key];
+    if (steps) {
+      event.preventDefault();
+      const stride = Math.max(1, Math.round((Math.min(img.naturalWidth, img.naturalHeight) * (event.shiftKey ? 10 : 1)) / 100));
+      const hint = hints[index];
+      hint.x = Math.min(Math.max(hint.x + steps[0] * stride, 0), img.naturalWidth - 1);
+      hint.y = Math.min(Math.max(hint.y + steps[1] * stride, 0), img.naturalHeight - 1);
+      selectHint(index);
+      recolorizeSoon(400); // a few key presses in a row make one request
+    } else if (event.key === "Delete" || event.key === "Backspace") {
+      event.preventDefault();
+      removeHint(index);
+      if (selectedHint >= 0) selectHint(selectedHint);
+      else board.focus();
+    }
+  });
+  $("#hint-color").addEventListener("change", (event) => {
+    if (!hints[selectedHint]) return;
+    hints[selectedHint].color = event.target.value;
+    renderHints();
+    recolorizeSoon();
+  });
+  $("#hint-delete").addEventListener("click", () => removeHint(selectedHint));
+  $("#hints-clear").addEventListener("click", () => {
+    hints = [];
+    selectedHint = -1;
+    renderHints();
+    recolorizeSoon();
+  });
 }
 
 // -- datasets (when this server has GET /datasets) -----------------------------------------------
@@ -731,6 +908,7 @@ function setUp() {
     saveKey();
   });
   setUpColorize();
+  setUpHints();
   $("#job-form").addEventListener("submit", submitJob);
   $("#job-init-from").addEventListener("change", matchInitFrom);
   $("#dataset-form").addEventListener("submit", uploadDataset);

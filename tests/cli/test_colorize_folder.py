@@ -299,3 +299,46 @@ def test_colorize_model_option_takes_default_and_latest_falls_back_to_it(data_di
     assert code == 0 and f"with model version {version}" in output, output
     code, output = colorize_folder(*args, "--model", "newest", "--overwrite")
     assert code == 2 and "not a version number, 'latest' or 'default'" in output
+
+
+def test_colorize_takes_hints_for_one_photograph_or_by_name_and_refuses_them_for_a_plain_model(
+    data_dir, tmp_path
+):
+    import json
+
+    from tests.apptest import publish_tiny_hints_to
+
+    store = ModelStore(data_dir / "models")
+    hinted = publish_tiny_hints_to(store)
+    plain_version = publish_tiny_model_to(store)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 96), dtype=np.uint8), "L").save(photo)
+    points = [{"x": 10, "y": 12, "color": "#c81e14", "radius": 2}]
+    (tmp_path / "one.json").write_text(json.dumps(points))
+    (tmp_path / "named.json").write_text(json.dumps({"photo.png": points}))
+    runner = CliRunner()
+    outputs = {}
+    for name, extra in {
+        "none": [],
+        "one": ["--hints", "one.json"],
+        "named": ["--hints", "named.json"],
+    }.items():
+        args = ["colorize", str(photo), "--out", str(tmp_path / name), "--model", str(hinted)]
+        result = runner.invoke(main, args + [str(tmp_path / a) if a.endswith(".json") else a for a in extra])
+        assert result.exit_code == 0, result.output
+        outputs[name] = np.asarray(Image.open(tmp_path / name / "photo.png").convert("RGB")).astype(int)
+    np.testing.assert_array_equal(outputs["one"], outputs["named"])
+    difference = np.abs(outputs["one"] - outputs["none"]).sum(axis=-1)
+    assert difference[6:18, 4:16].max() > 5 and difference[40:, 50:].max() == 0
+
+    refused = runner.invoke(
+        main,
+        ["colorize", str(photo), "--out", str(tmp_path / "x"), "--model", str(plain_version)]
+        + ["--hints", str(tmp_path / "one.json")],
+    )
+    assert refused.exit_code == 2 and "takes no colour hints" in refused.output
+    (tmp_path / "bad.json").write_text(json.dumps({"other.png": points}))
+    unknown = runner.invoke(
+        main, ["colorize", str(photo), "--out", str(tmp_path / "y"), "--hints", str(tmp_path / "bad.json")]
+    )
+    assert unknown.exit_code == 2 and "hints for photographs not given: other.png" in unknown.output

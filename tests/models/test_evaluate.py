@@ -339,3 +339,27 @@ def test_by_category_reports_each_category_and_the_share_of_photographs_won():
     )
     markdown = category_table(report)
     assert "| people | 2 |" in markdown and "| 50% |" in markdown and "| **all** | 3 |" in markdown
+
+
+def test_evaluate_with_hints_scores_a_hint_model_given_true_colours_and_refuses_others(
+    data_dir, photos, tmp_path
+):
+    from tests.apptest import publish_tiny_hints_to
+
+    store = ModelStore(data_dir / "models")
+    hinted = publish_tiny_hints_to(store)
+    plain = publish_tiny(data_dir, seed=1)
+    scores = {}
+    for count in (0, 20):
+        out = tmp_path / f"r{count}.json"
+        args = ["evaluate", "--model", str(hinted), "--images", str(photos), "--no-full", "--json", str(out)]
+        result = run_cli(*args, "--hints", str(count))
+        assert result.exit_code == 0, result.output
+        document = json.loads(out.read_text())
+        assert document["hints"] == count
+        scores[count] = document["reports"][f"version {hinted}"]["mean"]["model_size"]["model"]["ciede2000"]
+    assert scores[20] < scores[0]  # the true colours, even spread a few pixels, bring it closer
+    refused = CliRunner().invoke(
+        main, ["evaluate", "--model", str(plain), "--images", str(photos), "--hints", "3"]
+    )
+    assert refused.exit_code == 2 and "takes no colour hints" in refused.output

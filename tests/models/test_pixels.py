@@ -204,7 +204,7 @@ def test_a_gray_photograph_saved_as_rgb_takes_the_gray_path():
     assert neutral_levels(make_photo(120, 90, seed=4)) is None
 
     class Model:  # what prepare reads of a loaded model
-        image_size, render_size, size_step, preset = 32, 32, 32, "lab"
+        image_size, render_size, size_step, preset, hints = 32, 32, 32, "lab", False
 
     inputs, light, size = prepare(Model, rgb)
     gray_inputs, gray_light, _ = prepare(Model, gray)

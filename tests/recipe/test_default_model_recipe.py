@@ -286,6 +286,14 @@ def test_the_shipped_default_is_the_recipes_resize_decoder_model_and_beats_gray(
     assert categories["all"]["ciede2000"] < 12.65 and categories["people"]["ciede2000"] < 12.65
     assert categories["people"]["won"] > 0.5
     assert full["colourfulness"] >= 0.5 * full["colourfulness_gt"]
+    # It takes colour hints (issue 17): without them it colours exactly as the automatic model, and
+    # 10 hints from the truth bring the validation CIEDE2000 to at most 0.7 of it.
+    assert model.hints and meta["hints"] is True
+    curve = {c["hints"]: c for c in meta["metrics"]["validation_hints"]}
+    assert set(curve) == {0, 1, 2, 5, 10, 20}
+    assert curve[0]["ciede2000"] == pytest.approx(full["ciede2000"], abs=1e-3)
+    assert curve[10]["ciede2000"] <= 0.7 * curve[0]["ciede2000"]
+    assert curve[20]["ciede2000"] < curve[10]["ciede2000"] < curve[2]["ciede2000"] < curve[0]["ciede2000"]
     manifest = meta["photos"]
     assert {p["name"] for p in manifest if p["split"] == "validation"} == set(VALIDATION)
     assert all(p["sha256"] and p["author"] and p["license"] for p in manifest)
@@ -374,6 +382,8 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
         3,
     )
     assert meta["photos"] == manifest
+    # the tiny model's U-Net encoder cannot take hints: said so, not failed
+    assert "cannot take hints" in shipped["hints"]["skipped"] and not meta.get("hints")
 
     weights = np.load(out / "generator.weights.npz")
     docs = tmp_path / "docs"
