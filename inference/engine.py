@@ -445,17 +445,14 @@ class Engine:
             except BadHint as exc:
                 raise BadHints(str(exc)) from None
 
-    def finish(
-        self, model: LoadedModel, prediction: np.ndarray, lum: Any, hinted: bool = False
-    ) -> np.ndarray:
-        """RGB uint8 at the photograph's size from a prediction and the photograph's lightness
-        (``hinted``: the input had colour hints)."""
+    def finish(self, model: LoadedModel, prediction: np.ndarray, lum: Any) -> np.ndarray:
+        """RGB uint8 at the photograph's size from a prediction and the photograph's lightness."""
         import tensorflow as tf
 
         from models.colorize import finish
 
         with tf.device(self._device or self.setup()):
-            return finish(model, prediction, lum, hinted)
+            return finish(model, prediction, lum)
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: about the time to run the queue once."""

@@ -33,7 +33,6 @@ class Prepared:
     light: Any
     size: int
     alpha: np.ndarray | None = None
-    hinted: bool = False  # colour hints went into the input
 
 
 class Pipeline:
@@ -52,7 +51,7 @@ class Pipeline:
         Raises BadRenderSize, BadHints."""
         points = read_hints(hints, image.shape[1], image.shape[0])
         inputs, light, size = self.engine.prepare(model, image, render_size, points)
-        return Prepared(model, inputs, light, size, hinted=bool(points))
+        return Prepared(model, inputs, light, size)
 
     def decode_and_prepare(
         self,
@@ -80,7 +79,7 @@ class Pipeline:
             inputs, light, size = self.engine.prepare(model, photo.pixels, render_size, points)
         except BadHints as exc:
             raise BadHints(str(exc), hints if isinstance(hints, str) else None, hints_location) from None
-        return Prepared(model, inputs, light, size, photo.alpha, hinted=bool(points))
+        return Prepared(model, inputs, light, size, photo.alpha)
 
     def submit(self, prepared: Prepared) -> Future:
         """Queue the model call; the future gives the prediction. Raises EngineBusy."""
@@ -88,7 +87,7 @@ class Pipeline:
 
     def finish(self, prepared: Prepared, prediction: np.ndarray) -> np.ndarray:
         """Blocking: the colorized RGB uint8 pixels at the photograph's size (a read-only view)."""
-        return self.engine.finish(prepared.model, prediction, prepared.light, prepared.hinted)
+        return self.engine.finish(prepared.model, prediction, prepared.light)
 
     def finish_and_encode(self, prepared: Prepared, prediction: np.ndarray, image_format: str) -> bytes:
         """Blocking: ``finish``, encoded as ``image_format`` with the photograph's transparency where

@@ -153,15 +153,13 @@ def _prepare(
     return gray_model_input(shrink_gray(light, size), model.preset), light, size
 
 
-def finish(
-    model: LoadedModel, prediction: np.ndarray | tf.Tensor, light: np.ndarray, hinted: bool = False
-) -> np.ndarray:
+def finish(model: LoadedModel, prediction: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray:
     """RGB uint8 (H, W, 3), read-only (``join_chroma``): the generator's ``prediction`` (s, s, C) for
     a photograph whose lightness ``prepare`` gave as ``light``, chroma upsampled and joined with it
-    (scaled by the model's ``chroma_scale`` first, when it has one, unless the photograph was
-    ``hinted``: the hint branch learnt the true colours, which need no scaling)."""
+    (scaled by the model's ``chroma_scale`` first, when it has one; with hints too, so that a hint
+    changes nothing far from it)."""
     chroma = output_chroma(prediction, model.preset)
-    if model.chroma_scale != 1.0 and not hinted:
+    if model.chroma_scale != 1.0:
         chroma = chroma * model.chroma_scale
     return join_chroma(chroma, light)
 
@@ -176,4 +174,4 @@ def colorize_array(
     Raises ValueError for a bad render_size or array shape, or hints the model cannot take.
     """
     inputs, light, _ = prepare(model, image, render_size, hints)
-    return finish(model, predict(model, inputs[None])[0], light, hinted=bool(hints))
+    return finish(model, predict(model, inputs[None])[0], light)

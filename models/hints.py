@@ -13,6 +13,7 @@ small patch.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -63,9 +64,13 @@ class Hint:
 
 
 def _number(value: Any, name: str, index: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-        raise BadHint(index, f"{name} must be a number, not {value!r}")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    except OverflowError:  # an integer of hundreds of digits
+        number = None
+    if number is None or not math.isfinite(number):
+        raise BadHint(index, f"{name} must be a number, not {str(value)[:40]!r}")
+    return number
 
 
 def _colour(value: Any, index: int) -> tuple[int, int, int]:

@@ -167,7 +167,7 @@ class _Batch:
                 await anyio.sleep(delay)
                 delay = min(1.0, delay * 2)
 
-    async def colorize(self, entry: ManifestEntry, data: bytes) -> None:
+    async def colorize(self, entry: ManifestEntry, data: bytes, hints: Any = None) -> None:
         """Colorize one photograph into the output zip; its errors go to ``entry``. Releases the window."""
         try:
             deadline = time.monotonic() + BUSY_PATIENCE_S
@@ -178,7 +178,7 @@ class _Batch:
                     data,
                     self.model,
                     self.render_size,
-                    hints=self.hints.pop(entry.name, None),
+                    hints=hints,
                 ),
                 limiter=self.limiter,
             )
@@ -249,6 +249,7 @@ class _Batch:
             if seen_files > settings.max_batch_files:  # a tar: only known while reading
                 raise _too_many_files(settings.max_batch_files)
             item = ManifestEntry(entry.name, model_version=self.model.version)
+            hints = self.hints.pop(entry.name, None)  # taken even when the file is skipped
             self.entries.append(item)
             skip = _skip_reason(entry.kind, entry.path)
             if skip is not None:
@@ -285,7 +286,7 @@ class _Batch:
             except BaseException:
                 self.window.release()
                 raise
-            group.start_soon(self.colorize, item, data)
+            group.start_soon(self.colorize, item, data, hints)
 
     def manifest(self) -> dict[str, Any]:
         counts = {

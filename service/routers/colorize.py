@@ -212,7 +212,15 @@ async def colorize(
     location = "query" if hints is not None else "body"
     limiter = getattr(request.app.state, "inference_limiter", None)
     prepared = await anyio.to_thread.run_sync(
-        partial(_pick_and_prepare, pipeline, data, version, render_size, hints or form_hints, location),
+        partial(
+            _pick_and_prepare,
+            pipeline,
+            data,
+            version,
+            render_size,
+            hints if hints is not None else form_hints,
+            location,
+        ),
         limiter=limiter,
     )
     headers = {"X-Model-Version": str(prepared.model.version), "Cache-Control": "no-store"}

@@ -270,6 +270,8 @@ function chooseFile(file) {
   chosenFile = file;
   hints = []; // hints are points of one photograph
   selectedHint = -1;
+  clearTimeout(hintTimer);
+  $("#hints-panel").hidden = true; // until this photograph's result is back
   $("#file-name").textContent = `Chosen: ${file.name || "pasted image"}`;
   $("#colorize-button").disabled = false;
   if (originalUrl) URL.revokeObjectURL(originalUrl);
@@ -425,7 +427,7 @@ function recolorizeSoon(delay = 0) {
 
 /** The colour of the colorized photograph at (x, y), as #rrggbb: what the model predicts there. */
 function predictedColor(x, y) {
-  const img = $("#hint-image");
+  const img = $("#colorized"); // decoded already (the hint board's copy may still be loading)
   const canvas = document.createElement("canvas");
   canvas.width = 1;
   canvas.height = 1;
@@ -443,8 +445,14 @@ function boardPoint(event) {
   return { x: Math.floor(fx * img.naturalWidth), y: Math.floor(fy * img.naturalHeight) };
 }
 
+const MAX_HINTS = 200; // the API's limit
+
 function addHint(x, y) {
   const img = $("#hint-image");
+  if (hints.length >= MAX_HINTS) {
+    $("#hints-status").textContent = `At most ${MAX_HINTS} hints: move or delete one first.`;
+    return;
+  }
   const radius = Math.max(1, Math.round(Math.min(img.naturalWidth, img.naturalHeight) / 100));
   hints.push({ x, y, color: predictedColor(x, y), radius });
   selectHint(hints.length - 1);

@@ -38,6 +38,7 @@ def test_hints_are_read_from_json_text_or_a_list():
         ([{"x": "1", "y": 1, "color": "#fff"}], "x must be a number"),
         ([{"x": True, "y": 1, "color": "#fff"}], "x must be a number"),
         ([{"x": float("nan"), "y": 1, "color": "#fff"}], "x must be a number"),
+        ([{"x": 10**400, "y": 1, "color": "#fff"}], "x must be a number"),  # no float holds it
         ([{"x": 1, "y": 1, "color": "red"}], "color must be an sRGB colour"),
         ([{"x": 1, "y": 1, "color": "#12345g"}], "color must be"),
         ([{"x": 1, "y": 1, "color": "#fff", "radius": -1}], "radius must be from 0"),

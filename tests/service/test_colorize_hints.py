@@ -124,16 +124,22 @@ def test_a_model_without_hint_inputs_refuses_hints_and_hints_are_sent_once(hinte
         data={"hints": "[]"},
     )
     assert_json_error(twice, 422, "send hints once")
+    empty = hinted.post("/colorize?model=1&hints=", content=image, headers={"content-type": "image/png"})
+    assert assert_json_error(empty, 422, "JSON list")["errors"][0]["loc"] == ["query", "hints"]
 
 
 def test_a_batch_takes_hints_per_file_and_a_files_bad_hints_cost_only_that_file(hinted):
     image = encode(_photo())
-    per_file = {"a.png": RED, "b.png": [{"x": 999, "y": 0, "color": "#fff"}], "ghost.png": RED}
+    per_file = {
+        "a.png": RED,
+        "b.png": [{"x": 999, "y": 0, "color": "#fff"}],
+        "ghost.png": RED,
+        ".hidden.png": RED,  # skipped as hidden: its hints were for a file that is there
+    }
+    members = {"a.png": image, "b.png": image, "c.png": image, ".hidden.png": image}
     response = hinted.post(
         "/colorize/batch?model=1",
-        files={
-            "archive": ("in.zip", zip_of({"a.png": image, "b.png": image, "c.png": image}), "application/zip")
-        },
+        files={"archive": ("in.zip", zip_of(members), "application/zip")},
         data={"hints": json.dumps(per_file)},
     )
     assert response.status_code == 200, response.text
@@ -149,6 +155,7 @@ def test_a_batch_takes_hints_per_file_and_a_files_bad_hints_cost_only_that_file(
         manifest["ghost.png"]["status"] == "skipped"
         and "not in the archive" in manifest["ghost.png"]["error"]
     )
+    assert manifest[".hidden.png"]["status"] == "skipped" and "hidden" in manifest[".hidden.png"]["error"]
     difference = np.abs(hinted_a - plain_c).sum(axis=-1)
     assert difference[6:18, 4:16].max() > 5 and difference[40:, 50:].max() == 0
     bad = hinted.post(
