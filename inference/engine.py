@@ -37,7 +37,7 @@ from common.store import (
     Version,
 )
 from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_for
-from inference.errors import BadHints, BadRenderSize, EngineBusy, NoModelLoaded
+from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
 from inference.failures import FailedVersions, about_the_files, one_line
 from inference.versions import ServingReporter, VersionChooser
 from models.store import LoadedModel, ModelStore
@@ -429,21 +429,18 @@ class Engine:
         self, model: LoadedModel, image: np.ndarray, render_size: int | None = None, hints: Any = None
     ) -> Any:
         """(model input, lightness, side) for an RGB (H, W, 3) or gray (H, W) uint8 array, with
-        ``hints`` (``models.hints.Hint`` points of it) for a model that takes them.
+        ``hints`` (``models.hints.Hint`` points of it, checked: ``inference.pipeline.read_hints``)
+        for a model that takes them.
 
-        Blocking: call it from a worker thread. Raises BadRenderSize, BadHints.
+        Blocking: call it from a worker thread. Raises BadRenderSize.
         """
         import tensorflow as tf
 
         from models.colorize import prepare
-        from models.hints import BadHint
 
         self.check_render_size(model, render_size)
         with tf.device(self._device or self.setup()):
-            try:
-                return prepare(model, image, render_size, hints)
-            except BadHint as exc:
-                raise BadHints(str(exc)) from None
+            return prepare(model, image, render_size, hints)
 
     def finish(self, model: LoadedModel, prediction: np.ndarray, lum: Any) -> np.ndarray:
         """RGB uint8 at the photograph's size from a prediction and the photograph's lightness."""

@@ -49,7 +49,7 @@ class Pipeline:
         """Blocking: ``image`` (RGB (H, W, 3) or gray (H, W) uint8) ready for the model, with
         ``hints`` (JSON text or a list of points, ``models.hints.parse_hints``) when given.
         Raises BadRenderSize, BadHints."""
-        points = read_hints(hints, image.shape[1], image.shape[0])
+        points = read_hints(model, hints, image.shape[1], image.shape[0])
         inputs, light, size = self.engine.prepare(model, image, render_size, points)
         return Prepared(model, inputs, light, size)
 
@@ -74,11 +74,8 @@ class Pipeline:
             self.engine.check_capacity()
         photo = decode_image(data, self.max_pixels, self.min_side)
         height, width = photo.pixels.shape[:2]
-        try:
-            points = read_hints(hints, width, height)
-            inputs, light, size = self.engine.prepare(model, photo.pixels, render_size, points)
-        except BadHints as exc:
-            raise BadHints(str(exc), hints if isinstance(hints, str) else None, hints_location) from None
+        points = read_hints(model, hints, width, height, hints_location)
+        inputs, light, size = self.engine.prepare(model, photo.pixels, render_size, points)
         return Prepared(model, inputs, light, size, photo.alpha)
 
     def submit(self, prepared: Prepared) -> Future:
@@ -120,14 +117,18 @@ class Pipeline:
         return self.finish_and_encode(prepared, self.submit(prepared).result(), image_format)
 
 
-def read_hints(hints: Any, width: int, height: int) -> list:
+def read_hints(model: LoadedModel, hints: Any, width: int, height: int, location: str = "body") -> list:
     """The points of ``hints`` (None, JSON text or a decoded list) on a ``width`` x ``height``
-    photograph; raises BadHints naming the bad point."""
-    from models.hints import BadHint, parse_hints
+    photograph, for ``model``; raises BadHints (carried at ``location``) naming the bad point, or
+    saying that the model takes no hints."""
+    from models.hints import BadHint, NoHintInputs, parse_hints
 
     if hints is None:
         return []
     try:
-        return parse_hints(hints, width, height)
+        points = parse_hints(hints, width, height)
+        if points and not model.hints:
+            raise NoHintInputs(model.version)
     except BadHint as exc:
-        raise BadHints(str(exc)) from None
+        raise BadHints(str(exc), hints if isinstance(hints, str) else None, location) from None
+    return points

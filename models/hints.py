@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from models.color import AB_SCALE
-
 MAX_HINTS = 200
 MAX_RADIUS = 256  # pixels of the photograph
 HINT_CHANNELS = 3  # a, b, mask
@@ -131,6 +129,8 @@ def rasterize(hints: list[Hint], width: int, height: int, size: int) -> np.ndarr
     ``height`` photograph is squeezed to ``size`` x ``size``. A hint covers the grid cells whose
     centres lie within its radius (an ellipse in the grid when the photograph is not square), and
     at least the cell it falls in; a later hint wins where two overlap."""
+    from models.color import AB_SCALE  # here: models.color loads TensorFlow, the API imports this module
+
     grid = np.zeros((size, size, HINT_CHANNELS), np.float32)
     sx, sy = size / width, size / height
     centres = np.arange(size, dtype=np.float32) + 0.5

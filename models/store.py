@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ class LoadedModel:
         image (metadata ``flip_average``, chosen on calibration photographs by recipe.default_model)."""
         return bool(self.metadata.get("flip_average", False))
 
-    @property
+    @cached_property
     def hints(self) -> bool:
         """Whether the generator takes colour hints (``models.hint_net``): its input has the hint
         channels after the preset's."""

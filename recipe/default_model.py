@@ -417,7 +417,8 @@ def _ship(
     exported = evaluate_on(exported_model, photos.validation)
     comparison = {**comparison, **calibration, "float16": exported}
     if exported_model.hints:
-        hinted = {**hinted, "validation_curve": hint_curve(exported_model, photos.validation)}
+        curve = hint_curve(exported_model, photos.validation, automatic=exported)
+        hinted = {**hinted, "validation_curve": curve}
     if hinted:
         comparison["hints"] = hinted
     meta_path = staging / "metadata.json"

@@ -61,12 +61,22 @@ def hint_config(candidate: dict[str, Any], steps: int, init_from: int) -> TrainC
     return _config(hinted, steps, init_from, publish_every=every)
 
 
-def hint_curve(model: LoadedModel, files: list[Path], counts=HINT_CURVE, max_side: int | None = None) -> list:
+def hint_curve(
+    model: LoadedModel,
+    files: list[Path],
+    counts=HINT_CURVE,
+    max_side: int | None = None,
+    automatic: dict[str, Any] | None = None,
+) -> list:
     """``[{hints, ciede2000, ...}]``: ``model`` scored with each count of hints per photograph, taken
-    from the truth at random points (the same points for every model: seed 0)."""
+    from the truth at random points (the same points for every model: seed 0). ``automatic``: the
+    report without hints on these files, when it was made already."""
     curve = []
     for count in counts:
-        curve.append({"hints": count, **summary(evaluate_on(model, files, max_side, hints=count), "full")})
+        report = (
+            automatic if count == 0 and automatic is not None else evaluate_on(model, files, max_side, count)
+        )
+        curve.append({"hints": count, **summary(report, "full")})
         log.info("%d hints: CIEDE2000 %.3f", count, curve[-1]["ciede2000"])
     return curve
 

@@ -38,6 +38,7 @@ from starlette.background import BackgroundTask
 from common.settings import Settings
 from inference.errors import EngineBusy
 from inference.pipeline import Pipeline
+from models.hints import NoHintInputs
 from models.store import LoadedModel
 from service.archives import ArchiveReader, EntryTooLarge, EntryUnreadable, is_hidden, safe_path
 from service.deps import PipelineDep, SettingsDep
@@ -394,8 +395,6 @@ async def colorize_batch(
                 raise field_error("query", "hints", "send hints once: as the multipart field or the query")
             per_file = batch_hints(received.fields["hints"], "body")
         if per_file and not used.hints:
-            from models.hints import NoHintInputs  # TensorFlow is loaded by now (the engine's model)
-
             raise field_error("body", "hints", str(NoHintInputs(used.version)))
         reader = await anyio.to_thread.run_sync(
             partial(
