@@ -176,6 +176,11 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Colorize
         "broker_transport_options": broker_transport_options(settings),
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
     }
+    if sqlite_path(broker) is None:
+        # task events for Celery's monitoring (Flower, `celery events`); the embedded SQLite broker
+        # has no fan-out exchange to carry them
+        conf["worker_send_task_events"] = True
+        conf["task_send_sent_event"] = True
     if sqlite_path(backend) is not None:
         conf["database_engine_options"] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if is_redis_url(backend):

@@ -9,7 +9,9 @@ Their order matters, and ``models.training.run_training`` lists them in it:
    ``state.interrupted`` and stop training at this step.
 4. ``models.plots.SamplePlot`` and ``Publisher``: plot and publish at ``state.step``; the
    publisher also publishes once at the end unless cancelled.
-5. ``ProgressReporter`` (when asked for) last: it reports the step, the losses and what was
+5. ``models.tensorboard.JobTensorBoard``: the losses, and the scores and plots of step 4, for
+   TensorBoard.
+6. ``ProgressReporter`` (when asked for) last: it reports the step, the losses and what was
    published, after the others have acted on this step.
 """
 
@@ -53,6 +55,8 @@ class RunState:
     interrupted: bool = False  # stopped to be resumed later (worker shutdown), not cancelled
     base_step: int = 0  # the step the run resumed from (0: a fresh start)
     trained_seconds: float = 0.0  # training time of earlier attempts (restored with a checkpoint)
+    scores: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> validation metrics
+    samples: dict[int, Path] = field(default_factory=dict)  # step -> the sample plot of that step
 
     @property
     def finished(self) -> bool:
@@ -325,6 +329,8 @@ class Publisher(keras.callbacks.Callback):
                 **({"validation": self.validate()} if self.validation else {}),
             },
         }
+        if self.validation:
+            self.state.scores[step] = metadata["metrics"]["validation"]
         if self.promote_to is not None:
             metadata["promotion"] = self.judge(metadata["metrics"]["validation"])
         try:

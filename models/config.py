@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from common.labels import check_label
 from models.presets import DEFAULT_PRESET, PRESETS, levels_for
@@ -13,6 +13,8 @@ from models.presets import DEFAULT_PRESET, PRESETS, levels_for
 # A dataset is a folder name: jobs, uploads (service/datasets.py) and the OpenAPI schema share it.
 DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DATASET_NAME = re.compile(DATASET_NAME_PATTERN)
+# A TensorFlow device a job may train on: CPU:0, GPU:1 (what tf.config.list_logical_devices names).
+DEVICE_PATTERN = r"^(CPU|GPU):[0-9]{1,3}$"
 
 
 class TrainConfig(BaseModel):
@@ -111,6 +113,20 @@ class TrainConfig(BaseModel):
         "mixed_float16 with loss scaling on a GPU, mixed_bfloat16 on a CPU with AVX512_BF16/AMX "
         "(float32 elsewhere); auto: the same as mixed.",
     )
+    strategy: Literal["auto", "one", "mirrored"] = Field(
+        "auto",
+        description="How the job uses its devices: one (a single device, today's default), mirrored "
+        "(tf.distribute.MirroredStrategy: the batch is split across the devices, each holds a copy of "
+        "the networks, gradients are summed) or auto (mirrored when more than one device is in "
+        "'devices' and the batch can be split across them, else one).",
+    )
+    devices: list[Annotated[str, StringConstraints(pattern=DEVICE_PATTERN)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description='The devices to train on, e.g. ["GPU:0", "GPU:1"]. Default: every GPU the worker sees '
+        "(CUDA_VISIBLE_DEVICES), else the CPU.",
+    )
     max_seconds: float | None = Field(
         None, gt=0, description="Stop (and publish) after this much training time, whatever steps remain."
     )
@@ -167,6 +183,19 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "promote_to compares versions on validation photographs: validation_split must be > 0"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _devices_split_the_batch(self) -> TrainConfig:
+        if self.strategy == "mirrored" and self.devices and self.batch_size < len(self.devices):
+            raise ValueError(
+                f"batch_size {self.batch_size} cannot be split across {len(self.devices)} devices: "
+                "give a batch_size of at least one photograph per device"
+            )
+        if self.strategy == "one" and self.devices and len(self.devices) > 1:
+            raise ValueError("strategy 'one' trains on one device: give one device, or strategy mirrored")
+        if self.devices and len(set(self.devices)) != len(self.devices):
+            raise ValueError("devices names a device twice")
         return self
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ TensorFlow is imported inside the function so that importing this module stays c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -152,6 +153,82 @@ def configure_tensorflow(preference: str = "auto") -> str:
         log.warning("device 'gpu' was requested but TensorFlow sees no GPU; running on the CPU")
     log.info("TensorFlow device: %s", CPU)
     return CPU
+
+
+# -- several devices in one training job ------------------------------------------------------------
+
+STRATEGIES = ("auto", "one", "mirrored")
+
+
+class DeviceError(ValueError):
+    """A training job asks for devices this worker cannot give it; the sentence says which."""
+
+
+def visible_devices(kind: str | None = None) -> list[str]:
+    """The logical devices TensorFlow sees here, named as a job names them ("CPU:0", "GPU:1")."""
+    import tensorflow as tf
+
+    return [d.name.removeprefix("/device:") for d in tf.config.list_logical_devices(kind)]
+
+
+@functools.cache
+def _mirrored(devices: tuple[str, ...]):
+    """One MirroredStrategy per set of devices for the life of the process: a second one over the same
+    devices numbers its collective operations from the same keys as the first, and the next job's
+    batch normalisation sums then collide with the last job's ("Shape mismatch in the collective
+    instance"). A worker runs many jobs in one process."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(devices=[f"/{d}" for d in devices])
+
+
+def training_strategy(strategy: str = "auto", devices: list[str] | None = None, batch_size: int = 1):
+    """The ``tf.distribute`` strategy a training job runs under, and the devices it uses.
+
+    ``devices`` default to every GPU this process sees, else the CPU. ``strategy`` "mirrored" is a
+    ``MirroredStrategy`` over them (each step's batch split across the devices, gradients summed);
+    "one" uses the first; "auto" is mirrored when there is more than one device and the batch can be
+    split across them, else one. One device that TensorFlow would pick anyway is the default
+    strategy (no distribution at all), any other a ``OneDeviceStrategy``.
+
+    Raises DeviceError for a device this process does not see, or a batch too small to split.
+    """
+    import tensorflow as tf
+
+    if strategy not in STRATEGIES:
+        raise DeviceError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    seen = visible_devices()
+    if devices is None:
+        devices = visible_devices("GPU") or [CPU]
+    missing = [d for d in devices if d.upper() not in seen]
+    if missing:
+        raise DeviceError(
+            f"this worker does not see device(s) {', '.join(missing)}; it sees {', '.join(seen)} "
+            "(CUDA_VISIBLE_DEVICES decides which GPUs a worker sees)"
+        )
+    devices = [d.upper() for d in devices]
+    if strategy == "auto":
+        strategy = "mirrored" if 1 < len(devices) <= batch_size else "one"
+        if len(devices) > batch_size:
+            log.warning(
+                "batch_size %d is too small to split across %d devices: training on %s alone",
+                batch_size,
+                len(devices),
+                devices[0],
+            )
+    if strategy == "mirrored":
+        if batch_size < len(devices):
+            raise DeviceError(
+                f"batch_size {batch_size} cannot be split across {len(devices)} devices: "
+                "give a batch_size of at least one photograph per device"
+            )
+        log.info("training on %d devices with MirroredStrategy: %s", len(devices), ", ".join(devices))
+        return _mirrored(tuple(devices)), devices
+    default = GPU if visible_devices("GPU") else CPU
+    if devices[0] == default:
+        return tf.distribute.get_strategy(), devices[:1]
+    log.info("training on %s", devices[0])
+    return tf.distribute.OneDeviceStrategy(f"/{devices[0]}"), devices[:1]
 
 
 # -- precision -----------------------------------------------------------------------------------

@@ -15,7 +15,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-_bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+def _bce(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Binary cross-entropy from logits, the mean over every patch of the (local) batch.
+
+    Not ``keras.losses.BinaryCrossentropy``: under a tf.distribute strategy that divides by the
+    number of replicas, and the step does that once for all its terms (``_per_replica``)."""
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
 def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Tensor:
@@ -25,6 +31,14 @@ def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Ten
     real = _bce(tf.ones_like(real_logits), real_logits)
     fake = _bce(tf.zeros_like(fake_logits), fake_logits)
     return 0.5 * (real + fake)
+
+
+def _per_replica(loss: tf.Tensor) -> tf.Tensor:
+    """``loss`` (a mean over this replica's share of the batch) divided by the number of replicas:
+    the gradients of all replicas are summed, so their sum is the gradient of the whole batch's mean,
+    as on one device. One device: ``loss`` itself."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss / replicas
 
 
 def generator_loss(
@@ -144,8 +158,8 @@ class Pix2Pix(keras.Model):
             fake_logits = self.discriminator([condition, fake], training=True)
             g_loss, g_gan, l1 = generator_loss(fake_logits, target, fake, self.l1_weight)
             d_loss = discriminator_loss(real_logits, fake_logits)
-            g_scaled = _scaled(self.g_optimizer, g_loss)
-            d_scaled = _scaled(self.d_optimizer, d_loss)
+            g_scaled = _scaled(self.g_optimizer, _per_replica(g_loss))
+            d_scaled = _scaled(self.d_optimizer, _per_replica(d_loss))
         g_vars = self.generator.trainable_variables
         d_vars = self.discriminator.trainable_variables
         # A LossScaleOptimizer unscales these gradients itself before applying them.

@@ -44,6 +44,7 @@ class SamplePlot(keras.callbacks.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"plot_{step:06d}.png"
         render_plot(rows, ["input", "generated", "target"]).save(path)
+        self.state.samples[step] = path
         return path
 
 

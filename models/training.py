@@ -40,12 +40,14 @@ from models.data import (
     scan_images,
     split_validation,
 )
+from models.device import training_strategy
 from models.hint_net import accepts_hints, copy_weights_by_name, freeze_all_but_hints
 from models.networks import build_discriminator, build_generator, decoder_of, encoder_of
 from models.pix2pix import Pix2Pix, adam
 from models.plots import SamplePlot, sample_pairs
 from models.presets import MOBILENET_V2, REPORT_DECODER, REPORT_ENCODER, get_preset
 from models.store import BrokenVersion, LoadedModel, ModelStore
+from models.tensorboard import TENSORBOARD_DIR, JobTensorBoard
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,14 @@ def training_policy(config: TrainConfig, device: str | None = None) -> str:
     return training_policy(config.precision, device)
 
 
-def build_pix2pix(config: TrainConfig, policy: str | None = None, hints_only: bool = False) -> Pix2Pix:
+def build_pix2pix(
+    config: TrainConfig, policy: str | None = None, hints_only: bool = False, replicas: int = 1
+) -> Pix2Pix:
     """Generator, discriminator and optimisers for ``config`` (not yet trained), in ``policy``
     (default: what ``config.precision`` means here). float16 gets loss-scaling optimisers. With
-    ``hints_only``, only the generator's hint branch trains (``freeze_all_but_hints``)."""
+    ``hints_only``, only the generator's hint branch trains (``freeze_all_but_hints``). Built inside
+    a strategy's scope with several ``replicas``, batch normalisation takes its statistics over the
+    whole batch, not each device's share (``synchronize_batch_norm``)."""
     policy = policy or training_policy(config)
     dtype = None if policy == "float32" else policy
     preset = get_preset(config.preset)
@@ -89,6 +95,9 @@ def build_pix2pix(config: TrainConfig, policy: str | None = None, hints_only: bo
     if hints_only:
         freeze_all_but_hints(generator)
     discriminator = build_discriminator(*shape, width=config.width, dtype=dtype)
+    if replicas > 1:
+        synchronize_batch_norm(generator)
+        synchronize_batch_norm(discriminator)
     model = Pix2Pix(generator, discriminator)
     loss_scale = policy == "mixed_float16"
     model.compile(
@@ -99,6 +108,17 @@ def build_pix2pix(config: TrainConfig, policy: str | None = None, hints_only: bo
     if policy != "float32":
         log.info("training in %s", policy)
     return model
+
+
+def synchronize_batch_norm(network: keras.Model) -> None:
+    """Every batch normalisation layer of ``network`` that learns takes its statistics over the
+    whole batch across replicas: pix2pix trains on a few photographs a step, and a device's share
+    of them (one photograph on each of four GPUs) would normalise each photograph by itself and
+    train a different model than one device does. Frozen layers (a pretrained encoder's) run in
+    inference mode and need none."""
+    for layer in network.layers:  # a pretrained encoder, the one nested model, is frozen but for its BN
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            layer.synchronized = True
 
 
 def unfreeze_encoder(generator: keras.Model) -> None:
@@ -226,11 +246,13 @@ def run_training(
 
     # an automatic model that gains hints keeps its automatic colours exactly: only the branch trains
     hints_only = bool(config.hints) and source is not None and not accepts_hints(source.generator)
-    model = build_pix2pix(config, hints_only=hints_only)
-    if source is not None:
-        init_generator(model, config, source)
-    elif config.encoder == MOBILENET_V2:  # a resumed run's checkpoint then overrides them
-        pretrained_mobilenet_v2(model.generator, Path(data_dir) / "pretrained")
+    strategy, devices = training_strategy(config.strategy, config.devices, config.batch_size)
+    with strategy.scope():  # variables (networks, optimisers, metrics) on every replica's device
+        model = build_pix2pix(config, hints_only=hints_only, replicas=strategy.num_replicas_in_sync)
+        if source is not None:
+            init_generator(model, config, source)
+        elif config.encoder == MOBILENET_V2:  # a resumed run's checkpoint then overrides them
+            pretrained_mobilenet_v2(model.generator, Path(data_dir) / "pretrained")
     dataset = make_dataset(
         train_files,
         config.image_size,
@@ -259,6 +281,7 @@ def run_training(
             config.preset,
         ),
         Publisher(state, config.publish_every, store, ledger, metadata, validation, config.promote_to),
+        JobTensorBoard(state, job_dir / TENSORBOARD_DIR),
     ]
     if config.max_seconds is not None:
         callbacks.insert(2, TimeLimit(state, config.max_seconds))
@@ -267,11 +290,12 @@ def run_training(
     if on_progress is not None:
         callbacks.append(ProgressReporter(state, on_progress))
     log.info(
-        "training %s on %d images (%d held out) for %d steps",
+        "training %s on %d images (%d held out) for %d steps on %s",
         config.preset,
         len(train_files),
         len(validation_files),
         total,
+        ", ".join(devices),
     )
     # Enough epochs for a fresh start; a resumed run needs fewer, and StepCounter stops it at total.
     epochs = math.ceil(total / spe)

@@ -257,6 +257,7 @@ def _run_claimed(
         _configure_device()
         from models.backbones import PretrainedWeightsError
         from models.callbacks import PublishError
+        from models.device import DeviceError
         from models.training import run_training
     except Exception as exc:
         log.exception("job %s: cannot load the training code", job_id)
@@ -277,7 +278,7 @@ def _run_claimed(
             verbose=verbose,
             dataset_path=dataset_path,
         )
-    except (DatasetError, PretrainedWeightsError) as exc:
+    except (DatasetError, PretrainedWeightsError, DeviceError) as exc:
         error = str(exc)
     except UnknownVersion as exc:
         error = f"unknown model version for init_from={train_config.init_from}: {exc}"

@@ -95,7 +95,7 @@ def dockerfile_env() -> dict[str, str]:
 
 def test_api_and_worker_share_the_data_volume_and_wait_for_healthy_redis(compose):
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker"}
+    assert set(services) == {"redis", "api", "worker", "flower"}
     for name in ("api", "worker"):
         assert "data:/data" in services[name]["volumes"], name
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -124,12 +124,39 @@ def test_healthchecks_ping_redis_and_probe_readyz_without_curl(compose):
     assert "--appendonly" in compose["services"]["redis"]["command"]
 
 
-def test_worker_reserves_all_nvidia_gpus_and_stops_with_a_cold_shutdown(compose):
-    worker = compose["services"]["worker"]
-    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert device == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
-    assert worker["stop_signal"] == "SIGQUIT"
-    assert "deploy" not in compose["services"]["api"]
+def gpus(service: dict) -> list[dict]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+def test_plain_compose_reserves_no_gpu_and_the_worker_stops_with_a_cold_shutdown(compose):
+    # compose refuses to start a service whose device reservation cannot be met
+    assert all(not gpus(service) for service in compose["services"].values())
+    assert compose["services"]["worker"]["stop_signal"] == "SIGQUIT"
+
+
+def test_the_gpu_override_gives_the_api_one_gpu_the_worker_all_and_per_gpu_workers_their_own(compose):
+    override = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())["services"]
+    nvidia = {"driver": "nvidia", "capabilities": ["gpu"]}
+    assert gpus(override["api"]) == [{**nvidia, "count": 1}]
+    assert gpus(override["worker"]) == [{**nvidia, "count": "all"}]
+    per_gpu = sorted(name for name in override if name.startswith("worker-gpu"))
+    assert per_gpu == ["worker-gpu0", "worker-gpu1"]
+    for index, name in enumerate(per_gpu):
+        service = override[name]
+        assert service["extends"] == {"file": "docker-compose.yml", "service": "worker"}
+        assert service["profiles"] == ["per-gpu"]  # only with --profile per-gpu
+        assert gpus(service) == [{**nvidia, "device_ids": [str(index)]}]
+    assert set(override) - {"api", "worker", *per_gpu} == set()
+    assert all(name in compose["services"] for name in ("api", "worker"))
+
+
+def test_flower_is_optional_and_watches_the_services_broker(compose):
+    flower = compose["services"]["flower"]
+    assert flower["profiles"] == ["monitoring"]
+    broker = compose["services"]["worker"]["environment"]["COLORIZER_BROKER_URL"]
+    assert f"--broker={broker}" in flower["command"] and flower["command"][0] == "celery"
+    assert flower["ports"] == ["5555:5555"]
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
 def test_dockerfile_builds_one_non_root_image_that_serves_by_default():

@@ -72,6 +72,7 @@ def test_embedded_broker_lives_in_the_data_dir_which_is_created(tmp_path):
     # kombu's SQLAlchemy transport passes every option to create_engine: no visibility_timeout.
     assert "visibility_timeout" not in app.conf.broker_transport_options
     assert app.conf.broker_transport_options["connect_args"]["timeout"] > 0
+    assert not app.conf.worker_send_task_events  # no fan-out exchange to carry them
 
 
 def test_redis_broker_gets_the_visibility_timeout(tmp_path):
@@ -83,6 +84,8 @@ def test_redis_broker_gets_the_visibility_timeout(tmp_path):
     assert app.conf.task_publish_retry_policy["max_retries"] <= 3
     assert app.conf.result_backend_transport_options["retry_policy"]["max_retries"] <= 3
     assert not (tmp_path / "broker.sqlite").exists()
+    # what Flower and `celery events` watch
+    assert app.conf.worker_send_task_events and app.conf.task_send_sent_event
 
 
 def test_sqlite_path_parses_only_sqlite_file_urls():
@@ -134,6 +137,16 @@ def test_unknown_init_from_version_fails_readably(settings):
     record = jobs.get(job_id)
     assert record["state"] == "failed"
     assert record["error"].startswith("unknown model version for init_from=42:")
+
+
+def test_a_device_the_worker_does_not_see_fails_the_job_readably(settings):
+    jobs, job_id = new_job(settings, {})
+    run_job(settings, job_id, {**TINY, "devices": ["GPU:7"]})
+    record = jobs.get(job_id)
+    assert record["state"] == "failed"
+    assert record["error"].startswith("this worker does not see device(s) GPU:7; it sees CPU:0"), record[
+        "error"
+    ]
 
 
 def test_a_pretrained_encoder_that_cannot_be_fetched_fails_the_job_readably(settings, monkeypatch):
