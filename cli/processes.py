@@ -44,6 +44,28 @@ def serve(host: str | None, port: int | None) -> None:
     )
 
 
+def colorize_worker_argv(loglevel: str, threads: int, hostname: str | None = None) -> list[str]:
+    """``celery worker`` arguments for a colorize worker: the colorize queue, one process (its engine
+    keeps the model loaded) with ``threads`` photographs in flight, which its engine batches."""
+    from common.queue import COLORIZE_QUEUE
+
+    return [
+        "worker",
+        "--queues",
+        COLORIZE_QUEUE,
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(threads),
+        "--prefetch-multiplier",
+        "1",
+        "--loglevel",
+        loglevel.upper(),
+        "--hostname",
+        hostname or f"colorize-{os.getpid()}@%h",  # several on one machine: each its own name
+    ]
+
+
 def worker_argv(loglevel: str, hostname: str | None = None) -> list[str]:
     """``celery worker`` arguments: the training queue, one prefork child, a fresh child per job."""
     from common.queue import TRAIN_QUEUE
@@ -70,16 +92,31 @@ def worker_argv(loglevel: str, hostname: str | None = None) -> list[str]:
 
 @main.command("worker")
 @click.option("--hostname", "-n", default=None, help="Worker node name (default: celery@<host>).")
-def worker_command(hostname: str | None) -> None:
-    """Run the Celery training worker (queue 'training', one job at a time)."""
+@click.option(
+    "--colorize",
+    is_flag=True,
+    help="Colorize photographs of big batches (queue 'colorize'; needs COLORIZER_BROKER_URL) instead of "
+    "training: the model stays loaded, twice COLORIZER_MAX_BATCH_SIZE photographs in flight.",
+)
+def worker_command(hostname: str | None, colorize: bool) -> None:
+    """Run a Celery worker: training (queue 'training', one job at a time) or, with --colorize,
+    colorization of big batches (queue 'colorize')."""
     settings = load_settings()
     settings.ensure_dirs()
+    if colorize and settings.uses_embedded_broker:
+        raise click.UsageError(
+            "a colorize worker takes photographs from a shared broker: set COLORIZER_BROKER_URL "
+            "(redis://...); with the embedded broker the API colorizes batches itself"
+        )
     from worker.celery_app import app
 
     # Celery warns at length when it runs as root, as a developer's machine or CI often does; the
     # Docker image runs it as an unprivileged user.
     warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
-    app.worker_main(worker_argv(settings.log_level, hostname))
+    if colorize:
+        app.worker_main(colorize_worker_argv(settings.log_level, 2 * settings.max_batch_size, hostname))
+    else:
+        app.worker_main(worker_argv(settings.log_level, hostname))
 
 
 def _die_with_parent(signum: int) -> Any:

@@ -78,6 +78,9 @@ log = logging.getLogger(__name__)
 
 TRAIN_TASK = "colorizer.train"
 TRAIN_QUEUE = "training"
+# Photographs of big batches, one per task, for the colorize workers (common.fanout, worker.colorize).
+COLORIZE_TASK = "colorizer.colorize"
+COLORIZE_QUEUE = "colorize"
 
 # SQLite waits this long for the other process's write lock instead of failing at once.
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -166,7 +169,7 @@ def create_celery(settings: Settings, include: tuple[str, ...] = ()) -> Colorize
         "task_track_started": True,
         "result_extended": True,
         "task_default_queue": TRAIN_QUEUE,
-        "task_routes": {TRAIN_TASK: {"queue": TRAIN_QUEUE}},
+        "task_routes": {TRAIN_TASK: {"queue": TRAIN_QUEUE}, COLORIZE_TASK: {"queue": COLORIZE_QUEUE}},
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
         "worker_pool": "prefork",

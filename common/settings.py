@@ -132,6 +132,26 @@ class Settings(BaseSettings):
         description="How long a worker without a job's record (its data directory is not the API's) "
         "keeps handing the job back to the queue for another worker before the job is failed.",
     )
+    batch_fanout: Literal["auto", "off"] = Field(
+        "auto",
+        description="Who colorizes POST /colorize/batch: auto sends each photograph to the colorize "
+        "workers (colorizer worker --colorize) when a broker is set and one of them answers, so the API "
+        "stays responsive; off (and the embedded broker) colorizes in the API itself.",
+    )
+    fanout_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A photograph that a colorize worker started this long ago is sent again if that worker "
+        "no longer answers Celery's ping (it died), twice at most; then the API colorizes it itself.",
+    )
+    fanout_queue_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        description="A photograph that no colorize worker has started in this long is sent again (twice at "
+        "most), or colorized by the API when no colorize worker answers.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:

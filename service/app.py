@@ -73,6 +73,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if getattr(app.state, "fanout", None) is not None:
+            app.state.fanout.close()
         await anyio.to_thread.run_sync(engine.stop)
         Image.MAX_IMAGE_PIXELS = previous_pillow_limit
 
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = service_metrics
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     app.state.celery = None  # created on first use by service.deps.get_celery
+    app.state.fanout = None  # the colorize workers' sender, created on first use by service.deps.get_fanout
     install_error_handlers(app)
     for module in (health, colorize, batch, models, jobs, datasets, metrics, web):
         app.include_router(module.router)

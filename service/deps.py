@@ -13,6 +13,7 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Header, Request
 
+from common.fanout import RemoteColorizer
 from common.jobs import JobStore
 from common.settings import Settings
 from inference.engine import Engine
@@ -62,6 +63,35 @@ def get_celery(request: Request) -> Celery:
                 raise ApiError(503, f"the job queue is not available on this server: {exc}") from exc
             state.celery = create_celery(state.settings)
     return state.celery
+
+
+# The most photographs of one batch in flight to the colorize workers at once.
+MAX_FANOUT_WINDOW = 128
+
+
+def get_fanout(request: Request) -> tuple[RemoteColorizer | None, int]:
+    """How this request's batch is colorized: (the colorize workers' sender, how many photographs to
+    keep in flight with them), or (None, 0) when this server colorizes it itself: fan-out off, the
+    embedded broker, or no colorize worker answering (``RemoteColorizer.workers``, remembered a few
+    seconds). Blocking (it may ask the workers): call it from a thread."""
+    state = request.app.state
+    settings: Settings = state.settings
+    if settings.batch_fanout == "off" or settings.uses_embedded_broker:
+        return None, 0
+    try:
+        app = get_celery(request)
+    except ApiError:
+        return None, 0
+    with _celery_lock:
+        if getattr(state, "fanout", None) is None:
+            state.fanout = RemoteColorizer(
+                app, stall_seconds=settings.fanout_stall_seconds, queue_seconds=settings.fanout_queue_seconds
+            )
+    workers = state.fanout.workers()
+    if not workers:
+        return None, 0
+    # each worker has twice a model batch of threads (colorizer worker --colorize): keep them all busy
+    return state.fanout, min(MAX_FANOUT_WINDOW, 2 * settings.max_batch_size * len(workers))
 
 
 def require_api_key(

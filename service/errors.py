@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.jobs import UnknownJob
 from common.labels import LabelsUnreadable
 from common.store import BrokenVersion, UnknownVersion
+from inference import errors as inference_errors
 from inference.errors import (
     BadHints,
     BadRenderSize,
@@ -87,6 +88,16 @@ def http_error(exc: Exception) -> ApiError | RequestValidationError | None:
     for kind, status in _IMAGE_STATUS.items():
         if isinstance(exc, kind):
             return ApiError(status, str(exc))
+    return None
+
+
+def inference_error(kind: Any, message: str) -> ValueError | None:
+    """The inference error a colorize worker refused a photograph with (its class name and sentence,
+    ``worker.colorize``), rebuilt so that this server answers it as if it had refused it itself; None
+    for any other kind."""
+    found = getattr(inference_errors, kind, None) if isinstance(kind, str) else None
+    if isinstance(found, type) and issubclass(found, ImageRejected | BadRenderSize | BadHints):
+        return found(message)
     return None
 
 

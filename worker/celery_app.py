@@ -8,7 +8,7 @@ from typing import Any
 from common.queue import ColorizerCelery, create_celery
 from common.settings import get_settings
 
-TASK_MODULES = ("worker.tasks", "worker.recovery")
+TASK_MODULES = ("worker.tasks", "worker.recovery", "worker.colorize")
 
 _app: ColorizerCelery | None = None
 

@@ -35,14 +35,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
+from common.fanout import RemoteColorizer, RemoteFailed, decode_photo
 from common.settings import Settings
 from inference.errors import EngineBusy
 from inference.pipeline import Pipeline
 from models.hints import NoHintInputs
 from models.store import LoadedModel
 from service.archives import ArchiveReader, EntryTooLarge, EntryUnreadable, is_hidden, safe_path
-from service.deps import PipelineDep, SettingsDep
-from service.errors import ApiError, field_error, http_error, summarize_validation_errors
+from service.deps import PipelineDep, SettingsDep, get_fanout
+from service.errors import ApiError, field_error, http_error, inference_error, summarize_validation_errors
 from service.routers.colorize import ModelQuery, RenderSizeQuery, requested_version
 from service.schemas import ErrorResponse, ValidationErrorResponse, upload_body_doc
 from service.uploads import receive_archive
@@ -102,6 +103,8 @@ class ManifestEntry:
     format: str | None = None
     renamed: bool = False
     model_version: int | str | None = None
+    # who colorized it: a colorize worker's node name, or "api" (this server); None when not colorized
+    colorized_by: str | None = None
 
 
 def output_name(name: str, requested: str | None) -> tuple[str, str]:
@@ -139,8 +142,11 @@ class _Batch:
         render_size: int | None,
         limiter: anyio.CapacityLimiter | None,
         hints: dict[str, Any] | None = None,
+        remote: RemoteColorizer | None = None,
+        window: int | None = None,
     ):
         self.pipeline = pipeline
+        self.remote = remote
         self.hints = dict(hints or {})  # member path -> its colour hints (a list of points)
         self.model = model
         self.settings = settings
@@ -148,7 +154,7 @@ class _Batch:
         self.image_format = image_format
         self.render_size = render_size
         self.limiter = limiter
-        self.window = anyio.Semaphore(max(1, min(settings.max_batch_size, settings.max_queue)))
+        self.window = anyio.Semaphore(window or max(1, min(settings.max_batch_size, settings.max_queue)))
         self.write_lock = anyio.Lock()
         self.entries: list[ManifestEntry] = []
         self.outputs: set[str] = {MANIFEST_NAME}
@@ -169,32 +175,13 @@ class _Batch:
                 delay = min(1.0, delay * 2)
 
     async def colorize(self, entry: ManifestEntry, data: bytes, hints: Any = None) -> None:
-        """Colorize one photograph into the output zip; its errors go to ``entry``. Releases the window."""
+        """Colorize one photograph into the output zip (through a colorize worker when the batch has
+        them, else here); its errors go to ``entry``. Releases the window."""
         try:
-            deadline = time.monotonic() + BUSY_PATIENCE_S
-            await self._wait_for_room(deadline)  # before decoding: no work spent while the queue is full
-            prepared = await anyio.to_thread.run_sync(
-                partial(
-                    self.pipeline.decode_and_prepare,
-                    data,
-                    self.model,
-                    self.render_size,
-                    hints=hints,
-                ),
-                limiter=self.limiter,
-            )
+            encoded = await self._remotely(entry, data, hints) if self.remote is not None else None
+            if encoded is None:
+                encoded = await self._here(entry, data, hints)
             del data
-            while True:
-                try:
-                    future = self.pipeline.submit(prepared)
-                    break
-                except EngineBusy:
-                    await self._wait_for_room(deadline)
-            prediction = await asyncio.wrap_future(future)
-            encoded = await anyio.to_thread.run_sync(
-                partial(self.pipeline.finish_and_encode, prepared, prediction, entry.format),
-                limiter=self.limiter,
-            )
             async with self.write_lock:
                 await anyio.to_thread.run_sync(partial(self.out.writestr, entry.output, encoded))
         except EngineBusy as exc:
@@ -207,6 +194,59 @@ class _Batch:
             self._fail(entry, RuntimeError(f"internal error ({type(exc).__name__}); the server log has it"))
         finally:
             self.window.release()
+
+    async def _remotely(self, entry: ManifestEntry, data: bytes, hints: Any) -> bytes | None:
+        """The photograph colorized by a colorize worker; None when none could (this server does it
+        then). Raises the inference error a worker refused the photograph with."""
+        assert self.remote is not None and entry.format is not None
+        future = self.remote.submit(
+            data,
+            version=self.model.version,
+            image_format=entry.format,
+            render_size=self.render_size,
+            hints=hints,
+        )
+        try:
+            answer = await asyncio.wrap_future(future)
+        except RemoteFailed as exc:
+            log.warning("batch member %r: %s; colorizing it here", entry.name, exc)
+            return None
+        if "error" not in answer:
+            entry.colorized_by = str(answer.get("worker"))
+            return decode_photo(answer["data"])
+        refusal = inference_error(answer.get("kind"), answer["error"])
+        if refusal is None:  # the worker cannot load the version (its store is not ours?)
+            log.warning(
+                "batch member %r: worker %s: %s; colorizing it here",
+                entry.name,
+                answer.get("worker"),
+                answer["error"],
+            )
+            return None
+        raise refusal
+
+    async def _here(self, entry: ManifestEntry, data: bytes, hints: Any) -> bytes:
+        """The photograph colorized by this server's engine, waiting for room in its queue."""
+        assert entry.format is not None
+        deadline = time.monotonic() + BUSY_PATIENCE_S
+        await self._wait_for_room(deadline)  # before decoding: no work spent while the queue is full
+        prepared = await anyio.to_thread.run_sync(
+            partial(self.pipeline.decode_and_prepare, data, self.model, self.render_size, hints=hints),
+            limiter=self.limiter,
+        )
+        while True:
+            try:
+                future = self.pipeline.submit(prepared)
+                break
+            except EngineBusy:
+                await self._wait_for_room(deadline)
+        prediction = await asyncio.wrap_future(future)
+        encoded = await anyio.to_thread.run_sync(
+            partial(self.pipeline.finish_and_encode, prepared, prediction, entry.format),
+            limiter=self.limiter,
+        )
+        entry.colorized_by = "api"
+        return encoded
 
     def _fail(
         self, entry: ManifestEntry, exc: Exception, status: Literal["error", "skipped"] = "error"
@@ -405,6 +445,7 @@ async def colorize_batch(
             )
         )
         result = staging / "colorized.zip"
+        remote, window = await anyio.to_thread.run_sync(get_fanout, request)
         with await anyio.to_thread.run_sync(reader.__enter__), zipfile.ZipFile(result, "w") as out:
             batch = _Batch(
                 pipeline,
@@ -415,6 +456,8 @@ async def colorize_batch(
                 render_size,
                 getattr(request.app.state, "inference_limiter", None),
                 per_file,
+                remote,
+                window or None,
             )
             await batch.run(reader)
             for name in batch.hints:  # hints for a name no file of the archive has
@@ -430,7 +473,12 @@ async def colorize_batch(
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ApiError(507, "the server's disk is full: retry later or send a smaller batch") from exc
         raise
-    log.info("batch colorized with version %s: %s", used.version, counts)
+    log.info(
+        "batch colorized with version %s: %s%s",
+        used.version,
+        counts,
+        f" (through {window} photographs in flight to the colorize workers)" if remote is not None else "",
+    )
     headers = {
         "X-Model-Version": str(used.version),
         "X-Batch-Colorized": str(counts["ok"]),

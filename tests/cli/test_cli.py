@@ -93,6 +93,23 @@ def test_invalid_settings_are_reported_with_the_variable_name(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_colorize_worker_needs_a_shared_broker(data_dir):
+    result = CliRunner().invoke(main, ["worker", "--colorize"])
+    assert result.exit_code == 2
+    assert "set COLORIZER_BROKER_URL" in result.output and "the API colorizes batches itself" in result.output
+
+
+def test_a_colorize_worker_is_one_process_of_threads_on_the_colorize_queue():
+    from cli.processes import colorize_worker_argv
+
+    argv = colorize_worker_argv("info", 16)
+    options = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert options["--queues"] == "colorize" and options["--pool"] == "threads"
+    assert options["--concurrency"] == "16" and options["--prefetch-multiplier"] == "1"
+    assert options["--hostname"].startswith("colorize-") and options["--hostname"].endswith("@%h")
+    assert colorize_worker_argv("info", 16, "painter@%h")[-1] == "painter@%h"
+
+
 # --- train ---------------------------------------------------------------------------------
 
 

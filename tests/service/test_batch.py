@@ -83,6 +83,8 @@ def test_batch_colorizes_every_photo_under_its_own_name(lively, how):
     assert [(f["name"], f["output"], f["status"], f["renamed"]) for f in manifest["files"]] == [
         (name, name, "ok", False) for name in members
     ]
+    # the embedded broker: no colorize workers, the API colorizes the batch itself
+    assert {f["colorized_by"] for f in manifest["files"]} == {"api"}
 
 
 def test_batch_gives_the_same_pixels_as_colorize(lively):

@@ -95,8 +95,9 @@ def dockerfile_env() -> dict[str, str]:
 
 def test_api_and_worker_share_the_data_volume_and_wait_for_healthy_redis(compose):
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "flower"}
-    for name in ("api", "worker"):
+    assert set(services) == {"redis", "api", "worker", "colorize-worker", "flower"}
+    assert services["colorize-worker"]["command"] == ["colorizer", "worker", "--colorize"]
+    for name in ("api", "worker", "colorize-worker"):
         assert "data:/data" in services[name]["volumes"], name
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["image"] == services["api"]["image"]
@@ -107,7 +108,7 @@ def test_api_and_worker_share_the_data_volume_and_wait_for_healthy_redis(compose
 
 
 def test_services_talk_to_redis_and_pass_the_api_key_through(compose):
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "colorize-worker"):
         env = compose["services"][name]["environment"]
         assert env["COLORIZER_BROKER_URL"] == "redis://redis:6379/0"
         assert env["COLORIZER_API_KEY"] == "${COLORIZER_API_KEY:-}"
@@ -139,6 +140,7 @@ def test_the_gpu_override_gives_the_api_one_gpu_the_worker_all_and_per_gpu_worke
     nvidia = {"driver": "nvidia", "capabilities": ["gpu"]}
     assert gpus(override["api"]) == [{**nvidia, "count": 1}]
     assert gpus(override["worker"]) == [{**nvidia, "count": "all"}]
+    assert gpus(override["colorize-worker"]) == [{**nvidia, "count": 1}]
     per_gpu = sorted(name for name in override if name.startswith("worker-gpu"))
     assert per_gpu == ["worker-gpu0", "worker-gpu1"]
     for index, name in enumerate(per_gpu):
@@ -146,8 +148,8 @@ def test_the_gpu_override_gives_the_api_one_gpu_the_worker_all_and_per_gpu_worke
         assert service["extends"] == {"file": "docker-compose.yml", "service": "worker"}
         assert service["profiles"] == ["per-gpu"]  # only with --profile per-gpu
         assert gpus(service) == [{**nvidia, "device_ids": [str(index)]}]
-    assert set(override) - {"api", "worker", *per_gpu} == set()
-    assert all(name in compose["services"] for name in ("api", "worker"))
+    assert set(override) - {"api", "worker", "colorize-worker", *per_gpu} == set()
+    assert all(name in compose["services"] for name in ("api", "worker", "colorize-worker"))
 
 
 def test_flower_is_optional_and_watches_the_services_broker(compose):
