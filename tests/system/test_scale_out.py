@@ -15,7 +15,6 @@ import zipfile
 from collections import Counter
 
 import httpx
-import numpy as np
 import pytest
 import redis
 from PIL import Image
