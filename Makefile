@@ -3,7 +3,7 @@
 #            missing), then the test suite
 # make lint  ruff and the import rules between the rooms (lint-imports)
 # make default-model  rebuild the shipped default model (see MODEL_CARD.md)
-# make bench-serve / bench-train / bench-folder / bench-replicas  the benchmarks in bench/ (docs/performance.md)
+# make bench-serve / bench-train / bench-folder / bench-replicas / bench-fanout  the benchmarks in bench/ (docs/performance.md)
 # Every COLORIZER_* variable in the environment reaches the service unchanged.
 
 PYTHON ?= python3
@@ -17,7 +17,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test lint install default-model bench-serve bench-train bench-folder bench-replicas
+.PHONY: run test lint install default-model bench-serve bench-train bench-folder bench-replicas bench-fanout
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,3 +84,7 @@ bench-folder: $(DEV_STAMP)
 # Two API replicas on one store: the window they serve different versions after a change.
 bench-replicas: $(DEV_STAMP)
 	$(BIN)/python bench/replicas.py
+
+# needs Redis on 127.0.0.1:6379 (database 11 is used and emptied; --redis to change it)
+bench-fanout: $(DEV_STAMP)
+	$(BIN)/python bench/fanout.py $(BENCH_ARGS)

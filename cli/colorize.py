@@ -248,7 +248,19 @@ class FolderRun:
 def resolve_colorize_model(engine: Any, store: Any, value: str) -> Any:
     """The LoadedModel for --model: a version number, 'latest' (the newest published version, else
     the packaged default) or 'default'. Raises click errors."""
-    from common.store import DEFAULT_VERSION, BrokenVersion, UnknownVersion, parse_version
+    from common.store import BrokenVersion, UnknownVersion
+
+    text = resolve_version(store, value)
+    try:
+        return engine.model(text)
+    except (UnknownVersion, BrokenVersion) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def resolve_version(store: Any, value: str) -> str:
+    """The version --model names, as a version number's text or 'default' ('latest': the newest
+    published version, else the packaged default). Raises click errors."""
+    from common.store import DEFAULT_VERSION, parse_version
 
     text = value.strip().lower()
     if text == "latest":
@@ -266,10 +278,65 @@ def resolve_colorize_model(engine: Any, store: Any, value: str) -> Any:
         raise click.BadParameter(
             f"{value!r} is not a version number, 'latest' or 'default'", param_hint="--model"
         )
-    try:
-        return engine.model(text)
-    except (UnknownVersion, BrokenVersion) as exc:
-        raise click.ClickException(str(exc)) from None
+    return text
+
+
+class RemoteRun:
+    """Colorize many photographs on the colorize workers (``common.fanout``): each file's bytes go
+    to the ``colorize`` queue, the encoded answer is written atomically here; at most ``window``
+    photographs are in flight. Same ``run`` as FolderRun."""
+
+    def __init__(
+        self, remote: Any, version: str, *, fmt: str, render_size: int | None, window: int, hints=None
+    ):
+        self.remote, self.version, self.fmt = remote, version, fmt
+        self.render_size, self.window, self.hints = render_size, window, hints or {}
+        self.workers: set[str] = set()
+
+    def _answer(self, task: ColorizeTask, future: Future) -> str | None:
+        from common.fanout import decode_photo
+
+        try:
+            answer = future.result()
+        except Exception as exc:  # RemoteFailed: no worker brought it back
+            return str(exc)
+        if "error" in answer:
+            return str(answer["error"])
+        write_atomically(task.target, decode_photo(answer["data"]))
+        self.workers.add(str(answer.get("worker")))
+        return None
+
+    def run(self, tasks: list[ColorizeTask], on_done: Callable[[ColorizeTask, str | None], None]) -> None:
+        done: queue.SimpleQueue[tuple[ColorizeTask, str | None]] = queue.SimpleQueue()
+        writers = ThreadPoolExecutor(2, thread_name_prefix="write")
+
+        def answered(task: ColorizeTask, future: Future) -> None:  # in the sender's watching thread
+            writers.submit(lambda: done.put((task, self._answer(task, future))))
+
+        pending = list(reversed(tasks))
+        in_flight = 0
+        try:
+            while pending or in_flight:
+                while pending and in_flight < self.window:
+                    task = pending.pop()
+                    try:
+                        future = self.remote.submit(
+                            task.source.read_bytes(),
+                            version=self.version,
+                            image_format=self.fmt,
+                            render_size=self.render_size,
+                            hints=self.hints.get(task.source),
+                        )
+                    except OSError as exc:
+                        done.put((task, describe_failure(exc)))
+                    else:
+                        future.add_done_callback(lambda f, t=task: answered(t, f))
+                    in_flight += 1
+                task, error = done.get()
+                in_flight -= 1
+                on_done(task, error)
+        finally:
+            writers.shutdown(wait=True, cancel_futures=True)
 
 
 @main.command()
@@ -316,6 +383,12 @@ def resolve_colorize_model(engine: Any, store: Any, value: str) -> Any:
     '"color": "#aa3311", "radius": 3}] for one photograph, or an object from each photograph\'s path '
     "(as given, or its file name) to its list.",
 )
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Send the photographs to the colorize workers (colorizer worker --colorize) through "
+    "COLORIZER_BROKER_URL instead of running the model here.",
+)
 def colorize(
     inputs: tuple[Path, ...],
     out_dir: Path,
@@ -326,6 +399,7 @@ def colorize(
     overwrite: bool,
     jobs: int | None,
     hints_file: Path | None = None,
+    remote: bool = False,
 ) -> None:
     """Colorize image files, or the images in folders, into the --out folder.
 
@@ -346,6 +420,11 @@ def colorize(
     hints = read_hints_file(hints_file, [t.source for t in tasks]) if hints_file is not None else {}
     if not todo:  # a finished run run again: answer without loading TensorFlow and a model
         click.echo(f"nothing to do: the {skipped} output(s) exist in {out_dir} (--overwrite redoes them)")
+        return
+    if remote:
+        colorize_remotely(
+            settings, todo, len(tasks), skipped, out_dir, model_version, render_size, fmt, hints
+        )
         return
 
     from PIL import Image
@@ -387,34 +466,46 @@ def colorize(
             window=window,
             hints=hints,
         )
-        failures: list[str] = []
-        written = 0
         try:
-            with click.progressbar(length=len(todo), label="Colorizing", file=sys.stderr) as bar:
-
-                def on_done(task: ColorizeTask, error: str | None) -> None:
-                    nonlocal written
-                    if error is None:
-                        written += 1
-                    else:
-                        failures.append(f"failed {task.source}: {error}")
-                    bar.update(1)
-
-                run.run(todo, on_done)
-        except KeyboardInterrupt:
-            # photographs already being written were finished: outputs are whole or absent
-            click.echo(
-                "\ninterrupted: the outputs written so far are kept; run the same command again for the rest",
-                err=True,
-            )
-            sys.exit(130)
+            written, failures = run_with_progress(run, todo)
         finally:
             Image.MAX_IMAGE_PIXELS = previous_limit
     finally:
         engine.stop()
+    report(written, failures, len(tasks), skipped, out_dir, model.version)
+
+
+def run_with_progress(run: FolderRun | RemoteRun, todo: list[ColorizeTask]) -> tuple[int, list[str]]:
+    """``run`` over ``todo`` with a progress bar: (files written, failure lines). Ctrl-C exits 130."""
+    failures: list[str] = []
+    written = 0
+    try:
+        with click.progressbar(length=len(todo), label="Colorizing", file=sys.stderr) as bar:
+
+            def on_done(task: ColorizeTask, error: str | None) -> None:
+                nonlocal written
+                if error is None:
+                    written += 1
+                else:
+                    failures.append(f"failed {task.source}: {error}")
+                bar.update(1)
+
+            run.run(todo, on_done)
+    except KeyboardInterrupt:
+        # photographs already being written were finished: outputs are whole or absent
+        click.echo(
+            "\ninterrupted: the outputs written so far are kept; run the same command again for the rest",
+            err=True,
+        )
+        sys.exit(130)
+    return written, failures
+
+
+def report(written: int, failures: list[str], total: int, skipped: int, out_dir: Path, version: Any) -> None:
+    """The run's last lines; exit code 1 when a file failed."""
     for message in failures:
         click.echo(message, err=True)
-    summary = f"colorized {written} of {len(tasks)} file(s) into {out_dir} with model version {model.version}"
+    summary = f"colorized {written} of {total} file(s) into {out_dir} with model version {version}"
     if skipped:
         summary += f"; skipped {skipped} whose output already exists (--overwrite redoes them)"
     if failures:
@@ -422,3 +513,49 @@ def colorize(
     click.echo(summary)
     if failures:
         sys.exit(1)
+
+
+def colorize_remotely(
+    settings: Any,
+    todo: list[ColorizeTask],
+    total: int,
+    skipped: int,
+    out_dir: Path,
+    model_version: str,
+    render_size: int | None,
+    fmt: str,
+    hints: dict[Path, Any],
+) -> None:
+    """``colorizer colorize --remote``: the photographs colorized by the colorize workers."""
+    from common.fanout import RemoteColorizer
+    from common.queue import create_celery
+    from models.store import ModelStore, packaged_default
+
+    if settings.uses_embedded_broker:
+        raise click.UsageError("--remote sends photographs through a shared broker: set COLORIZER_BROKER_URL")
+    version = resolve_version(
+        ModelStore(settings.models_dir, packaged_default(settings.default_model_dir)), model_version
+    )
+    remote = RemoteColorizer(
+        create_celery(settings),
+        stall_seconds=settings.fanout_stall_seconds,
+        queue_seconds=settings.fanout_queue_seconds,
+    )
+    workers = remote.workers()
+    if not workers:
+        raise click.ClickException(
+            "no colorize worker answers on the broker: start one (colorizer worker --colorize), "
+            "or leave out --remote to colorize here"
+        )
+    click.echo(
+        f"colorizing {len(todo)} of {total} file(s) with model version {version} on {len(workers)} "
+        f"colorize worker(s): {', '.join(workers)}",
+        err=True,
+    )
+    window = min(128, 2 * settings.max_batch_size * len(workers))
+    run = RemoteRun(remote, version, fmt=fmt, render_size=render_size, window=window, hints=hints)
+    try:
+        written, failures = run_with_progress(run, todo)
+    finally:
+        remote.close()
+    report(written, failures, total, skipped, out_dir, version)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
 import threading
 import time
 import zipfile
@@ -154,6 +155,25 @@ def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(tmp_pat
     # the workers did it, both of them (the killed one before it died), not the API
     assert by["painter0"] >= 3 and by["painter1"] > 0 and by["painter0"] + by["painter1"] == PHOTOS, by
     assert "sent again" in apis[0].log()  # what the killed worker had in hand went to the other one
+
+    # the command line, pointed at the broker, colorizes a folder on the surviving colorize worker
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.png").write_bytes(png(120, 90, seed=50 + i))
+    (folder / "broken.png").write_bytes(b"not a photograph")
+    run = subprocess.run(
+        colorizer("colorize", str(folder), "--out", str(tmp_path / "out"), "--remote", "--model", "1"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == 1, run.stderr  # the broken file, reported
+    assert "on 1 colorize worker(s): painter1@" in run.stderr, run.stderr
+    assert "failed " in run.stderr and "not an image Pillow can read" in run.stderr
+    assert "colorized 6 of 7 file(s)" in run.stdout and "with model version 1" in run.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.png" for i in range(6)]
 
     for job in jobs:
         record = wait_for(
