@@ -14,6 +14,7 @@ import os
 import click
 from pydantic import ValidationError
 
+from common.objectstore import follow
 from common.settings import Settings, get_settings
 
 log = logging.getLogger("colorizer.cli")
@@ -22,7 +23,7 @@ log = logging.getLogger("colorizer.cli")
 def load_settings() -> Settings:
     """The settings from the environment; a readable error naming each bad variable otherwise."""
     try:
-        return get_settings()
+        settings = get_settings()
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -30,6 +31,8 @@ def load_settings() -> Settings:
             name = f"COLORIZER_{field.upper()}" if field else "settings"
             lines.append(f"  {name}: {error.get('msg', 'invalid')}")
         raise click.ClickException("invalid settings:\n" + "\n".join(lines)) from None
+    follow(settings.model_store_url, settings.models_dir)  # the model store in a bucket, if set
+    return settings
 
 
 def setup_logging(settings: Settings) -> None:

@@ -21,11 +21,12 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.objectstore import LabelsConflict, mirror_of
 from common.refusals import Refusals
 from common.serving import ServingReports
 from common.store import (
@@ -49,6 +50,8 @@ LATEST = "latest"
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 RESERVED = frozenset({LATEST, DEFAULT_VERSION})
 _ANY = object()  # Labels._point: no expectation about the label's current version
+# A label change that keeps losing its race with other machines' (a bucket store) gives up after this.
+LABEL_RETRIES = 20
 
 
 class BadLabel(ValueError):
@@ -122,6 +125,9 @@ class Labels:
 
     def read(self) -> dict[str, Version]:
         """Every label and its version; {} when none was ever set. Raises LabelsUnreadable."""
+        mirror = mirror_of(self.root)
+        if mirror is not None:  # the store follows a bucket: its labels first (common.objectstore)
+            mirror.sync()
         try:
             text = self.path.read_text()
         except FileNotFoundError:
@@ -166,27 +172,51 @@ class Labels:
         target = version_from_json(version)
         if target is None:
             raise UnknownVersion(f"model version {version!r} does not exist")
-        with self._locked():  # under the lock that retention holds: the version cannot go meanwhile
-            labels = self.read()
+
+        def change(labels: dict[str, Version]) -> tuple[bool, Version | None]:
             previous = labels.get(name)
             if expected is not _ANY and previous != expected:
                 return False, previous
-            if isinstance(target, int) and not (self.root / str(target)).is_dir():
+            if isinstance(target, int) and not VersionStore(self.root).version_dir(target).is_dir():
                 raise UnknownVersion(f"model version {target} does not exist (GET /models lists them)")
             labels[name] = target
-            self._write(labels)
-        return True, previous
+            return True, previous
+
+        return self._transaction(change)
 
     def remove(self, name: str) -> Version:
         """Delete label ``name``; returns the version it pointed at. Raises UnknownLabel."""
         check_label(name)
-        with self._locked():
-            labels = self.read()
+
+        def change(labels: dict[str, Version]) -> tuple[bool, Version]:
             if name not in labels:
                 raise UnknownLabel(f"label {name!r} does not exist (GET /models/labels lists them)")
-            previous = labels.pop(name)
-            self._write(labels)
-        return previous
+            return True, labels.pop(name)
+
+        return self._transaction(change)[1]
+
+    def _transaction(self, change: Callable[[dict[str, Version]], tuple[bool, Any]]) -> tuple[bool, Any]:
+        """Read the labels, ``change`` them in place (it answers (write them?, its result)), write
+        them back, under the lock that retention holds (a labelled version cannot go meanwhile).
+        A store following a bucket (common.objectstore) reads the bucket's labels first and writes
+        them back only if no other machine changed them meanwhile, else starts again."""
+        mirror = mirror_of(self.root)
+        for _attempt in range(LABEL_RETRIES):
+            with self._locked():
+                if mirror is not None:
+                    mirror.pull_labels()
+                labels = self.read()
+                write, result = change(labels)
+                if not write:
+                    return write, result
+                try:
+                    if mirror is not None:
+                        mirror.push_labels({k: labels[k] for k in sorted(labels)})
+                except LabelsConflict:
+                    continue
+                self._write(labels)
+                return write, result
+        raise LabelsUnreadable(f"{LABELS_FILE}: other machines kept changing the labels; try again")
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
         return file_lock(self.root / LABELS_LOCK)
@@ -223,6 +253,9 @@ def prune_versions(store: VersionStore, keep: int, protected: Iterable[Version] 
                 continue  # another process pruned it first
             shutil.rmtree(trash, ignore_errors=True)
             removed.append(version)
+        mirror = mirror_of(store.root)
+        for version in removed if mirror is not None else ():
+            mirror.delete(version)  # hidden everywhere at once, then its files
     if removed:
         Refusals(store.root).forget_all(removed)
         log.info(

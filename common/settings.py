@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.labels import Policy, parse_policy
+from common.objectstore import parse_url
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "sqla+", "amqp://", "pyamqp://", "memory://")
 _BACKEND_SCHEMES = ("redis://", "rediss://", "db+", "rpc://", "cache+")
@@ -132,6 +133,13 @@ class Settings(BaseSettings):
         description="How long a worker without a job's record (its data directory is not the API's) "
         "keeps handing the job back to the queue for another worker before the job is failed.",
     )
+    model_store_url: str | None = Field(
+        None,
+        description="An S3-compatible bucket the model store follows, s3://bucket/prefix "
+        "(common.objectstore): versions are published there and pulled into each machine's models folder; "
+        "credentials and "
+        "endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL. Unset: the folder only.",
+    )
     batch_fanout: Literal["auto", "off"] = Field(
         "auto",
         description="Who colorizes POST /colorize/batch: auto sends each photograph to the colorize "
@@ -172,6 +180,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("model_store_url")
+    @classmethod
+    def _bucket_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_url(value)  # ValueError names the problem
+        return value.strip()
 
     @field_validator("broker_url")
     @classmethod

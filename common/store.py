@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.objectstore import MIRRORED, mirror_of
+
 log = logging.getLogger(__name__)
 
 GENERATOR_FILE = "generator.keras"
@@ -148,6 +150,9 @@ class VersionStore:
         self._ignored: set[str] = set()  # names already logged as not a version
 
     def _version_dirs(self) -> list[tuple[int, Path]]:
+        mirror = mirror_of(self.root)
+        if mirror is not None:  # the folder follows a bucket (common.objectstore)
+            mirror.sync()
         if not self.root.is_dir():
             return []
         found = []
@@ -200,10 +205,19 @@ class VersionStore:
     def get(self, version: int | str) -> VersionInfo:
         """One version's info; raises UnknownVersion."""
         number = self._number(version)
-        path = self.root / str(number)
+        path = self.version_dir(number)
         if not path.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
         return VersionInfo(number, path, read_metadata(path))
+
+    def version_dir(self, number: int) -> Path:
+        """Where version ``number`` is (or would be) in the folder; a folder following a bucket
+        looks at the bucket first when it does not have it yet."""
+        path = self.root / str(number)
+        mirror = mirror_of(self.root)
+        if mirror is not None and not path.is_dir():
+            mirror.sync(force=True)
+        return path
 
     @staticmethod
     def _number(version: int | str) -> int:
@@ -233,14 +247,20 @@ class VersionStore:
         try:
             os.chmod(tmp, VERSION_DIR_MODE)
             write(tmp)
+            mirror = mirror_of(self.root)
             for attempt in range(100):
-                version = (self.versions() or [0])[-1] + 1
+                version = max([*self.versions(), *(mirror.versions()[1] if mirror else ()), 0]) + 1
                 meta = {
                     **metadata,
                     "version": version,
                     "created_at": metadata.get("created_at") or time.time(),
                 }
                 write_json(tmp / METADATA_FILE, meta)
+                if mirror is not None:  # the number is taken in the bucket, where it is shared
+                    if not mirror.claim(version):
+                        continue
+                    mirror.upload(version, tmp)
+                    (tmp / MIRRORED).touch()
                 try:
                     # rename() of a directory onto an existing non-empty one fails: no overwrite.
                     os.rename(tmp, self.root / str(version))

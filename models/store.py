@@ -214,7 +214,7 @@ class ModelStore(VersionStore):
                 raise UnknownVersion("no default model is installed with this package")
             return load_generator_dir(self.default_dir, DEFAULT_VERSION)
         version = self._number(version)
-        path = self.root / str(version)
+        path = self.version_dir(version)
         if not path.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
         return load_generator_dir(path, version)

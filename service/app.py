@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from common.jobs import JobStore
+from common.objectstore import follow
 from common.settings import Settings, get_settings
 from inference.engine import Engine, engine_from_settings
 from inference.pipeline import Pipeline
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     limit_malloc_arenas()  # before the engine's and the request threads start
+    follow(settings.model_store_url, settings.models_dir)  # the model store in a bucket, if set
     store = ModelStore(settings.models_dir, packaged_default(settings.default_model_dir))
     # /docs and /redoc load Swagger UI and ReDoc from this server (works offline); no call to
     # Swagger's online validator either

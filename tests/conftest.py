@@ -58,3 +58,38 @@ def data_dir(tmp_path, monkeypatch) -> Iterator[Path]:
 # The in-process API fixtures (settings, start, client, fake_celery, keyed_client), for every test
 # module.
 from tests.apptest import client, fake_celery, keyed_client, settings, start  # noqa: E402, F401
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """A real S3-compatible server on loopback (moto's, which keeps S3's conditional writes); its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def s3_client(endpoint: str):
+    """A boto3 S3 client for ``endpoint`` (any credentials: the test server takes them)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    """A fresh bucket on ``s3_server``: its URL, with a prefix."""
+    import uuid
+
+    name = f"models-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}/colorizer/models"

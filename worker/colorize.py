@@ -17,6 +17,7 @@ from celery import shared_task
 from celery.signals import worker_shutting_down
 
 from common.fanout import decode_photo, encode_photo
+from common.objectstore import follow
 from common.queue import COLORIZE_QUEUE, COLORIZE_TASK
 from common.settings import get_settings
 
@@ -37,6 +38,7 @@ def pipeline() -> Any:
 
             settings = get_settings()
             settings.ensure_dirs()
+            follow(settings.model_store_url, settings.models_dir)  # the model store in a bucket, if set
             store = ModelStore(settings.models_dir, packaged_default(settings.default_model_dir))
             # the photographs in flight are the pool's threads: the queue never needs more room
             engine = engine_from_settings(store, settings, max_queue=max(settings.max_queue, 256))

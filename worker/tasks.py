@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from common.datasets import DatasetError
 from common.jobs import FINAL_STATES, JobStore, UnknownJob
 from common.labels import prune_versions
+from common.objectstore import follow
 from common.queue import NOT_VISIBLE_DELAY_S, NOT_VISIBLE_MAX_DELAY_S, TRAIN_QUEUE, TRAIN_TASK
 from common.settings import Settings
 from common.store import BrokenVersion, UnknownVersion, VersionStore
@@ -263,6 +264,7 @@ def _run_claimed(
         log.exception("job %s: cannot load the training code", job_id)
         return _finish(jobs, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
+    follow(settings.model_store_url, settings.models_dir)  # the model store in a bucket, if set
     store = ModelStore(settings.models_dir, packaged_default(settings.default_model_dir))
     writer = ProgressWriter(jobs, job_id, on_publish=lambda: apply_retention(store, settings))
     try:

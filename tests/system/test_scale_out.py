@@ -20,9 +20,11 @@ import pytest
 import redis
 from PIL import Image
 
+from common.objectstore import follow
 from models.networks import build_generator
 from models.store import ModelStore
 from tests.apptest import TINY_JOB
+from tests.conftest import s3_client
 from tests.photos import make_photo, write_dataset
 from tests.procs import REDIS_TEST_URL, Proc, colorizer, colorizer_env, free_port, wait_for
 
@@ -83,14 +85,28 @@ class Client:
             client.close()
 
 
-def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(tmp_path, procs):
+@pytest.mark.parametrize("store", ["folder", "bucket"])
+def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(tmp_path, procs, store, request):
     redis.Redis.from_url(REDIS_TEST_URL).flushdb()
     shared = tmp_path / "shared"
     write_dataset(shared / "datasets" / "tiny")
+    bucket = {}
+    if store == "bucket":  # the model store in an S3-compatible bucket that every process follows
+        endpoint, url = request.getfixturevalue("s3_server"), request.getfixturevalue("bucket")
+        follow(url, shared / "models", s3_client(endpoint))
+        request.addfinalizer(lambda: follow(None, shared / "models"))
+        bucket = {
+            "COLORIZER_MODEL_STORE_URL": url,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
     ModelStore(shared / "models").publish(
         build_generator(32, 1, 2, width=4), {"preset": "lab", "image_size": 32}
     )
     settings = {
+        **bucket,
         "COLORIZER_BROKER_URL": REDIS_TEST_URL,
         "COLORIZER_DEFAULT_MODEL_DIR": str(tmp_path / "none"),
         "COLORIZER_FANOUT_STALL_SECONDS": str(STALL_SECONDS),
@@ -191,5 +207,65 @@ def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(tmp_pat
     unexplained = [r for r in failed if not (r[0] == 1 and r[2] <= killed_at)]
     assert not unexplained, (unexplained, len(client.results))
     assert len([r for r in client.results if r[2] > killed_at]) >= 5  # API a went on serving
+    a.close()
+    b.close()
+
+
+def test_machines_without_a_shared_models_folder_meet_at_the_bucket(tmp_path, procs, s3_server, bucket):
+    """Machine 1 runs an API and a training worker on its data folder, machine 2 an API on its own:
+    the version the worker publishes reaches the bucket and is served by both; a label moved on
+    machine 2 is followed by machine 1."""
+    redis.Redis.from_url(REDIS_TEST_URL).flushdb()
+    settings = {
+        "COLORIZER_BROKER_URL": REDIS_TEST_URL,
+        "COLORIZER_DEFAULT_MODEL_DIR": str(tmp_path / "none"),
+        "COLORIZER_MODEL_STORE_URL": bucket,
+        "COLORIZER_SERVE": "stable",
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    one, two = tmp_path / "machine1", tmp_path / "machine2"
+    write_dataset(one / "datasets" / "tiny")
+    ports = [free_port(), free_port()]
+    apis = [
+        Proc(
+            colorizer("serve", "--port", str(port)), colorizer_env(data, **settings), tmp_path / f"api{i}.log"
+        )
+        for i, (port, data) in enumerate(zip(ports, (one, two), strict=True))
+    ]
+    trainer = Proc(colorizer("worker"), colorizer_env(one, **settings), tmp_path / "trainer.log")
+    procs.extend([*apis, trainer])
+    everyone = (*apis, trainer)
+    a, b = (httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) for port in ports)
+    for api in (a, b):
+        wait_for(lambda api=api: api.get("/healthz").status_code == 200, TIMEOUT, "both APIs", everyone)
+
+    job = a.post("/jobs", json={**TINY_JOB, "seed": 1, "publish_every": 2}).json()["id"]
+    record = wait_for(
+        lambda: (r := a.get(f"/jobs/{job}").json())["state"] in ("succeeded", "failed") and r,
+        TIMEOUT,
+        "the job",
+        everyone,
+    )
+    assert record["state"] == "succeeded", record["error"]
+    assert record["published_versions"] == [1, 2]
+    # machine 2 lists what machine 1's worker published, from the bucket
+    listed = wait_for(
+        lambda: [m["version"] for m in b.get("/models").json()["versions"]], TIMEOUT, "machine 2's list"
+    )
+    assert listed == [1, 2], listed
+    assert (two / "models" / "2" / ".mirrored").exists()
+    # a label moved on machine 2 is served on both
+    assert b.put("/models/labels/stable", json={"version": 1}).status_code == 200
+    for api in (a, b):
+        ready = wait_for(
+            lambda api=api: (r := api.get("/readyz")).status_code == 200 and r.json(),
+            TIMEOUT,
+            "stable served",
+            everyone,
+        )
+        assert ready["model_version"] == 1, ready
     a.close()
     b.close()
