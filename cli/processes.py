@@ -114,6 +114,8 @@ def worker_command(hostname: str | None, colorize: bool) -> None:
     # Docker image runs it as an unprivileged user.
     warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges")
     if colorize:
+        if settings.colorize_worker_nice:
+            os.nice(settings.colorize_worker_nice)  # an API beside it answers single photographs first
         app.worker_main(colorize_worker_argv(settings.log_level, 2 * settings.max_batch_size, hostname))
     else:
         app.worker_main(worker_argv(settings.log_level, hostname))

@@ -146,6 +146,13 @@ class Settings(BaseSettings):
         "workers (colorizer worker --colorize) when a broker is set and one of them answers, so the API "
         "stays responsive; off (and the embedded broker) colorizes in the API itself.",
     )
+    colorize_worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much a colorize worker lowers its CPU priority (nice): a batch is throughput work, "
+        "and on a machine it shares with an API, that API's single /colorize requests go first. 0: none.",
+    )
     fanout_stall_seconds: float = Field(
         30.0,
         gt=0,

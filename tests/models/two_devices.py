@@ -63,11 +63,11 @@ def resumes(root: Path, first: list[str], then: list[str]) -> dict:
         config = TrainConfig(
             dataset="tiny",
             preset="lab",
-            image_size=32,
+            image_size=16,
             width=4,
             batch_size=2,
             steps=6,
-            checkpoint_every=2,
+            checkpoint_every=3,
             publish_every=6,
             sample_every=100,
             seed=1,
@@ -101,7 +101,7 @@ def resumes(root: Path, first: list[str], then: list[str]) -> dict:
         )
     version = runs[-1]["published"][-1]
     generator = store.load(version).generator
-    gray = np.linspace(-1, 1, 32 * 32, dtype="float32").reshape(1, 32, 32, 1)
+    gray = np.linspace(-1, 1, 16 * 16, dtype="float32").reshape(1, 16, 16, 1)
     runs.append({"output_finite": bool(np.isfinite(generator(gray, training=False)).all())})
     return {"job": job, "runs": runs}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -133,6 +134,8 @@ def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(tmp_pat
         wait_for(lambda api=api: api.get("/readyz").status_code == 200, TIMEOUT, "both APIs ready", everyone)
     for painter in painters:
         wait_for(lambda p=painter: " ready." in p.log(), TIMEOUT, "the colorize workers", everyone)
+        # batch work yields the CPU to an API's single photographs (COLORIZER_COLORIZE_WORKER_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, painter.popen.pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10
 
     # training jobs through either API, trained by the training worker
     jobs = [api.post("/jobs", json={**TINY_JOB, "seed": i}).json()["id"] for i, api in enumerate((a, b))]
