@@ -66,7 +66,7 @@ def get_celery(request: Request) -> Celery:
 
 
 # The most photographs of one batch in flight to the colorize workers at once.
-MAX_FANOUT_WINDOW = 128
+MAX_FANOUT_WINDOW = 64
 
 
 def get_fanout(request: Request) -> tuple[RemoteColorizer | None, int]:

@@ -199,13 +199,23 @@ class _Batch:
         """The photograph colorized by a colorize worker; None when none could (this server does it
         then). Raises the inference error a worker refused the photograph with."""
         assert self.remote is not None and entry.format is not None
-        future = self.remote.submit(
+        send = partial(
+            self.remote.submit,
             data,
             version=self.model.version,
             image_format=entry.format,
             render_size=self.render_size,
             hints=hints,
         )
+        try:  # in a thread: encoding the photograph and publishing it to the broker block
+            future = await anyio.to_thread.run_sync(send, limiter=self.limiter)
+        except Exception as exc:  # the broker cannot take it right now
+            log.warning(
+                "batch member %r: cannot send it to the colorize workers (%s); colorizing it here",
+                entry.name,
+                exc,
+            )
+            return None
         try:
             answer = await asyncio.wrap_future(future)
         except RemoteFailed as exc:

@@ -247,3 +247,79 @@ def test_batch_and_colorize_routes_do_not_collide(client):
 def test_the_temporary_files_of_a_batch_are_removed_after_it_is_sent(client, settings):
     unzip(batch(client, {"a.png": gray(40, 32)}))
     assert [p.name for p in settings.data_dir.iterdir() if p.name.startswith(".batch-")] == []
+
+
+class StandInWorkers:
+    """In place of the colorize workers (common.fanout.RemoteColorizer): answers each photograph as
+    ``answer(name_of_its_bytes)`` says, or refuses to send it."""
+
+    def __init__(self, answer):
+        self.answer, self.sent = answer, []
+
+    def submit(self, data, *, version, image_format, render_size=None, hints=None):
+        from concurrent.futures import Future
+
+        self.sent.append((data, version, image_format))
+        future: Future = Future()
+        outcome = self.answer(data)
+        if isinstance(outcome, Exception):
+            raise outcome
+        future.set_result(outcome)
+        return future
+
+
+def fanned_out(monkeypatch, workers: StandInWorkers) -> None:
+    from service.routers import batch as route
+
+    monkeypatch.setattr(route, "get_fanout", lambda request: (workers, 4))
+
+
+def test_a_fanned_out_batch_keeps_the_workers_answers_and_their_refusals_in_the_apis_words(
+    lively, monkeypatch
+):
+    from common.fanout import encode_photo
+
+    client, version = lively
+    good, bad = gray(40, 30), b"this is not a photograph"
+
+    def answer(data: bytes):
+        if data == bad:  # what worker.colorize answers for it: the inference error's class and sentence
+            return {
+                "error": "the upload is not an image Pillow can read: send a PNG",
+                "kind": "NotAnImage",
+                "worker": "w1@h",
+            }
+        return {"data": encode_photo(b"\x89PNG colorized"), "model_version": version, "worker": "w1@h"}
+
+    workers = StandInWorkers(answer)
+    fanned_out(monkeypatch, workers)
+    response = batch(client, {"a.png": good, "b.png": bad})
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert archive.read("a.png") == b"\x89PNG colorized"  # the worker's bytes, as they came
+    files = {f["name"]: f for f in manifest["files"]}
+    assert (files["a.png"]["status"], files["a.png"]["colorized_by"]) == ("ok", "w1@h")
+    assert files["b.png"]["status"] == "error" and files["b.png"]["colorized_by"] is None
+    assert files["b.png"]["error"] == "the upload is not an image Pillow can read: send a PNG"
+    assert {v for _, v, _ in workers.sent} == {version} and {f for _, _, f in workers.sent} == {"png"}
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        ConnectionError("the broker is down"),  # cannot be sent
+        {
+            "error": "model version 9 does not exist",
+            "kind": "UnknownVersion",
+            "worker": "w1@h",
+        },  # not in its store
+    ],
+)
+def test_a_photograph_the_workers_cannot_take_is_colorized_by_the_api(lively, monkeypatch, outcome):
+    client, _ = lively
+    workers = StandInWorkers(lambda data: outcome)
+    fanned_out(monkeypatch, workers)
+    images, manifest = unzip(batch(client, {"a.png": gray(40, 30), "b.jpg": gray(48, 32, "JPEG", 1)}))
+    assert len(workers.sent) == 2
+    assert [(f["status"], f["colorized_by"]) for f in manifest["files"]] == [("ok", "api"), ("ok", "api")]
+    assert images["a.png"].size == (40, 30) and images["b.jpg"].size == (48, 32)
