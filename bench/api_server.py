@@ -13,6 +13,20 @@ from pathlib import Path
 from harness import ROOT, median, percentile
 
 
+def service_env(data_dir: Path, **env: str) -> dict[str, str]:
+    """A service process's environment: this one's without COLORIZER_ settings, on ``data_dir``, on
+    the CPU, with ``env``."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("COLORIZER_")}
+    environment.update(
+        COLORIZER_DATA_DIR=str(data_dir),
+        COLORIZER_DEVICE="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        CUDA_VISIBLE_DEVICES="-1",
+        **env,
+    )
+    return environment
+
+
 class Server:
     """The API under uvicorn in a subprocess, on a free port."""
 
@@ -22,14 +36,7 @@ class Server:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("COLORIZER_")}
-        environment.update(
-            COLORIZER_DATA_DIR=str(data_dir),
-            COLORIZER_DEVICE="cpu",
-            TF_CPP_MIN_LOG_LEVEL="2",
-            CUDA_VISIBLE_DEVICES="-1",
-            **env,
-        )
+        environment = service_env(data_dir, **env)
         self.log = open(data_dir / log_name, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
             [

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from api_server import Server
+from api_server import Server, service_env
 from harness import ROOT, jpeg, machine, median, megapixels, percentile, photographs, square, table
 
 IDLE_REQUESTS = 15
@@ -39,14 +38,7 @@ class Workers:
     """``count`` colorize worker processes on ``data_dir`` and ``broker``."""
 
     def __init__(self, count: int, data_dir: Path, broker: str):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COLORIZER_")}
-        env.update(
-            COLORIZER_DATA_DIR=str(data_dir),
-            COLORIZER_BROKER_URL=broker,
-            COLORIZER_DEVICE="cpu",
-            TF_CPP_MIN_LOG_LEVEL="2",
-            CUDA_VISIBLE_DEVICES="-1",
-        )
+        env = service_env(data_dir, COLORIZER_BROKER_URL=broker)
         self.logs = [data_dir / f"painter{i}.log" for i in range(count)]
         self.procs = [
             subprocess.Popen(

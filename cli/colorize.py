@@ -143,6 +143,26 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def run_windowed(
+    tasks: list[ColorizeTask],
+    window: int,
+    start: Callable[[ColorizeTask], None],
+    done: queue.SimpleQueue,
+    on_done: Callable[[ColorizeTask, str | None], None],
+) -> None:
+    """``start`` each task (it puts ``(task, error or None)`` on ``done`` once finished), at most
+    ``window`` in flight; ``on_done`` for each as it finishes, in this thread."""
+    pending = list(reversed(tasks))
+    in_flight = 0
+    while pending or in_flight:
+        while pending and in_flight < window:
+            start(pending.pop())
+            in_flight += 1
+        task, error = done.get()
+        in_flight -= 1
+        on_done(task, error)
+
+
 class FolderRun:
     """Colorize many photographs with the API's serving path, in a pipeline of three stages.
 
@@ -229,17 +249,11 @@ class FolderRun:
             else:
                 done.put((task, None))
 
-        pending = list(reversed(tasks))
-        in_flight = 0
+        def start(task: ColorizeTask) -> None:
+            decoders.submit(self._decode, task).add_done_callback(lambda f: decoded(task, f))
+
         try:
-            while pending or in_flight:
-                while pending and in_flight < self.window:
-                    task = pending.pop()
-                    decoders.submit(self._decode, task).add_done_callback(lambda f, t=task: decoded(t, f))
-                    in_flight += 1
-                task, error = done.get()
-                in_flight -= 1
-                on_done(task, error)
+            run_windowed(tasks, self.window, start, done, on_done)
         finally:
             decoders.shutdown(wait=True, cancel_futures=True)
             encoders.shutdown(wait=True, cancel_futures=True)
@@ -291,7 +305,6 @@ class RemoteRun:
     ):
         self.remote, self.version, self.fmt = remote, version, fmt
         self.render_size, self.window, self.hints = render_size, window, hints or {}
-        self.workers: set[str] = set()
 
     def _answer(self, task: ColorizeTask, future: Future) -> str | None:
         from common.fanout import decode_photo
@@ -303,7 +316,6 @@ class RemoteRun:
         if "error" in answer:
             return str(answer["error"])
         write_atomically(task.target, decode_photo(answer["data"]))
-        self.workers.add(str(answer.get("worker")))
         return None
 
     def run(self, tasks: list[ColorizeTask], on_done: Callable[[ColorizeTask, str | None], None]) -> None:
@@ -313,28 +325,22 @@ class RemoteRun:
         def answered(task: ColorizeTask, future: Future) -> None:  # in the sender's watching thread
             writers.submit(lambda: done.put((task, self._answer(task, future))))
 
-        pending = list(reversed(tasks))
-        in_flight = 0
+        def start(task: ColorizeTask) -> None:
+            try:
+                future = self.remote.submit(
+                    task.source.read_bytes(),
+                    version=self.version,
+                    image_format=self.fmt,
+                    render_size=self.render_size,
+                    hints=self.hints.get(task.source),
+                )
+            except OSError as exc:
+                done.put((task, describe_failure(exc)))
+            else:
+                future.add_done_callback(lambda f: answered(task, f))
+
         try:
-            while pending or in_flight:
-                while pending and in_flight < self.window:
-                    task = pending.pop()
-                    try:
-                        future = self.remote.submit(
-                            task.source.read_bytes(),
-                            version=self.version,
-                            image_format=self.fmt,
-                            render_size=self.render_size,
-                            hints=self.hints.get(task.source),
-                        )
-                    except OSError as exc:
-                        done.put((task, describe_failure(exc)))
-                    else:
-                        future.add_done_callback(lambda f, t=task: answered(t, f))
-                    in_flight += 1
-                task, error = done.get()
-                in_flight -= 1
-                on_done(task, error)
+            run_windowed(tasks, self.window, start, done, on_done)
         finally:
             writers.shutdown(wait=True, cancel_futures=True)
 

@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -68,7 +68,6 @@ class _InFlight:
     started_at: float | None = None
     worker: str | None = None  # the node that started it
     resends: int = 0
-    abandoned: list[str] = field(default_factory=list)
 
 
 def encode_photo(data: bytes) -> str:
@@ -243,7 +242,6 @@ class RemoteColorizer:
         log.warning("colorize task %s: %s; sent again as %s", item.task_id, why, task_id)
         with self._lock:
             self._pending.pop(item.task_id, None)
-            item.abandoned.append(item.task_id)
             item.task_id, item.sent_at, item.started_at, item.worker = task_id, time.monotonic(), None, None
             item.resends += 1
             self._pending[task_id] = item

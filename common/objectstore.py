@@ -79,6 +79,7 @@ class BucketMirror:
         self._synced_at = 0.0
         self._labels_etag: str | None = None
         self._warned: set[int] = set()
+        self._absent: dict[int, float] = {}  # version -> when the bucket was last seen without it
 
     # -- the bucket -----------------------------------------------------------------------------
 
@@ -107,31 +108,30 @@ class BucketMirror:
         except BotoCoreError as exc:
             raise BucketError(f"cannot {what} in {self.url}: {exc}") from exc
 
-    def _keys(self) -> list[str]:
-        start = f"{self.prefix}/" if self.prefix else ""
-        keys, token = [], None
+    def _listing(self, version: int | None = None) -> dict[int, set[str]]:
+        """{version: the names of its objects} in the bucket: every version's, or ``version``'s only
+        (one listing either way, paged)."""
+        from common.store import parse_version
+
+        start = self._key(version, "") if version is not None else (f"{self.prefix}/" if self.prefix else "")
+        found: dict[int, set[str]] = {}
+        token = None
         while True:
             options = {"Prefix": start, **({"ContinuationToken": token} if token else {})}
             page = self._call("list the versions", self.client.list_objects_v2, **options)
-            keys += [item["Key"][len(start) :] for item in page.get("Contents", [])]
+            for item in page.get("Contents", []):
+                head, _, name = item["Key"][len(self._key("")) :].partition("/")
+                number = parse_version(head)
+                if number is not None and name:
+                    found.setdefault(number, set()).add(name)
             if not page.get("IsTruncated"):
-                return keys
+                return found
             token = page["NextContinuationToken"]
 
     def versions(self) -> tuple[set[int], set[int]]:
         """(complete versions, every claimed number) in the bucket."""
-        from common.store import parse_version
-
-        complete, claimed = set(), set()
-        for key in self._keys():
-            head, _, name = key.partition("/")
-            number = parse_version(head)
-            if number is None:
-                continue
-            claimed.add(number)
-            if name == COMPLETE:
-                complete.add(number)
-        return complete, claimed
+        listing = self._listing()
+        return {v for v, names in listing.items() if COMPLETE in names}, set(listing)
 
     def claim(self, version: int) -> bool:
         """Take ``version``'s number; False when another publisher has it."""
@@ -165,10 +165,8 @@ class BucketMirror:
     def delete(self, version: int) -> None:
         """Hide ``version`` (``.complete`` first), then delete its files; its claim stays."""
         self._call("delete a version", self.client.delete_object, Key=self._key(version, COMPLETE))
-        for key in self._keys():
-            head, _, name = key.partition("/")
-            if head == str(version) and name not in (CLAIM, COMPLETE):
-                self._call("delete a version", self.client.delete_object, Key=self._key(version, name))
+        for name in self._listing(version).get(version, set()) - {CLAIM, COMPLETE}:
+            self._call("delete a version", self.client.delete_object, Key=self._key(version, name))
 
     # -- the folder following the bucket ----------------------------------------------------------
 
@@ -186,33 +184,33 @@ class BucketMirror:
                     "cannot follow the model store %s (%s); serving what %s has", self.url, exc, self.root
                 )
 
-    def _sync(self) -> None:
-        from common.store import TEMP_PREFIX, parse_version
+    def fetch(self, version: int) -> None:
+        """Pull ``version`` alone if the bucket has it whole and the folder does not (a version asked
+        for by number before the next look); one listing of that version, at most once a
+        SYNC_INTERVAL_S for a number the bucket does not have. Errors are logged, as ``sync``'s."""
+        with self._lock:
+            if (self.root / str(version)).is_dir() or time.monotonic() - self._absent.get(
+                version, 0.0
+            ) < SYNC_INTERVAL_S:
+                return
+            try:
+                names = self._listing(version).get(version, set())
+                if COMPLETE in names:
+                    self._pull(version, names)
+                else:
+                    self._absent[version] = time.monotonic()
+            except (BucketError, OSError) as exc:
+                log.warning("cannot look for model version %s in %s (%s)", version, self.url, exc)
 
-        complete, _ = self.versions()
+    def _sync(self) -> None:
+        from common.store import parse_version
+
+        listing = self._listing()
         self.root.mkdir(parents=True, exist_ok=True)
         local = {n: p for p in self.root.iterdir() if (n := parse_version(p.name)) is not None and p.is_dir()}
+        complete = {v for v, names in listing.items() if COMPLETE in names}
         for version in sorted(complete - set(local)):
-            tmp = self.root / f"{TEMP_PREFIX}pull-{version}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            try:
-                for key in self._keys():
-                    head, _, name = key.partition("/")
-                    if head == str(version) and name and not name.startswith("."):
-                        self._call(
-                            "download a version",
-                            self.client.download_file,
-                            Key=self._key(key),
-                            Filename=str(tmp / name),
-                        )
-                (tmp / MIRRORED).touch()
-                os.chmod(tmp, 0o755)
-                os.rename(tmp, self.root / str(version))
-                log.info("model version %s pulled from %s", version, self.url)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if not (self.root / str(version)).is_dir():
-                    raise
+            self._pull(version, listing[version])
         for version, path in local.items():
             if version in complete:
                 continue
@@ -227,6 +225,30 @@ class BucketMirror:
                     "model version %s in %s is not in %s: kept, but not shared", version, self.root, self.url
                 )
         self.pull_labels()
+
+    def _pull(self, version: int, names: set[str]) -> None:
+        """Download the version's files (``names``) into a hidden folder and rename it into place."""
+        from common.store import TEMP_PREFIX
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{TEMP_PREFIX}pull-{version}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            for name in sorted(n for n in names if not n.startswith(".")):
+                self._call(
+                    "download a version",
+                    self.client.download_file,
+                    Key=self._key(version, name),
+                    Filename=str(tmp / name),
+                )
+            (tmp / MIRRORED).touch()
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, self.root / str(version))
+            log.info("model version %s pulled from %s", version, self.url)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (self.root / str(version)).is_dir():  # else another process pulled it first
+                raise
 
     # -- labels -----------------------------------------------------------------------------------
 

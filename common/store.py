@@ -216,7 +216,7 @@ class VersionStore:
         path = self.root / str(number)
         mirror = mirror_of(self.root)
         if mirror is not None and not path.is_dir():
-            mirror.sync(force=True)
+            mirror.fetch(number)
         return path
 
     @staticmethod

@@ -197,9 +197,9 @@ def training_strategy(strategy: str = "auto", devices: list[str] | None = None, 
 
     if strategy not in STRATEGIES:
         raise DeviceError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    seen = visible_devices()
+    seen, gpus = visible_devices(), visible_devices("GPU")
     if devices is None:
-        devices = visible_devices("GPU") or [CPU]
+        devices = gpus or [CPU]
     missing = [d for d in devices if d.upper() not in seen]
     if missing:
         raise DeviceError(
@@ -224,7 +224,7 @@ def training_strategy(strategy: str = "auto", devices: list[str] | None = None, 
             )
         log.info("training on %d devices with MirroredStrategy: %s", len(devices), ", ".join(devices))
         return _mirrored(tuple(devices)), devices
-    default = GPU if visible_devices("GPU") else CPU
+    default = GPU if gpus else CPU
     if devices[0] == default:
         return tf.distribute.get_strategy(), devices[:1]
     log.info("training on %s", devices[0])
