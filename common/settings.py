@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         description="Arithmetic of the served model: auto picks bfloat16 where the CPU (AVX512_BF16, "
         "AMX) or GPU (compute capability 8.0+) has it, float32 elsewhere.",
     )
+    inference_runtime: Literal["auto", "tensorflow", "openvino"] = Field(
+        "auto",
+        description="What runs the model on a CPU: auto measures TensorFlow and OpenVINO on each model "
+        "version as it loads and serves with the faster (docs/operations.md); GPUs always run TensorFlow.",
+    )
     max_batch_size: int = Field(8, ge=1, le=64, description="Most photographs run in one model call.")
     batch_timeout_ms: float = Field(
         5.0, ge=0, le=10_000, description="Longest wait for more photographs after the first one queued."
@@ -244,6 +249,12 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def runtime_cache_dir(self) -> Path:
+        """Model versions converted for another runtime (OpenVINO), kept so a restart does not
+        convert them again."""
+        return self.data_dir / "cache"
 
     @property
     def effective_broker_url(self) -> str:

@@ -25,6 +25,7 @@ import math
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -50,9 +51,15 @@ WARMUP_SIDE = 16  # the dummy photograph colorized before a version is swapped i
 class EngineObserver(Protocol):
     """What the engine reports (service.metrics.ServiceMetrics implements it)."""
 
-    def model_swapped(self, model: LoadedModel, precision: str, device: str | None) -> None: ...
+    def model_swapped(self, model: LoadedModel, precision: str, device: str | None, runtime: str) -> None: ...
 
     def load_failed(self, version: Version) -> None: ...
+
+    def runtime_fallback(self, version: Version, runtime: str) -> None: ...
+
+    def model_loaded(self, version: Version, runtime: str, precision: str) -> None: ...
+
+    def model_dropped(self, version: Version) -> None: ...
 
     def batch_done(self, size: int, seconds: float, waited: float) -> None: ...
 
@@ -78,6 +85,8 @@ class Engine:
         max_queue: int = 64,
         observer: EngineObserver | None = None,
         policy: Policy | str = LATEST,
+        runtime: str = "auto",
+        runtime_cache: Path | str | None = None,
     ):
         self.store = store
         self.chooser = VersionChooser(store, policy)
@@ -87,6 +96,8 @@ class Engine:
         self.max_render_size = max_render_size
         self.cache_size = cache_size
         self.precision_preference = precision
+        self.runtime_preference = runtime
+        self.runtime_cache = runtime_cache
         self.buckets = batch_buckets(max_batch_size)
         self.observer = observer
         self._batcher = DynamicBatcher(
@@ -143,6 +154,12 @@ class Engine:
         """Versions held in memory besides the served one, least recently used first."""
         with self._state_lock:
             return list(self._cache)
+
+    def loaded_runtimes(self) -> dict[Version, str]:
+        """What runs each version held in memory at its render size, e.g. "openvino bfloat16"."""
+        with self._state_lock:
+            models = [*self._cache.values(), *([self._current] if self._current is not None else [])]
+        return {m.version: f"{m.serving.runtime} {m.serving.runtime_precision}" for m in models if m.serving}
 
     def failed_versions(self) -> dict[Version, str]:
         """Versions that failed to load, with the reason."""
@@ -328,13 +345,15 @@ class Engine:
             if old is not None:
                 self._remember(old)
         if self.observer is not None:
-            self.observer.model_swapped(model, self._serving(model).precision, self._device)
+            serving = self._serving(model)
+            self.observer.model_swapped(model, serving.runtime_precision, self._device, serving.runtime)
         log.info(
-            "now serving model version %s (preset %s, %d px) on %s",
+            "now serving model version %s (preset %s, %d px) on %s with %s",
             model.version,
             model.preset,
             model.render_size,
             self._device,
+            self._serving(model).runtime,
         )
 
     def _remember(self, model: LoadedModel) -> None:
@@ -344,6 +363,8 @@ class Engine:
         while len(self._cache) > self.cache_size:
             evicted, _ = self._cache.popitem(last=False)
             log.info("model version %s dropped from the cache", evicted)
+            if self.observer is not None:
+                self.observer.model_dropped(evicted)
 
     def model(self, version: int | str | None = None) -> LoadedModel:
         """The served model (``version`` None) or that version (a number or ``"default"``), loaded
@@ -402,13 +423,16 @@ class Engine:
         """The model's InferenceModel (compiled calls in the engine's precision), made on first use."""
         serving = model.serving
         if serving is None:
+            from models.runtimes import ConversionCache
             from models.serving import InferenceModel
 
             device = self.setup()
+            cache = ConversionCache(self.runtime_cache) if self.runtime_cache is not None else None
             with self._serving_lock:
                 serving = model.serving
                 if serving is None:
-                    serving = InferenceModel(model, self._precision or "float32", device)
+                    precision = self._precision or "float32"
+                    serving = InferenceModel(model, precision, device, self.runtime_preference, cache)
                     model.serving = serving
         return serving
 
@@ -419,6 +443,10 @@ class Engine:
 
         serving = self._serving(model)
         serving.warm_up(model.render_size, self.buckets)
+        if self.observer is not None:
+            if serving.fallback is not None:
+                self.observer.runtime_fallback(model.version, self.runtime_preference)
+            self.observer.model_loaded(model.version, serving.runtime, serving.runtime_precision)
         import tensorflow as tf
 
         with tf.device(self.setup()):
@@ -489,6 +517,7 @@ class Engine:
             "policy": str(self.chooser.policy),
             "device": self._device,
             "precision": self._precision,
+            "runtime": current.serving.runtime if current is not None and current.serving else None,
             "cached_versions": self.cached_versions(),
             "failed_versions": self.failed_versions(),
         }
@@ -506,5 +535,7 @@ def engine_from_settings(store: ModelStore, settings: Settings, **overrides: Any
         "batch_timeout": settings.batch_timeout_ms / 1000.0,
         "max_queue": settings.max_queue,
         "policy": settings.policy,
+        "runtime": settings.inference_runtime,
+        "runtime_cache": settings.runtime_cache_dir,
     }
     return Engine(store, **{**options, **overrides})

@@ -13,6 +13,10 @@
   (``models.colorize.generator_output``).
 - **Inference mode**: BatchNorm uses its moving statistics and Dropout is off
   (``training=False``), so an image's output does not depend on the rest of its batch.
+- **Runtime** (``models.runtimes``): at the model's own render side, warming up also decides what
+  runs it on a CPU: TensorFlow as above, or the same function converted to OpenVINO and checked
+  against TensorFlow (``runtime`` "openvino"), or whichever of the two is faster here, measured
+  then ("auto"). Other sides, and every GPU, run on TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from models.colorize import generator_output
+from models import runtimes
+from models.colorize import generator_output, prepare
 from models.networks import build_generator, decoder_of, encoder_of, width_of
 from models.presets import get_preset
 from models.store import LoadedModel
@@ -68,9 +73,13 @@ class InferenceModel:
         model: LoadedModel,
         precision: str = "float32",
         device: str = "CPU:0",
+        runtime: str = "tensorflow",
+        cache: runtimes.ConversionCache | None = None,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if runtime not in runtimes.RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(runtimes.RUNTIMES)}, got {runtime!r}")
         self.model = model
         self.device = device
         self.precision = precision
@@ -85,6 +94,17 @@ class InferenceModel:
                 )
                 self.precision = "float32"
         self.in_channels = int(self.network.input_shape[-1])
+        self.runtime_preference = runtime
+        self.cache = cache
+        # What runs the model's render side (set when warming up at it), and why.
+        self.runtime = "tensorflow"
+        self.runtime_precision = self.precision
+        self.runtime_reason = "not warmed up at the model's render side yet"
+        # Why OpenVINO does not serve a model it was to serve (conversion or check failed), else None.
+        self.fallback: str | None = None
+        self.runtime_seconds: dict[str, float] = {}  # auto's measurement: seconds per image
+        self._runners: dict[int, runtimes.Runner] = {}  # sides not run by TensorFlow
+        self._decided: set[int] = set()
         self._functions: dict[int, Any] = {}
         self._lock = threading.Lock()
 
@@ -119,11 +139,99 @@ class InferenceModel:
         if target > count:
             padding = np.zeros((target - count, *inputs.shape[1:]), np.float32)
             inputs = np.concatenate([inputs, padding])
+        runner = self._runners.get(size)
+        if runner is not None:
+            return runner(inputs)[:count]
+        return self._tensorflow(inputs)[:count]
+
+    def _tensorflow(self, inputs: np.ndarray) -> np.ndarray:
         with tf.device(self.device):
-            out = self.function(size)(tf.convert_to_tensor(inputs, tf.float32))
-        return out.numpy()[:count]
+            return self.function(inputs.shape[1])(tf.convert_to_tensor(inputs, tf.float32)).numpy()
 
     def warm_up(self, size: int, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Trace the function for ``size`` and run each batch size once (kernels are picked per shape)."""
+        """Trace the function for ``size`` and run each batch size once (kernels are picked per
+        shape); at the model's render side, then choose the runtime (``choose_runtime``)."""
         for count in batch_sizes:
             self.predict(np.zeros((count, size, size, self.in_channels), np.float32))
+        if size == self.model.render_size and size not in self._decided:
+            self.choose_runtime(size, batch_sizes)
+            self._decided.add(size)
+
+    # -- runtime -------------------------------------------------------------------------------
+
+    def choose_runtime(self, size: int, batch_sizes: tuple[int, ...]) -> None:
+        """Decide what runs side ``size``: TensorFlow (asked, on a GPU, or a model too fast to gain
+        from converting), OpenVINO (asked, or measured faster by ``auto``). OpenVINO that cannot
+        convert or does not match TensorFlow leaves TensorFlow serving, with a log line and
+        ``fallback`` saying why."""
+        tensorflow = runtimes.Runner("tensorflow", self.precision, self._tensorflow)
+        largest = np.zeros((max(batch_sizes), size, size, self.in_channels), np.float32)
+        preference = self.runtime_preference
+        self.runtime, self.fallback = "tensorflow", None
+        if preference == "tensorflow":
+            self.runtime_reason = "COLORIZER_INFERENCE_RUNTIME is tensorflow"
+            return
+        if not self.device.upper().startswith("CPU"):
+            self.runtime_reason = f"OpenVINO runs on CPUs only; this model runs on {self.device}"
+            return
+        if preference == "auto":
+            seconds = runtimes.per_image_seconds(tensorflow, largest)
+            if seconds < runtimes.TRIVIAL_SECONDS:
+                self.runtime_reason = (
+                    f"TensorFlow takes {1000 * seconds:.2f} ms per image: too little to gain from converting"
+                )
+                return
+        try:
+            runner = self._openvino(size)
+        except runtimes.RuntimeUnavailable as exc:
+            self.fallback = str(exc)
+            self.runtime_reason = f"OpenVINO is not used: {exc}"
+            log.warning("model version %s runs on TensorFlow: %s", self.model.version, exc)
+            return
+        if preference == "openvino":
+            chosen, why = runner, "COLORIZER_INFERENCE_RUNTIME is openvino"
+        else:
+            chosen, self.runtime_seconds = runtimes.choose([tensorflow, runner], largest)
+            measured = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in self.runtime_seconds.items())
+            why = f"the fastest here per image in batches of {len(largest)}: {measured}"
+        self.runtime, self.runtime_precision, self.runtime_reason = chosen.runtime, chosen.precision, why
+        if chosen is runner:
+            self._runners[size] = runner
+        log.info("model version %s runs on %s: %s", self.model.version, chosen.name, why)
+
+    def _openvino(self, size: int) -> runtimes.Runner:
+        """The OpenVINO Runner for side ``size``, checked against TensorFlow float32 on a fixed input
+        (two synthetic photographs prepared as the service prepares any). Raises RuntimeUnavailable."""
+        network, flip, sizes = self.model.generator, self.model.flip_average, self.model.scale_sizes(size)
+        spec = tf.TensorSpec([None, size, size, self.in_channels], tf.float32)
+        reference_fn = tf.function(
+            lambda x: generator_output(network, x, flip, sizes), input_signature=[spec]
+        )
+        with tf.device(self.device):
+            check = np.stack([prepare(self.model, photo, size)[0] for photo in check_photographs()])
+            reference = reference_fn(tf.convert_to_tensor(check)).numpy()
+        options = {"flip_average": flip, "scale_sizes": list(sizes), "preset": self.model.preset}
+        return runtimes.openvino_runner(
+            reference_fn,
+            size,
+            self.in_channels,
+            options,
+            self.model.generator.get_weights(),
+            check,
+            reference,
+            self.cache,
+        )
+
+
+def check_photographs() -> list[np.ndarray]:
+    """Two fixed synthetic RGB photographs (smooth colour fields with stripes and edges, two aspect
+    ratios): the input every runtime's output is checked on."""
+    rng = np.random.default_rng(19)
+    photos = []
+    for height, width in ((240, 320), (200, 120)):
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        coarse = rng.uniform(0, 255, (4, 5, 3)).astype(np.float32)
+        field = coarse[(y * 4 // height).astype(int), (x * 5 // width).astype(int)]
+        field += 40 * (np.sin(x / 6.0) * np.cos(y / 9.0))[..., None]
+        photos.append(np.clip(field, 0, 255).astype(np.uint8))
+    return photos

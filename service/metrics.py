@@ -79,8 +79,21 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "colorizer_model_info",
-            "The model version /colorize serves (value 1), with its preset, precision and device.",
-            ["version", "preset", "precision", "device"],
+            "The model version /colorize serves (value 1), with its preset, precision, device and runtime.",
+            ["version", "preset", "precision", "device", "runtime"],
+            registry=registry,
+        )
+        self.runtime_info = Gauge(
+            "colorizer_model_runtime_info",
+            "Every model version loaded (value 1), with the runtime and precision that run it.",
+            ["version", "runtime", "precision"],
+            registry=registry,
+        )
+        self.runtime_fallbacks = Counter(
+            "colorizer_runtime_fallbacks",
+            "Model versions served by TensorFlow because the runtime meant to serve them (OpenVINO) "
+            "could not convert them or did not reproduce TensorFlow's output.",
+            ["runtime"],
             registry=registry,
         )
         self.reloads = Counter(
@@ -94,10 +107,24 @@ class ServiceMetrics:
 
     # -- EngineObserver ----------------------------------------------------------------------------
 
-    def model_swapped(self, model: Any, precision: str, device: str | None) -> None:
+    def model_swapped(self, model: Any, precision: str, device: str | None, runtime: str) -> None:
         self.model_info.clear()
-        self.model_info.labels(str(model.version), str(model.preset), precision, str(device)).set(1)
+        self.model_info.labels(str(model.version), str(model.preset), precision, str(device), runtime).set(1)
         self.reloads.inc()
+
+    def model_loaded(self, version: Any, runtime: str, precision: str) -> None:
+        for labels in [s.labels for m in self.runtime_info.collect() for s in m.samples]:
+            if labels["version"] == str(version):
+                self.runtime_info.remove(labels["version"], labels["runtime"], labels["precision"])
+        self.runtime_info.labels(str(version), runtime, precision).set(1)
+
+    def model_dropped(self, version: Any) -> None:
+        for labels in [s.labels for m in self.runtime_info.collect() for s in m.samples]:
+            if labels["version"] == str(version):
+                self.runtime_info.remove(labels["version"], labels["runtime"], labels["precision"])
+
+    def runtime_fallback(self, version: Any, runtime: str) -> None:
+        self.runtime_fallbacks.labels(runtime).inc()
 
     def load_failed(self, version: Any) -> None:
         self.reload_failures.inc()

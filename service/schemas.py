@@ -68,7 +68,9 @@ class ReadyResponse(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"ready": True, "model_version": 3, "device": "CPU:0", "detail": None}]
+            "examples": [
+                {"ready": True, "model_version": 3, "device": "CPU:0", "runtime": "openvino", "detail": None}
+            ]
         }
     )
 
@@ -76,6 +78,12 @@ class ReadyResponse(BaseModel):
     model_version: int | str | None = Field(None, description='A version number, or "default".')
     policy: str = Field("latest", description="What it serves by default (COLORIZER_SERVE).")
     device: str | None = Field(None, description="The TensorFlow device the model runs on.")
+    runtime: str | None = Field(
+        None,
+        description="What runs the served model at its render size: tensorflow or openvino "
+        "(COLORIZER_INFERENCE_RUNTIME), with its precision and why it was chosen in runtime_reason.",
+    )
+    runtime_reason: str | None = Field(None, description="Why that runtime serves the model.")
     detail: str | None = Field(None, description="Why it is not ready (loading, no model), if it is not.")
 
 
@@ -95,6 +103,9 @@ class ModelInfo(BaseModel):
     served: bool = Field(False, description="The version /colorize uses when no ?model= is given.")
     labels: list[str] = Field(default_factory=list, description="The labels pointing at it.")
     loaded: bool = Field(False, description="Held in memory (served or cached).")
+    runtime: str | None = Field(
+        None, description='What runs it at its render size when loaded, e.g. "openvino bfloat16".'
+    )
     error: str | None = Field(None, description="Why this version cannot be served, if it cannot.")
     metrics: dict[str, Any] | None = Field(
         None,

@@ -23,7 +23,15 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     current = engine.current
     if current is not None:
         policy = str(engine.chooser.policy)
-        body = ReadyResponse(ready=True, model_version=current.version, policy=policy, device=engine.device)
+        serving = current.serving
+        body = ReadyResponse(
+            ready=True,
+            model_version=current.version,
+            policy=policy,
+            device=engine.device,
+            runtime=f"{serving.runtime} {serving.runtime_precision}" if serving is not None else None,
+            runtime_reason=serving.runtime_reason if serving is not None else None,
+        )
         return JSONResponse(body.model_dump())
     detail = engine.waiting_reason()
     body = ReadyResponse(ready=False, policy=str(engine.chooser.policy), device=engine.device, detail=detail)

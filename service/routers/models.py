@@ -70,6 +70,7 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
         log.warning("GET /models lists no labels: %s", exc)
         labels = {}
     cached = set(engine.cached_versions())
+    runtimes = engine.loaded_runtimes()
     failed = engine.failed_versions()
     listed: list[tuple[int | str, dict[str, Any]]] = []
     if store.has_default():
@@ -89,6 +90,7 @@ def list_models(store: StoreDep, engine: EngineDep) -> ModelsResponse:
                 served=version == served,
                 labels=sorted(name for name, target in labels.items() if target == version),
                 loaded=version == served or version in cached,
+                runtime=runtimes.get(version),
                 error=failed.get(version) or meta.get("error"),
                 metrics=metrics if isinstance(metrics, dict) else None,
                 metadata=meta,

@@ -18,6 +18,7 @@ from models.store import GENERATOR_FILE, METADATA_FILE
 from tests.apptest import (
     TINY_JOB,
     assert_json_error,
+    changed,
     encode,
     photo,
     publish_tiny,
@@ -55,7 +56,10 @@ def test_readyz_is_503_on_an_empty_store_then_200_once_a_version_is_published(se
 
     publish_tiny(settings)
     ready = wait_for(lambda: (r := client.get("/readyz")).status_code == 200 and r.json(), what="hot reload")
+    runtime = ready.pop("runtime"), ready.pop("runtime_reason")
     assert ready == {"ready": True, "model_version": 1, "policy": "latest", "device": "CPU:0", "detail": None}
+    # a 32 px model of width 4 is too fast for a conversion to pay
+    assert runtime[0].startswith("tensorflow ") and "too little to gain" in runtime[1]
     assert client.get("/healthz").status_code == 200
 
 
@@ -186,7 +190,9 @@ def test_metrics_expose_requests_inference_model_and_memory(client):
     assert _metric(text, "colorizer_inference_batch_size_sum") == 3
     assert _metric(text, "colorizer_inference_seconds_count") == 3
     assert _metric(text, "colorizer_inference_queue_depth") == 0
-    assert _metric(text, "colorizer_model_info", version="1", preset="lab") == 1
+    assert _metric(text, "colorizer_model_info", version="1", preset="lab", runtime="tensorflow") == 1
+    assert _metric(text, "colorizer_model_runtime_info", version="1", runtime="tensorflow") == 1
+    assert _metric(text, "colorizer_runtime_fallbacks_total") is None  # no OpenVINO was asked for
     assert _metric(text, "colorizer_model_reloads_total") == 1
     assert _metric(text, "colorizer_model_reload_failures_total") == 0
     assert _metric(text, "process_resident_memory_bytes") > 10_000_000
@@ -206,6 +212,40 @@ def test_metrics_count_a_version_that_fails_to_load(client, settings):
     assert _metric(text, "colorizer_model_reloads_total") == 2
     assert _metric(text, "colorizer_model_info", version="3") == 1
     assert _metric(text, "colorizer_model_info", version="1") is None
+
+
+def test_openvino_serves_and_a_version_it_cannot_convert_is_served_by_tensorflow(
+    settings, start, monkeypatch
+):
+    from models import runtimes
+
+    publish_tiny(settings)
+    client = start(changed(settings, inference_runtime="openvino"))
+    ready = wait_for(lambda: (r := client.get("/readyz")).status_code == 200 and r.json(), what="served")
+    assert ready["runtime"] == "openvino float32"
+    assert ready["runtime_reason"] == "COLORIZER_INFERENCE_RUNTIME is openvino"
+    assert client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"}).is_success
+    assert [v["runtime"] for v in client.get("/models").json()["versions"]] == ["openvino float32"]
+    assert (settings.data_dir / "cache" / "openvino").is_dir()
+
+    def fails(*args):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(runtimes, "convert", fails)
+    publish_tiny(settings)  # version 2: its conversion fails
+    ready = wait_for(
+        lambda: (r := client.get("/readyz")).json()["model_version"] == 2 and r.json(), what="version 2"
+    )
+    assert ready["runtime"].startswith("tensorflow ")
+    assert "OpenVINO cannot convert the model: RuntimeError: unsupported operation" in ready["runtime_reason"]
+    assert client.post("/colorize", content=encode(photo()), headers={"content-type": "image/png"}).is_success
+    text = client.get("/metrics").text
+    assert _metric(text, "colorizer_runtime_fallbacks_total", runtime="openvino") == 1
+    assert _metric(text, "colorizer_model_info", version="2", runtime="tensorflow") == 1
+    assert _metric(text, "colorizer_model_runtime_info", version="1", runtime="openvino") == 1
+    assert _metric(text, "colorizer_model_runtime_info", version="2", runtime="tensorflow") == 1
+    versions = {v["version"]: v["runtime"] for v in client.get("/models").json()["versions"]}
+    assert versions[1] == "openvino float32" and versions[2].startswith("tensorflow ")
 
 
 # -- API key -------------------------------------------------------------------------------------
