@@ -445,7 +445,7 @@ class Engine:
         serving.warm_up(model.render_size, self.buckets)
         if self.observer is not None:
             if serving.fallback is not None:
-                self.observer.runtime_fallback(model.version, self.runtime_preference)
+                self.observer.runtime_fallback(model.version, "openvino")
             self.observer.model_loaded(model.version, serving.runtime, serving.runtime_precision)
         import tensorflow as tf
 

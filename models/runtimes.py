@@ -176,13 +176,15 @@ def _file_sums(folder: Path) -> dict[str, str]:
 class ConversionCache:
     """Converted models on disk, one folder per key: model.xml, model.bin, and sums.json (their
     SHA-256) written last. Writers build in a temporary folder and rename it into place, so
-    processes sharing the folder never see half a conversion."""
+    processes sharing the folder never see half a conversion. Reading a conversion marks it used;
+    writing one deletes all but the ``keep`` most recently used (old versions' conversions)."""
 
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
+    def __init__(self, root: Path | str, keep: int = 8):
+        self.base = Path(root) / "openvino"
+        self.keep = keep
 
     def folder(self, key: str) -> Path:
-        return self.root / "openvino" / key
+        return self.base / key
 
     def read(self, key: str) -> Any | None:
         """The cached ov.Model for ``key``, or None when absent. A folder whose files do not match
@@ -196,7 +198,9 @@ class ConversionCache:
                 raise ValueError("its files do not match their checksums")
             import openvino as ov
 
-            return ov.Core().read_model(folder / "model.xml")
+            model = ov.Core().read_model(folder / "model.xml")
+            os.utime(folder)  # used: the last to be pruned
+            return model
         except Exception as exc:  # OSError, ValueError, OpenVINO's RuntimeError: unusable either way
             self.discard(key, f"{type(exc).__name__}: {exc}")
             return None
@@ -216,8 +220,16 @@ class ConversionCache:
                 os.rename(building, folder)
             except OSError:  # another process cached the same conversion meanwhile
                 shutil.rmtree(building, ignore_errors=True)
+            self._prune()
         except OSError as exc:
             log.warning("the OpenVINO conversion could not be cached in %s: %s", folder.parent, exc)
+
+    def _prune(self) -> None:
+        entries = [p for p in self.base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for stale in entries[self.keep :]:
+            log.info("dropping the cached OpenVINO conversion %s (%d kept)", stale.name, self.keep)
+            shutil.rmtree(stale, ignore_errors=True)
 
     def discard(self, key: str, reason: str) -> None:
         folder = self.folder(key)

@@ -85,6 +85,21 @@ def test_openvino_serves_what_tensorflow_computes_and_is_converted_once(tmp_path
     assert len(conversions) == 2 and len(list((tmp_path / "openvino").iterdir())) == 2
 
 
+def test_the_cache_keeps_the_most_recently_used_conversions(tmp_path, conversions):
+    cache = ConversionCache(tmp_path, keep=2)
+    models = [scale_last_layer(lively_model(), factor) for factor in (1.0, 2.0, 3.0)]
+    serving(models[0], cache)
+    serving(models[1], cache)
+    serving(models[0], cache)  # read back: used again, newer than the second
+    assert len(conversions) == 2
+    serving(models[2], cache)  # a third conversion: the least recently used one goes
+    assert len(list((tmp_path / "openvino").iterdir())) == 2
+    serving(models[0], cache)
+    assert len(conversions) == 3  # still cached
+    serving(models[1], cache)
+    assert len(conversions) == 4  # dropped, converted again
+
+
 @pytest.mark.parametrize("damage", ["truncated weights", "checksums of another model", "no checksums"])
 def test_a_corrupt_cached_conversion_is_rebuilt_never_served(tmp_path, conversions, damage, caplog):
     model = lively_model()
