@@ -79,7 +79,8 @@ class Runner:
 
 
 def _decline_telemetry() -> None:
-    """Make OpenVINO's telemetry see a declined consent (as after ``opt_in_out --opt_out``)."""
+    """Make OpenVINO's telemetry see a declined consent (as after ``opt_in_out --opt_out``). Must
+    run before ``openvino`` is first imported: importing it sets the telemetry up (``_openvino``)."""
     try:
         from openvino_telemetry.utils import opt_in_checker
     except ImportError:  # OpenVINO without its telemetry package sends nothing
@@ -88,10 +89,18 @@ def _decline_telemetry() -> None:
     opt_in_checker.OptInChecker.check = lambda self, *args, **kwargs: declined
 
 
+def _openvino() -> Any:
+    """The ``openvino`` module, imported with its telemetry declined."""
+    _decline_telemetry()
+    import openvino
+
+    return openvino
+
+
 def openvino_version() -> str:
     """The installed OpenVINO's version; raises RuntimeUnavailable when it cannot be imported."""
     try:
-        import openvino
+        openvino = _openvino()
     except Exception as exc:  # not installed, or a wheel that does not load on this CPU
         raise RuntimeUnavailable(f"OpenVINO cannot be imported: {type(exc).__name__}: {exc}") from exc
     return openvino.get_version()
@@ -100,8 +109,7 @@ def openvino_version() -> str:
 def openvino_precisions() -> tuple[str, ...]:
     """The precisions OpenVINO's CPU plugin computes natively here (float32, and bfloat16 with
     AVX512_BF16 or AMX): what bench/agreement.py compares; the service uses float32 only."""
-    import openvino as ov
-
+    ov = _openvino()
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return ("float32", "bfloat16") if "BF16" in capabilities else ("float32",)
 
@@ -110,9 +118,7 @@ def convert(function: Any, side: int, channels: int) -> Any:
     """The ov.Model of ``function`` (a tf.function with input signature (None, side, side,
     channels)): one input, its first output only (Keras's resize layers leave shape tensors as
     extra outputs), any batch size."""
-    _decline_telemetry()
-    import openvino as ov
-
+    ov = _openvino()
     converted = ov.convert_model(function.get_concrete_function())
     model = ov.Model([converted.output(0)], converted.get_parameters(), "generator")
     model.reshape([-1, side, side, channels])
@@ -124,8 +130,7 @@ def compile_openvino(model: Any, precision: str) -> Runner:
     runs one batch at a time), threads not pinned to cores. Pinned, they ran about 6x slower
     whenever another process wanted a core (a training job at nice 19 beside a 2-core server);
     unpinned, about 2x slower, and as fast on an idle machine."""
-    import openvino as ov
-
+    ov = _openvino()
     compiled = ov.Core().compile_model(
         model,
         "CPU",
@@ -196,8 +201,7 @@ class ConversionCache:
             recorded = json.loads((folder / "sums.json").read_text())
             if _file_sums(folder) != recorded:
                 raise ValueError("its files do not match their checksums")
-            import openvino as ov
-
+            ov = _openvino()
             model = ov.Core().read_model(folder / "model.xml")
             os.utime(folder)  # used: the last to be pruned
             return model
@@ -208,8 +212,7 @@ class ConversionCache:
     def write(self, key: str, model: Any) -> None:
         """Save ``model`` under ``key`` (weights kept in float32); a failure to write is logged, the
         model still serves."""
-        import openvino as ov
-
+        ov = _openvino()
         folder = self.folder(key)
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)

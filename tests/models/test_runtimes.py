@@ -241,6 +241,22 @@ def test_a_model_taking_hints_converts_with_its_hint_channels(tmp_path):
     assert np.abs(inference.predict(inputs) - reference(model, inputs)).max() < 1e-4
 
 
+def test_converting_sends_no_usage_data(tmp_path, monkeypatch):
+    """OpenVINO's converter reports usage to Google Analytics from a forked copy of the process per
+    event unless consent was declined (30 forks for one conversion of the tiny model, measured
+    with the decline removed): the service declines it, so converting starts no process."""
+    import multiprocessing
+
+    from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+
+    monkeypatch.delenv("CI", raising=False)  # the telemetry's own opt-out for CI jobs must not hide it
+    started = []
+    monkeypatch.setattr(multiprocessing.Process, "start", lambda process: started.append(process))
+    serving(lively_model(), ConversionCache(tmp_path))
+    assert started == []
+    assert OptInChecker().check(enable_opt_in_dialog=False) == ConsentCheckResult.DECLINED
+
+
 def test_check_photographs_are_fixed():
     first, second = check_photographs(), check_photographs()
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
