@@ -459,7 +459,7 @@ def colorize(
             raise click.BadParameter(str(NoHintInputs(model.version)), param_hint="--hints")
         click.echo(
             f"colorizing {len(todo)} of {len(tasks)} file(s) with model version {model.version} "
-            f"({model.serving.runtime} {model.serving.runtime_precision} on {engine.device}, "
+            f"({model.serving.runtime_name} on {engine.device}, "
             f"batches of up to {settings.max_batch_size})",
             err=True,
         )

@@ -156,10 +156,10 @@ class Engine:
             return list(self._cache)
 
     def loaded_runtimes(self) -> dict[Version, str]:
-        """What runs each version held in memory at its render size, e.g. "openvino bfloat16"."""
+        """What runs each version held in memory at its render size, e.g. "openvino float32"."""
         with self._state_lock:
             models = [*self._cache.values(), *([self._current] if self._current is not None else [])]
-        return {m.version: f"{m.serving.runtime} {m.serving.runtime_precision}" for m in models if m.serving}
+        return {m.version: m.serving.runtime_name for m in models if m.serving}
 
     def failed_versions(self) -> dict[Version, str]:
         """Versions that failed to load, with the reason."""
@@ -344,8 +344,8 @@ class Engine:
             self._cache.pop(model.version, None)
             if old is not None:
                 self._remember(old)
+        serving = self._serving(model)
         if self.observer is not None:
-            serving = self._serving(model)
             self.observer.model_swapped(model, serving.runtime_precision, self._device, serving.runtime)
         log.info(
             "now serving model version %s (preset %s, %d px) on %s with %s",
@@ -353,7 +353,7 @@ class Engine:
             model.preset,
             model.render_size,
             self._device,
-            self._serving(model).runtime,
+            serving.runtime_name,
         )
 
     def _remember(self, model: LoadedModel) -> None:
@@ -517,7 +517,7 @@ class Engine:
             "policy": str(self.chooser.policy),
             "device": self._device,
             "precision": self._precision,
-            "runtime": current.serving.runtime if current is not None and current.serving else None,
+            "runtime": current.serving.runtime_name if current is not None and current.serving else None,
             "cached_versions": self.cached_versions(),
             "failed_versions": self.failed_versions(),
         }

@@ -21,6 +21,7 @@ internet here); this module declines it before converting (``_decline_telemetry`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -89,6 +90,7 @@ def _decline_telemetry() -> None:
     opt_in_checker.OptInChecker.check = lambda self, *args, **kwargs: declined
 
 
+@functools.cache
 def _openvino() -> Any:
     """The ``openvino`` module, imported with its telemetry declined."""
     _decline_telemetry()

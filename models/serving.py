@@ -144,6 +144,11 @@ class InferenceModel:
             return runner(inputs)[:count]
         return self._tensorflow(inputs)[:count]
 
+    @property
+    def runtime_name(self) -> str:
+        """What runs the model's render side, e.g. "openvino float32" (``runtimes.Runner.name``)."""
+        return f"{self.runtime} {self.runtime_precision}"
+
     def _tensorflow(self, inputs: np.ndarray) -> np.ndarray:
         with tf.device(self.device):
             return self.function(inputs.shape[1])(tf.convert_to_tensor(inputs, tf.float32)).numpy()

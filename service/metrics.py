@@ -113,9 +113,7 @@ class ServiceMetrics:
         self.reloads.inc()
 
     def model_loaded(self, version: Any, runtime: str, precision: str) -> None:
-        for labels in [s.labels for m in self.runtime_info.collect() for s in m.samples]:
-            if labels["version"] == str(version):
-                self.runtime_info.remove(labels["version"], labels["runtime"], labels["precision"])
+        self.model_dropped(version)  # a version reloaded may run on another runtime now
         self.runtime_info.labels(str(version), runtime, precision).set(1)
 
     def model_dropped(self, version: Any) -> None:

@@ -69,7 +69,13 @@ class ReadyResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"ready": True, "model_version": 3, "device": "CPU:0", "runtime": "openvino", "detail": None}
+                {
+                    "ready": True,
+                    "model_version": 3,
+                    "device": "CPU:0",
+                    "runtime": "openvino float32",
+                    "detail": None,
+                }
             ]
         }
     )
@@ -104,7 +110,7 @@ class ModelInfo(BaseModel):
     labels: list[str] = Field(default_factory=list, description="The labels pointing at it.")
     loaded: bool = Field(False, description="Held in memory (served or cached).")
     runtime: str | None = Field(
-        None, description='What runs it at its render size when loaded, e.g. "openvino bfloat16".'
+        None, description='What runs it at its render size when loaded, e.g. "openvino float32".'
     )
     error: str | None = Field(None, description="Why this version cannot be served, if it cannot.")
     metrics: dict[str, Any] | None = Field(

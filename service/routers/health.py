@@ -29,7 +29,7 @@ async def readyz(engine: EngineDep) -> JSONResponse:
             model_version=current.version,
             policy=policy,
             device=engine.device,
-            runtime=f"{serving.runtime} {serving.runtime_precision}" if serving is not None else None,
+            runtime=serving.runtime_name if serving is not None else None,
             runtime_reason=serving.runtime_reason if serving is not None else None,
         )
         return JSONResponse(body.model_dump())
