@@ -168,8 +168,8 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
 
 
 def machine() -> str:
-    """One line about the machine: CPU model, cores, bfloat16 support."""
-    from models.device import bfloat16_supported
+    """One line about the machine: CPU model, cores, bfloat16 support, oneDNN's instruction cap."""
+    from models.device import bfloat16_supported, onednn_isa_cap
 
     model = "unknown CPU"
     try:
@@ -180,4 +180,6 @@ def machine() -> str:
     except OSError:
         pass
     bf16 = "native bfloat16" if bfloat16_supported("CPU:0") else "no native bfloat16"
-    return f"{model}, {os.cpu_count()} cores, {bf16}"
+    cap = onednn_isa_cap()
+    capped = "" if cap == "ALL" else f", oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA)"
+    return f"{model}, {os.cpu_count()} cores, {bf16}{capped}"

@@ -236,6 +236,21 @@ def training_strategy(strategy: str = "auto", devices: list[str] | None = None, 
 INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
 TRAINING_PRECISIONS = ("auto", "float32", "mixed")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA, or the older DNNL_MAX_CPU_ISA) under which its
+# kernels still use bfloat16 instructions; with a lower cap (AVX2, AVX512_CORE_VNNI, ...)
+# TensorFlow's and OpenVINO's oneDNN kernels emulate bfloat16 whatever the CPU has. A user sets the
+# cap to keep to what every machine of a fleet has; a benchmark sets it to stand in for an older CPU.
+_ONEDNN_BF16_CAPS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16")
+
+
+def onednn_isa_cap() -> str:
+    """The instruction-set cap oneDNN runs under ("ALL" when none is set), upper case."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+
+
+def _onednn_allows_bf16() -> bool:
+    cap = onednn_isa_cap()
+    return cap == "ALL" or cap in _ONEDNN_BF16_CAPS or cap.startswith("AVX10")
 
 
 def _cpuinfo_field(names: tuple[str, ...], cpuinfo: str) -> str:
@@ -261,8 +276,9 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def bfloat16_supported(device: str) -> bool:
-    """Whether ``device`` computes bfloat16 natively: AVX512_BF16 or AMX on a CPU, compute
-    capability 8.0 (Ampere) or newer on a GPU. Emulated bfloat16 is slower than float32."""
+    """Whether ``device`` computes bfloat16 natively: AVX512_BF16 or AMX on a CPU (and oneDNN not
+    capped below them, ``onednn_isa_cap``), compute capability 8.0 (Ampere) or newer on a GPU.
+    Emulated bfloat16 is slower than float32."""
     if device.upper().startswith("GPU"):
         import tensorflow as tf
 
@@ -274,7 +290,7 @@ def bfloat16_supported(device: str) -> bool:
             log.info("cannot read the GPU's compute capability (%s); assuming no bfloat16", exc)
             return False
         return tuple(details.get("compute_capability") or (0, 0)) >= (8, 0)
-    return any(flag in cpu_flags() for flag in _CPU_BF16_FLAGS)
+    return _onednn_allows_bf16() and any(flag in cpu_flags() for flag in _CPU_BF16_FLAGS)
 
 
 def inference_precision(preference: str, device: str) -> str:

@@ -26,6 +26,8 @@ def tiny_config(**overrides) -> TrainConfig:
 @pytest.fixture
 def bf16_cpu(monkeypatch):
     monkeypatch.setattr(models.device, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
 
 
 @pytest.fixture
@@ -47,6 +49,27 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 def test_auto_inference_precision_is_bfloat16_only_on_a_cpu_with_it(bf16_cpu):
     assert inference_precision("auto", "CPU:0") == "bfloat16"
     assert inference_precision("float32", "CPU:0") == "float32"
+
+
+@pytest.mark.parametrize(
+    ("variable", "cap", "native"),
+    [
+        ("ONEDNN_MAX_CPU_ISA", "AVX2", False),
+        ("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni", False),
+        ("DNNL_MAX_CPU_ISA", "AVX512_CORE", False),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", True),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", True),
+        ("ONEDNN_MAX_CPU_ISA", "AVX10_1_512", True),
+        ("ONEDNN_MAX_CPU_ISA", "ALL", True),
+    ],
+)
+def test_a_onednn_instruction_cap_below_bfloat16_means_no_native_bfloat16(
+    bf16_cpu, monkeypatch, variable, cap, native
+):
+    monkeypatch.setenv(variable, cap)
+    assert models.device.onednn_isa_cap() == cap.upper()
+    assert bfloat16_supported("CPU:0") is native
+    assert inference_precision("auto", "CPU:0") == ("bfloat16" if native else "float32")
 
 
 def test_auto_inference_precision_is_float32_on_a_cpu_without_bfloat16(plain_cpu, caplog):
