@@ -156,12 +156,23 @@ def _prepare(
 def finish(model: LoadedModel, prediction: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray:
     """RGB uint8 (H, W, 3), read-only (``join_chroma``): the generator's ``prediction`` (s, s, C) for
     a photograph whose lightness ``prepare`` gave as ``light``, chroma upsampled and joined with it
-    (scaled by the model's ``chroma_scale`` first, when it has one; with hints too, so that a hint
-    changes nothing far from it)."""
+    (scaled by the model's ``chroma_scale`` first, when it has one, then faint colours muted under
+    its ``chroma_knee``; with hints too, so that a hint changes nothing far from it)."""
     chroma = output_chroma(prediction, model.preset)
     if model.chroma_scale != 1.0:
         chroma = chroma * model.chroma_scale
+    if model.chroma_knee:
+        chroma = mute_faint(chroma, model.chroma_knee)
     return join_chroma(chroma, light)
+
+
+def mute_faint(chroma: np.ndarray | tf.Tensor, knee: float) -> np.ndarray:
+    """``chroma`` (..., 2) ab with each pixel's colour of strength c < ``knee`` scaled by c / knee
+    (a colour of strength c then has c * c / knee), stronger ones unchanged: continuous, per pixel,
+    the hue kept."""
+    chroma = np.asarray(chroma, np.float32)
+    strength = np.sqrt(np.square(chroma).sum(axis=-1, keepdims=True))
+    return chroma * np.minimum(strength * np.float32(1.0 / knee), np.float32(1.0))
 
 
 def colorize_array(

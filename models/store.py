@@ -71,6 +71,14 @@ class LoadedModel:
         return float(self.metadata.get("chroma_scale", 1.0))
 
     @property
+    def chroma_knee(self) -> float:
+        """The chroma (Lab units) under which serving mutes a predicted colour in proportion to its
+        strength: c becomes c * c / knee below it, stays above (metadata ``chroma_knee``, applied
+        after ``chroma_scale``; 0, off, when absent). A faint colour is the model hedging between
+        hues it cannot tell apart; a strong one, a colour it knows (recipe.calibrate)."""
+        return float(self.metadata.get("chroma_knee", 0.0))
+
+    @property
     def flip_average(self) -> bool:
         """Whether serving averages the generator's output on the photograph and on its mirror
         image (metadata ``flip_average``, chosen on calibration photographs by recipe.default_model)."""
@@ -112,6 +120,9 @@ def load_generator_dir(path: Path, version: int | str) -> LoadedModel:
     scale = metadata.get("chroma_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0.0 < scale <= 2.0:
         raise BrokenVersion(f"{path}: chroma_scale must be a number in (0, 2], got {scale!r}")
+    knee = metadata.get("chroma_knee", 0.0)
+    if isinstance(knee, bool) or not isinstance(knee, int | float) or not 0.0 <= knee <= 100.0:
+        raise BrokenVersion(f"{path}: chroma_knee must be a number in [0, 100], got {knee!r}")
     render_size = metadata.get("render_size", image_size)
     if (
         isinstance(render_size, bool)

@@ -33,7 +33,7 @@ CHOOSE_AT = 10
 # What of each point of a hint curve a version's metadata keeps.
 HINT_SUMMARY = ("hints", "ciede2000", "grayscale_ciede2000", "psnr", "colourfulness", "colourfulness_gt")
 # Serving's metadata that the hint model keeps from the automatic one it grew from.
-SERVING_KEYS = ("render_size", "flip_average", "chroma_scale", "scale_steps")
+SERVING_KEYS = ("render_size", "flip_average", "chroma_scale", "chroma_knee", "scale_steps")
 
 
 def weights_digest(model: LoadedModel) -> str:

@@ -246,10 +246,15 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
         "",
         *_tried_table("flip average", "flip_average", comparison.get("flip_averages_tried", [])),
         "",
-        "The chroma scale at that size on the calibration photographs (the lowest CIEDE2000 keeping at least "
+        "The chroma scale and knee (faint colours muted under it, 0: off) at that size on the "
+        "calibration photographs (the lowest CIEDE2000 keeping at least "
         f"{CALIBRATED_COLOURFULNESS:.0%} of the truth's colourfulness):",
         "",
-        *_tried_table("chroma scale", "chroma_scale", comparison["chroma_scales_tried"]),
+        *_tried_table(
+            "chroma scale, knee",
+            ("chroma_scale", "chroma_knee"),
+            comparison["chroma_scales_tried"],
+        ),
         "",
         "The shipped model by category (validation, full resolution):",
         "",
@@ -266,13 +271,16 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
     (docs_dir / "comparison.md").write_text("\n".join(lines))
 
 
-def _tried_table(title: str, key: str, tried: list[dict[str, Any]]) -> list[str]:
-    """Markdown rows: each setting ``key`` tried on the calibration photographs and its scores."""
+def _tried_table(title: str, key: str | tuple[str, ...], tried: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: each setting ``key`` (or settings: a tuple of keys, absent ones 0) tried on
+    the calibration photographs and its scores."""
+    keys = (key,) if isinstance(key, str) else key
     return [
         f"| {title} | CIEDE2000 | gray input's | colourfulness | truth's |",
         "|---:|---:|---:|---:|---:|",
         *(
-            f"| {t[key]} | {t['ciede2000']:.2f} | {t['grayscale_ciede2000']:.2f} "
+            f"| {', '.join(str(t.get(k, 0)) for k in keys)} | {t['ciede2000']:.2f} "
+            f"| {t['grayscale_ciede2000']:.2f} "
             f"| {t['colourfulness']:.1f} | {t['colourfulness_gt']:.1f} |"
             for t in tried
         ),

@@ -161,6 +161,40 @@ def test_serving_multiplies_the_predicted_chroma_by_the_models_chroma_scale(tmp_
             ModelStore.load_dir(version, "bad")
 
 
+def test_a_chroma_knee_mutes_faint_colours_in_proportion_and_leaves_strong_ones(tmp_path):
+    from models.colorize import mute_faint
+
+    ab = np.array([[[0.0, 0.0], [3.0, 4.0], [-6.0, 8.0], [12.0, -16.0], [30.0, 40.0]]], np.float32)
+    muted = mute_faint(ab, 20.0)  # strengths 0, 5, 10, 20, 50
+    np.testing.assert_allclose(muted[0, :3], ab[0, :3] * np.array([[0.0], [0.25], [0.5]]), atol=1e-6)
+    np.testing.assert_array_equal(muted[0, 3:], ab[0, 3:])  # at and above the knee: unchanged
+    hue = np.arctan2(ab[0, 1:, 1], ab[0, 1:, 0])
+    np.testing.assert_allclose(np.arctan2(muted[0, 1:, 1], muted[0, 1:, 0]), hue, atol=1e-6)
+    # Served: the lightness stays the photograph's; faint colours fade more than strong ones.
+    from skimage.color import rgb2lab
+
+    photo = make_photo(64, 48, 3)
+    plain = rgb2lab(np.asarray(colorize_array(tiny_model({}), photo)))
+    kneed = rgb2lab(np.asarray(colorize_array(tiny_model({"chroma_knee": 100.0}), photo)))
+    assert np.abs(kneed[..., 0] - plain[..., 0]).max() < 1.0
+    plain_c, kneed_c = (
+        np.hypot(*np.moveaxis(plain[..., 1:], -1, 0)),
+        np.hypot(*np.moveaxis(kneed[..., 1:], -1, 0)),
+    )
+    assert plain_c.mean() > 2.0 and kneed_c.mean() < 0.5 * plain_c.mean()
+    # each colour of strength c is served at about c * c / knee (the chroma is muted at the
+    # model's size, then enlarged: equal up to the enlargement and 8-bit rounding)
+    assert np.abs(kneed_c - plain_c**2 / 100.0).mean() < 0.5
+    # The float16 export keeps the knee; a version with a bad one is refused, not served.
+    exported = ModelStore.load_dir(export_float16(tiny_model({"chroma_knee": 20}), tmp_path / "f16"), "d")
+    assert exported.chroma_knee == 20.0 and tiny_model({}).chroma_knee == 0.0
+    for bad in (-1, 101, "faint", True):
+        version = tmp_path / f"bad-{bad}"
+        export_float16(tiny_model({"chroma_knee": bad}), version)
+        with pytest.raises(BrokenVersion, match="chroma_knee"):
+            ModelStore.load_dir(version, "bad")
+
+
 def test_flip_averaging_is_the_mean_of_the_photograph_and_its_mirror_image(tmp_path):
     from models.colorize import generator_output, predict
     from models.serving import InferenceModel

@@ -134,8 +134,8 @@ def test_the_chroma_scale_is_the_lowest_ciede_that_keeps_enough_colour(monkeypat
 
     def fake_evaluate(model, files, max_side=None):
         scale = model.chroma_scale
-        metrics = {
-            "ciede2000": by_scale[scale],
+        metrics = {  # a knee only ever costs here: it mutes and gains nothing
+            "ciede2000": by_scale[scale] + model.chroma_knee / 10,
             "colourfulness": colour_at_1 * scale,
             "colourfulness_gt": 50.0,
         }
@@ -143,11 +143,37 @@ def test_the_chroma_scale_is_the_lowest_ciede_that_keeps_enough_colour(monkeypat
 
     monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
     model = LoadedModel("x", None, "lab", 32, {})
-    scale, tried = calibrate_chroma(model, Photos([Path("c.png")], []))
-    assert scale == 0.9 and [t["chroma_scale"] for t in tried] == list(calibration.CHROMA_SCALES)
-    assert model.chroma_scale == 1.0  # the model itself is left as it was
+    chosen, tried = calibrate_chroma(model, Photos([Path("c.png")], []))
+    assert chosen == {"chroma_scale": 0.9, "chroma_knee": 0.0}
+    no_knee = [t["chroma_scale"] for t in tried if t["chroma_knee"] == 0.0]
+    assert no_knee == list(calibration.CHROMA_SCALES)
+    assert [(t["chroma_knee"], t["chroma_scale"]) for t in tried[len(no_knee) :]] == [
+        (knee, scale) for knee in calibration.CHROMA_KNEES for scale in calibration.KNEE_SCALES
+    ]
+    assert model.chroma_scale == 1.0 and model.chroma_knee == 0.0  # the model itself is left as it was
     colour_at_1 = 28.0  # a model that plays safe with brownish output: its chroma is raised
-    assert calibrate_chroma(model, Photos([Path("c.png")], []))[0] == 1.5
+    assert calibrate_chroma(model, Photos([Path("c.png")], []))[0]["chroma_scale"] == 1.5
+
+
+def test_a_knee_is_chosen_when_muting_faint_colours_beats_the_scale_alone(monkeypatch):
+    def fake_evaluate(model, files, max_side=None):
+        scale, knee = model.chroma_scale, model.chroma_knee
+        # muting the faint colours costs a little colour and wins more error than the scale alone
+        metrics = {
+            "ciede2000": 10.0 + abs(scale - 1.15) - (0.3 if knee == 20.0 else 0.0),
+            "colourfulness": 40.0 * scale * (1.0 - knee / 200),
+            "colourfulness_gt": 50.0,
+        }
+        return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+
+    monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
+    model = LoadedModel("x", None, "lab", 32, {})
+    chosen, tried = calibrate_chroma(model, Photos([Path("c.png")], []))
+    assert chosen == {"chroma_scale": 1.15, "chroma_knee": 20.0}
+    # the same gain at a knee that leaves too little colour is not taken
+    assert (
+        next(t for t in tried if t["chroma_knee"] == 20.0 and t["chroma_scale"] == 1.0)["colourfulness"] < 40
+    )
 
 
 def test_the_render_size_is_the_lowest_ciede_among_the_sizes_the_model_can_run_at(monkeypatch):
@@ -204,7 +230,9 @@ def test_a_rebuild_calibrates_size_then_chroma_and_meets_the_previous_default_on
     n = len(calibration.RENDER_SIZES)
     assert seen[:n] == [(size, False, 1.0) for size in calibration.RENDER_SIZES]
     assert seen[n : n + 2] == [(160, False, 1.0), (160, True, 1.0)]
-    assert [s[:2] for s in seen[n + 2 :]] == [(160, True)] * len(calibration.CHROMA_SCALES)
+    pairs = len(calibration.CHROMA_SCALES) + len(calibration.CHROMA_KNEES) * len(calibration.KNEE_SCALES)
+    assert [s[:2] for s in seen[n + 2 :]] == [(160, True)] * pairs
+    assert result["chroma_knee"] == chosen.chroma_knee == 0.0  # a knee only mutes: no gain here
 
     # The previous default is a rival only when made from the same photographs and splits.
     manifest = [{"sha256": "a", "split": "train"}, {"sha256": "b", "split": "calibration"}]
