@@ -223,14 +223,16 @@ def write_comparison(docs_dir: Path, comparison: dict[str, Any]) -> None:
             if comparison.get("recalibrated")
             else []
         ),
-        "Calibrated the same way (render size, flip averaging, chroma scale), this run against the default "
-        "that was shipped before it, when that one was made from the same photographs (the better "
-        "on calibration ships; training is not bit-for-bit repeatable across CPUs):",
+        "Calibrated the same way (render size, flip averaging, chroma scale and knee), this run "
+        "against the default that was shipped before it, when that one was made from the same "
+        "photographs (the better on calibration ships; training is not bit-for-bit repeatable across CPUs):",
         "",
-        "| model | render size | flip average | chroma scale | calibration CIEDE2000 | colourfulness |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | render size | flip average | chroma scale | chroma knee | calibration CIEDE2000 "
+        "| colourfulness |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {name} | {c['render_size']} | {c.get('flip_average', False)} | {c['chroma_scale']} "
+            f"| {c.get('chroma_knee', 0.0)} "
             f"| {c['calibration']['ciede2000']:.2f} "
             f"| {c['calibration']['colourfulness']:.1f} |"
             for name, c in comparison.get("calibrated", {}).items()

@@ -293,8 +293,11 @@ def test_the_shipped_default_is_the_recipes_resize_decoder_model_and_beats_gray(
     assert meta["pretrained_encoder"]["sha256"] == WEIGHTS_SHA256
     assert meta["weights_dtype"] == "float16" and meta["recipe"]["winner"] in CANDIDATES
     assert (
-        model.chroma_scale in calibration.CHROMA_SCALES
+        model.chroma_scale in {*calibration.CHROMA_SCALES, *calibration.KNEE_SCALES}
         and model.chroma_scale == meta["recipe"]["chroma_scale"]
+    )
+    assert model.chroma_knee in {0.0, *calibration.CHROMA_KNEES} and model.chroma_knee == meta["recipe"].get(
+        "chroma_knee", 0.0
     )
     assert (
         model.render_size in calibration.RENDER_SIZES and model.render_size == meta["recipe"]["render_size"]
