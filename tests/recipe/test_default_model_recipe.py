@@ -377,6 +377,9 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
         }
         manifest.append({"sha256": f"{len(manifest)}", "split": split, "name": name, **credit})
     monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: manifest)
+    # one knee at two scales: the knee's way through calibration and export, at a third of the grid
+    monkeypatch.setattr(calibration, "CHROMA_KNEES", (20.0,))
+    monkeypatch.setattr(calibration, "KNEE_SCALES", (1.0, 1.15))
     store = ModelStore(workdir / "models")
     version = store.publish(tiny_model({}).generator, tiny_model({}).metadata)
     report = evaluate_on(store.load(version), Photos.of(workdir).validation)
