@@ -431,7 +431,7 @@ def _ship(
                 "render_size": calibration["render_size"],
                 "flip_average": calibration["flip_average"],
                 "chroma_scale": calibration["chroma_scale"],
-                "chroma_knee": calibration.get("chroma_knee", 0.0),
+                "chroma_knee": calibration["chroma_knee"],
             },
             # "validation" at the model's size, like every trained version; full resolution too.
             "metrics": {

@@ -100,6 +100,12 @@ def _scored(name: str, ciede: float, colourfulness: float) -> dict:
     }
 
 
+def fake_report(files, metrics: dict) -> dict:
+    """What ``evaluate_on`` returns, cut to what the recipe's choices read: ``metrics`` (mean
+    CIEDE2000 and colourfulness) for the model, the same for the gray input."""
+    return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+
+
 def test_the_recipe_ships_only_a_resize_decoder_even_when_a_transpose_one_scores_better():
     results = [
         _scored("seed-128-w32", 15.0, 40.0),  # best colourful score, but ConvTranspose
@@ -139,7 +145,7 @@ def test_the_chroma_scale_is_the_lowest_ciede_that_keeps_enough_colour(monkeypat
             "colourfulness": colour_at_1 * scale,
             "colourfulness_gt": 50.0,
         }
-        return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+        return fake_report(files, metrics)
 
     monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
     model = LoadedModel("x", None, "lab", 32, {})
@@ -164,7 +170,7 @@ def test_a_knee_is_chosen_when_muting_faint_colours_beats_the_scale_alone(monkey
             "colourfulness": 40.0 * scale * (1.0 - knee / 200),
             "colourfulness_gt": 50.0,
         }
-        return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+        return fake_report(files, metrics)
 
     monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
     model = LoadedModel("x", None, "lab", 32, {})
@@ -187,7 +193,7 @@ def test_the_render_size_is_the_lowest_ciede_among_the_sizes_the_model_can_run_a
             "colourfulness": 20.0 if size == 256 else 30.0,
             "colourfulness_gt": 50.0,
         }
-        return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+        return fake_report(files, metrics)
 
     monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
     mnv2 = LoadedModel("x", None, "lab", 128, {"encoder": "mobilenet_v2", "chroma_scale": 1.3})
@@ -217,7 +223,7 @@ def test_a_rebuild_calibrates_size_then_chroma_and_meets_the_previous_default_on
             "colourfulness": 48.0 * scale,
             "colourfulness_gt": 50.0,
         }
-        return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+        return fake_report(files, metrics)
 
     monkeypatch.setattr(calibration, "evaluate_on", fake_evaluate)
     model = tiny_model({"render_size": 32, "encoder": "mobilenet_v2", "flip_average": True})
@@ -449,7 +455,7 @@ def test_the_last_snapshots_averaged_are_one_more_snapshot_to_choose_from(tmp_pa
     def fake_evaluate(model, files, max_side=None):
         averaged = "averaged_steps" in model.metadata  # the average is the best here
         metrics = {"ciede2000": 8.0 if averaged else 9.0, "colourfulness": 30.0, "colourfulness_gt": 50.0}
-        return {"images": files, "mean": {"full": {"model": metrics, "grayscale": metrics}}}
+        return fake_report(files, metrics)
 
     monkeypatch.setattr(recipe, "evaluate_on", fake_evaluate)
     run = {"name": "final", "snapshots": snapshots}
