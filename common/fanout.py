@@ -14,12 +14,16 @@ seconds) and settles their futures:
 * done: the worker's answer (``{"data": <base64>, "model_version": ..., "worker": ...}`` or
   ``{"error": <sentence>, "kind": <the inference error's class>}``), and the result is deleted
   from the backend;
-* started more than ``stall_seconds`` ago by a worker that no longer answers Celery's ping (it
-  died: a busy worker answers, however long its photographs take): sent again, up to ``resends``
-  times, then ``RemoteFailed``;
+* started more than ``stall_seconds`` ago by a worker that no longer answers Celery's ping
+  (``PING_MISSES`` pings in a row: it died; a busy worker answers, however long its photographs
+  take, though a starved one may miss one ping): sent again, up to ``resends`` times, then
+  ``RemoteFailed``;
 * not started after ``queue_seconds``: sent again while colorize workers answer (a worker that
   died may have taken it without starting it; a duplicate of one merely queued costs one more
   run), ``RemoteFailed`` when none answers.
+
+A photograph sent again is still watched under its earlier sends: whichever answer comes first
+settles it (a worker believed dead may only have been slow), and the sends still out are revoked.
 
 The sender decides what a ``RemoteFailed`` photograph becomes (the API colorizes it itself). A
 task also carries an expiry: a message that a dead worker's broker hands out again a day later is
@@ -37,7 +41,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
@@ -53,6 +57,8 @@ WORKERS_TTL_S = 15.0
 # ... and for one worker's answer to a ping, believed this long.
 PING_TIMEOUT_S = 1.0
 PING_TTL_S = 3.0
+# A worker is believed dead once it has missed this many pings in a row.
+PING_MISSES = 2
 
 
 class RemoteFailed(RuntimeError):
@@ -68,6 +74,7 @@ class _InFlight:
     started_at: float | None = None
     worker: str | None = None  # the node that started it
     resends: int = 0
+    earlier: list[str] = field(default_factory=list)  # the task ids of its earlier sends
 
 
 def encode_photo(data: bytes) -> str:
@@ -100,7 +107,7 @@ class RemoteColorizer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._workers: tuple[float, list[str]] = (0.0, [])
-        self._pings: dict[str, tuple[float, bool]] = {}  # node -> (when asked, whether it answered)
+        self._pings: dict[str, tuple[float, int]] = {}  # node -> (when asked, pings missed in a row)
 
     # -- who is there --------------------------------------------------------------------------
 
@@ -123,18 +130,19 @@ class RemoteColorizer:
         return names
 
     def alive(self, worker: str) -> bool:
-        """Whether the worker ``worker`` answers Celery's ping (its answer remembered a few seconds)."""
-        asked, answered = self._pings.get(worker, (0.0, False))
+        """Whether the worker ``worker`` answers Celery's ping: False once it missed ``PING_MISSES``
+        in a row (each answer remembered a few seconds)."""
+        asked, missed = self._pings.get(worker, (0.0, 0))
         if time.monotonic() - asked < PING_TTL_S:
-            return answered
+            return missed < PING_MISSES
         try:
             replies = self.app.control.ping(destination=[worker], timeout=PING_TIMEOUT_S, limit=1) or []
         except Exception as exc:  # the broker cannot be asked now: assume it lives, ask again later
             log.warning("cannot ping worker %s (%s)", worker, exc)
             return True
-        answered = any(worker in reply for reply in replies)
-        self._pings[worker] = (time.monotonic(), answered)
-        return answered
+        missed = 0 if any(worker in reply for reply in replies) else missed + 1
+        self._pings[worker] = (time.monotonic(), missed)
+        return missed < PING_MISSES
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -206,6 +214,13 @@ class RemoteColorizer:
             self._wake.clear()
 
     def _look(self, item: _InFlight) -> None:
+        for task_id in item.earlier:  # a worker given up on may still answer first
+            earlier = AsyncResult(task_id, app=self.app)
+            if earlier.state == "SUCCESS":
+                answer = earlier.result
+                earlier.forget()
+                self._settle(item, answer=answer)
+                return
         result = AsyncResult(item.task_id, app=self.app)
         state = result.state
         now = time.monotonic()
@@ -242,6 +257,7 @@ class RemoteColorizer:
         log.warning("colorize task %s: %s; sent again as %s", item.task_id, why, task_id)
         with self._lock:
             self._pending.pop(item.task_id, None)
+            item.earlier.append(item.task_id)
             item.task_id, item.sent_at, item.started_at, item.worker = task_id, time.monotonic(), None, None
             item.resends += 1
             self._pending[task_id] = item
@@ -250,6 +266,11 @@ class RemoteColorizer:
         with self._lock:
             if self._pending.pop(item.task_id, None) is None:
                 return
+        if item.earlier:  # the sends still out: a worker that has not started one drops it
+            try:
+                self.app.control.revoke(item.earlier + [item.task_id])
+            except Exception as exc:  # the duplicate then runs once more, harmlessly
+                log.warning("cannot revoke the other sends of colorize task %s (%s)", item.task_id, exc)
         if error is not None:
             item.future.set_exception(error)
         elif not isinstance(answer, dict):

@@ -14,6 +14,13 @@ OpenVINO version), with the checksums of its files written last: a restart reads
 of converting again; a cached conversion whose files do not match their checksums, that does not
 load, or that fails the check is deleted and converted again, never served.
 
+``auto``'s choice is remembered in the same cache (``ConversionCache.remember``), under a key of
+the weights, the serving options, the precision and this machine (``machine``: CPU, cores,
+kernel settings): a restart, or another server sharing the cache on the same machine, serves
+with the same runtime instead of measuring again. Runtimes differ in their last bits, so a
+photograph comes out the same from every such server and after every restart, even where two
+runtimes measure about equally fast.
+
 OpenVINO's conversion sends usage data to Google Analytics unless the user has opted out, from a
 forked copy of the calling process per event (a serving process: most of the CPU for seconds, no
 internet here); this module declines it before converting (``_decline_telemetry``).
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -52,6 +60,7 @@ CONVERSION_FORMAT = 1  # bump when conversion changes what it writes
 # auto keeps TensorFlow, without converting, for a model taking less than this per image at the
 # largest batch: seconds of conversion for under a millisecond a photograph (test-sized models).
 TRIVIAL_SECONDS = 0.002
+KEEP_CHOICES = 64  # auto's remembered choices kept (models x sides x machines)
 _OV_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 _FILES = ("model.xml", "model.bin")
 
@@ -158,6 +167,42 @@ def compile_openvino(model: Any, precision: str) -> Runner:
 
 # -- the cache -----------------------------------------------------------------------------------------
 
+# What changes which kernels run, besides the CPU: the environment settings read at import.
+_KERNEL_SETTINGS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "TF_ENABLE_ONEDNN_OPTS")
+
+
+def machine() -> dict[str, Any]:
+    """What a measured choice of runtime holds for: the CPU (its model name and a digest of its
+    flags: virtual machines often show one name for several CPUs), the cores this process may use,
+    the kernel settings in the environment, and the runtimes' versions."""
+    name, flags = "", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = value.strip()
+    except OSError:  # not Linux: the platform's own word for it
+        import platform
+
+        name = platform.processor()
+    try:  # the installed package's version, without importing it
+        openvino = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        openvino = None
+    import tensorflow as tf
+
+    return {
+        "cpu": name,
+        "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "settings": {name: os.environ.get(name) for name in _KERNEL_SETTINGS},
+        "tensorflow": tf.__version__,
+        "openvino": openvino,
+    }
+
 
 def conversion_key(weights: list[np.ndarray], options: dict[str, Any]) -> str:
     """A key of everything a conversion is made from: every weight array and ``options`` (the
@@ -184,10 +229,13 @@ class ConversionCache:
     """Converted models on disk, one folder per key: model.xml, model.bin, and sums.json (their
     SHA-256) written last. Writers build in a temporary folder and rename it into place, so
     processes sharing the folder never see half a conversion. Reading a conversion marks it used;
-    writing one deletes all but the ``keep`` most recently used (old versions' conversions)."""
+    writing one deletes all but the ``keep`` most recently used (old versions' conversions).
+    Beside them, in ``runtime-choices/``, ``auto``'s choices: one small JSON file per key, written
+    once (the first process to choose wins), the ``KEEP_CHOICES`` newest kept."""
 
     def __init__(self, root: Path | str, keep: int = 8):
         self.base = Path(root) / "openvino"
+        self.choices = Path(root) / "runtime-choices"
         self.keep = keep
 
     def folder(self, key: str) -> Path:
@@ -235,6 +283,41 @@ class ConversionCache:
         for stale in entries[self.keep :]:
             log.info("dropping the cached OpenVINO conversion %s (%d kept)", stale.name, self.keep)
             shutil.rmtree(stale, ignore_errors=True)
+
+    def recall(self, key: str) -> dict[str, Any] | None:
+        """The choice remembered under ``key`` ({"runtime", "why", "seconds"}), or None."""
+        try:
+            choice = json.loads((self.choices / f"{key}.json").read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: measured again
+            return None
+        if not (
+            isinstance(choice, dict)
+            and choice.get("runtime") in ("tensorflow", "openvino")
+            and isinstance(choice.get("why"), str)
+            and isinstance(choice.get("seconds"), dict)
+        ):
+            return None
+        return choice
+
+    def remember(self, key: str, choice: dict[str, Any]) -> dict[str, Any]:
+        """Keep ``choice`` under ``key`` unless another process kept one first; the one kept."""
+        path = self.choices / f"{key}.json"
+        try:
+            self.choices.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=self.choices, prefix=".", delete=False) as f:
+                json.dump(choice, f)
+            try:
+                os.link(f.name, path)  # fails when another process was first: theirs holds
+            finally:
+                os.unlink(f.name)
+            kept = sorted(self.choices.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for stale in kept[KEEP_CHOICES:]:
+                stale.unlink(missing_ok=True)
+        except FileExistsError:
+            return self.recall(key) or choice
+        except OSError as exc:
+            log.warning("the runtime chosen could not be remembered in %s: %s", self.choices, exc)
+        return choice
 
     def discard(self, key: str, reason: str) -> None:
         folder = self.folder(key)

@@ -166,9 +166,10 @@ class InferenceModel:
 
     def choose_runtime(self, size: int, batch_sizes: tuple[int, ...]) -> None:
         """Decide what runs side ``size``: TensorFlow (asked, on a GPU, or a model too fast to gain
-        from converting), OpenVINO (asked, or measured faster by ``auto``). OpenVINO that cannot
-        convert or does not match TensorFlow leaves TensorFlow serving, with a log line and
-        ``fallback`` saying why."""
+        from converting), OpenVINO (asked, or measured faster by ``auto``). ``auto``'s choice is
+        remembered in the conversion cache for this model on this machine, and a choice remembered
+        there is taken without measuring. OpenVINO that cannot convert or does not match TensorFlow
+        leaves TensorFlow serving, with a log line and ``fallback`` saying why."""
         tensorflow = runtimes.Runner("tensorflow", self.precision, self._tensorflow)
         largest = np.zeros((max(batch_sizes), size, size, self.in_channels), np.float32)
         preference = self.runtime_preference
@@ -179,13 +180,17 @@ class InferenceModel:
         if not self.device.upper().startswith("CPU"):
             self.runtime_reason = f"OpenVINO runs on CPUs only; this model runs on {self.device}"
             return
-        if preference == "auto":
+        key, choice = self._recalled_choice(size, len(largest)) if preference == "auto" else (None, None)
+        if preference == "auto" and choice is None:
             seconds = runtimes.per_image_seconds(tensorflow, largest)
             if seconds < runtimes.TRIVIAL_SECONDS:
-                self.runtime_reason = (
+                why = (
                     f"TensorFlow takes {1000 * seconds:.2f} ms per image: too little to gain from converting"
                 )
-                return
+                choice = self._remember(key, "tensorflow", why, {tensorflow.name: seconds})
+        if choice is not None and choice["runtime"] == "tensorflow":
+            self.runtime_reason, self.runtime_seconds = choice["why"], choice["seconds"]
+            return
         try:
             runner = self._openvino(size)
         except runtimes.RuntimeUnavailable as exc:
@@ -196,13 +201,44 @@ class InferenceModel:
         if preference == "openvino":
             chosen, why = runner, "COLORIZER_INFERENCE_RUNTIME is openvino"
         else:
-            chosen, self.runtime_seconds = runtimes.choose([tensorflow, runner], largest)
-            measured = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in self.runtime_seconds.items())
-            why = f"the fastest here per image in batches of {len(largest)}: {measured}"
+            if choice is None:
+                best, seconds = runtimes.choose([tensorflow, runner], largest)
+                measured = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in seconds.items())
+                why = f"the fastest here per image in batches of {len(largest)}: {measured}"
+                choice = self._remember(key, best.runtime, why, seconds)
+            chosen = runner if choice["runtime"] == "openvino" else tensorflow
+            why, self.runtime_seconds = choice["why"], choice["seconds"]
         self.runtime, self.runtime_precision, self.runtime_reason = chosen.runtime, chosen.precision, why
         if chosen is runner:
             self._runners[size] = runner
         log.info("model version %s runs on %s: %s", self.model.version, chosen.name, why)
+
+    def _recalled_choice(self, size: int, batch: int) -> tuple[str | None, dict[str, Any] | None]:
+        """(the key of ``auto``'s choice for side ``size`` here, the choice remembered under it with
+        its ``why`` saying so, or None); (None, None) without a cache."""
+        if self.cache is None:
+            return None, None
+        options = {
+            "purpose": "runtime choice",
+            "side": size,
+            "batch": batch,
+            "channels": self.in_channels,
+            "precision": self.precision,
+            "flip_average": self.model.flip_average,
+            "scale_sizes": list(self.model.scale_sizes(size)),
+            "preset": self.model.preset,
+            "machine": runtimes.machine(),
+        }
+        key = runtimes.conversion_key(self.model.generator.get_weights(), options)
+        choice = self.cache.recall(key)
+        if choice is not None:
+            choice = {**choice, "why": f"{choice['why']} (measured when it first loaded on this machine)"}
+        return key, choice
+
+    def _remember(self, key: str | None, runtime: str, why: str, seconds: dict[str, float]) -> dict[str, Any]:
+        """The choice made here, kept under ``key`` (the one kept when another server chose first)."""
+        choice = {"runtime": runtime, "why": why, "seconds": seconds}
+        return self.cache.remember(key, choice) if self.cache is not None and key is not None else choice
 
     def _openvino(self, size: int) -> runtimes.Runner:
         """The OpenVINO Runner for side ``size``, checked against TensorFlow float32 on a fixed input

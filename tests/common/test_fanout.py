@@ -22,6 +22,7 @@ class FakeCelery:
         self.forgotten: list[str] = []
         self.alive: set[str] = set()
         self.colorize_workers: list[str] = []
+        self.revoked: list[str] = []
         self.control = self
 
     def send_task(self, name, kwargs=None, queue=None, task_id=None, expires=None):
@@ -30,6 +31,9 @@ class FakeCelery:
 
     def ping(self, destination, timeout, limit):
         return [{name: {"ok": "pong"}} for name in destination if name in self.alive]
+
+    def revoke(self, task_ids):
+        self.revoked.extend(task_ids)
 
     def inspect(self, timeout):
         return self
@@ -100,6 +104,28 @@ def test_a_photograph_started_by_a_worker_that_died_is_sent_again_and_a_busy_one
     assert orphan.result(5)["worker"] == "other@host"
     app.states[app.sent[0]["id"]] = ("SUCCESS", {"data": encode_photo(b"y"), "worker": "busy@host"})
     assert busy.result(5)["worker"] == "busy@host"
+
+
+def test_a_worker_is_believed_dead_only_after_missing_pings_in_a_row(app):
+    remote = sender(app)
+    assert [remote.alive("slow@host") for _ in range(fanout.PING_MISSES)][-1] is False
+    app.alive = {"slow@host"}
+    assert remote.alive("slow@host")  # it answers again: its misses are forgotten
+    app.alive = set()
+    assert remote.alive("slow@host"), "one missed ping (a starved worker) is not death"
+
+
+def test_a_photograph_sent_again_takes_whichever_answer_comes_first_and_revokes_the_rest(app):
+    remote = sender(app, queue_seconds=30)
+    future = submit(remote)
+    first = app.sent[0]["id"]
+    app.states[first] = ("STARTED", {"hostname": "slow@host"})
+    wait_until(lambda: len(app.sent) == 2)  # slow@host missed its pings: sent again
+    again = app.sent[1]["id"]
+    app.states[again] = ("STARTED", {"hostname": "other@host"})
+    app.states[first] = ("SUCCESS", {"data": encode_photo(b"x"), "worker": "slow@host"})
+    assert future.result(5)["worker"] == "slow@host"
+    assert app.forgotten == [first] and sorted(app.revoked) == sorted([first, again])
 
 
 def test_sent_again_at_most_resends_times_then_the_sentence_says_so(app):

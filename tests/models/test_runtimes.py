@@ -207,6 +207,45 @@ def test_auto_measures_both_and_serves_the_faster(tmp_path, monkeypatch):
     assert "the fastest here per image in batches of 4" in inference.runtime_reason
 
 
+def test_auto_remembers_its_choice_for_this_model_on_this_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtimes, "TRIVIAL_SECONDS", 0.0)
+    model, cache = lively_model(), ConversionCache(tmp_path)
+    measured = runtimes.choose
+    # the first server measures; OpenVINO is made the faster so the choice is not TensorFlow's default
+    monkeypatch.setattr(runtimes, "choose", lambda runners, *args: (runners[-1], measured(runners, *args)[1]))
+    first = serving(model, cache, runtime="auto")
+    assert first.runtime == "openvino" and len(list((tmp_path / "runtime-choices").glob("*.json"))) == 1
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("a remembered choice is not measured again")
+
+    monkeypatch.setattr(runtimes, "choose", no_measuring)
+    monkeypatch.setattr(runtimes, "per_image_seconds", no_measuring)
+    again = serving(model, cache, runtime="auto")  # a restart, or a second server on the machine
+    assert again.runtime == "openvino" and again.runtime_seconds == first.runtime_seconds
+    assert "measured when it first loaded on this machine" in again.runtime_reason
+    inputs = np.random.default_rng(4).uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_array_equal(again.predict(inputs), first.predict(inputs))
+
+    # another machine (or another kernel setting) measures for itself
+    elsewhere = {**runtimes.machine(), "settings": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+    monkeypatch.setattr(runtimes, "machine", lambda: elsewhere)
+    with pytest.raises(AssertionError, match="not measured again"):
+        serving(model, cache, runtime="auto")
+
+
+def test_the_first_choice_kept_holds_and_an_unreadable_one_is_measured_again(tmp_path):
+    cache = ConversionCache(tmp_path)
+    first = {"runtime": "openvino", "why": "faster", "seconds": {"openvino float32": 0.01}}
+    assert cache.remember("k", first) == first
+    later = {"runtime": "tensorflow", "why": "faster", "seconds": {"tensorflow float32": 0.01}}
+    assert cache.remember("k", later) == first, "two servers choosing at once serve alike"
+    assert cache.recall("k") == first and cache.recall("other") is None
+    (tmp_path / "runtime-choices" / "k.json").write_text('{"runtime": "onnx"')
+    assert cache.recall("k") is None
+    assert not [p for p in (tmp_path / "runtime-choices").iterdir() if p.name.startswith(".")]
+
+
 def test_auto_keeps_a_trivial_model_on_tensorflow_without_converting(tmp_path, monkeypatch):
     monkeypatch.setattr(runtimes, "TRIVIAL_SECONDS", 60.0)
     inference = serving(lively_model(), ConversionCache(tmp_path), runtime="auto")
