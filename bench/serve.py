@@ -253,14 +253,13 @@ def png_level(rgb, level: int) -> bytes:
 # -- (3) HTTP end to end -------------------------------------------------------------------------------
 
 
-def http_runs(
-    data_dir: Path, sets: dict[str, list[bytes]], clients: list[int], seconds: float, **env
-) -> dict:
+def http_runs(data_dir: Path, sets: dict[str, tuple[list[bytes], list[int]]], seconds: float, **env) -> dict:
+    """Each set of request bodies posted by each of its numbers of concurrent clients."""
     server = Server(data_dir, **env)
     try:
         ready = server.wait_ready()
         results = {}
-        for name, bodies in sets.items():
+        for name, (bodies, clients) in sets.items():
             load(server.url, bodies, 1, min(3.0, seconds))  # warm the path for this size
             for c in clients:
                 before = batch_counts(server.url)
@@ -358,11 +357,19 @@ def main() -> None:
 
         http: dict = {}
         if not args.no_http:
-            sets = {"256x256": [jpeg(p) for p in photos256], "2 MP": [jpeg(p) for p in photos2mp]}
-            http["report"] = http_runs(report_dir, sets, [1, 4, 16], http_seconds)
-            small = {"256x256": sets["256x256"]}
+            from models.evaluate import grayscale_of
+
+            sets = {
+                "256x256": ([jpeg(p) for p in photos256], [1, 4, 16]),
+                # black-and-white photographs, what the service is for: the gray path (no colour
+                # conversion on the way in, the lightness read from the levels on the way out)
+                "256x256 gray": ([jpeg(grayscale_of(p)[..., 0].copy()) for p in photos256], [16]),
+                "2 MP": ([jpeg(p) for p in photos2mp], [1, 4, 16]),
+            }
+            http["report"] = http_runs(report_dir, sets, http_seconds)
+            small = {"256x256": (sets["256x256"][0], [1, 16])}
             default_env = {"COLORIZER_DEFAULT_MODEL_DIR": str(packaged_default())}
-            http["default"] = http_runs(default_dir, small, [1, 16], http_seconds, **default_env)
+            http["default"] = http_runs(default_dir, small, http_seconds, **default_env)
 
     nan = float("nan")
     targets = []
@@ -452,6 +459,15 @@ def main() -> None:
         )
         if name in http:
             r16 = http[name]["results"][("256x256", 16)]["rate"]
+            if ("256x256 gray", 16) in http[name]["results"]:
+                gray16 = http[name]["results"][("256x256 gray", 16)]["rate"]
+                targets.append(
+                    [
+                        f"{name}: HTTP 16 clients (256x256 gray JPEGs) / best in-process batched rate",
+                        f"{100 * gray16 / best:.0f}%",
+                        "(reference)",
+                    ]
+                )
             targets += [
                 [
                     f"{name}: HTTP 16 clients (256x256) / best in-process batched rate ({best_name})",
