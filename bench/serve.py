@@ -160,6 +160,15 @@ def engine_runs(
     return out
 
 
+def gray_levels(photo):
+    """The photograph in black and white, as one channel of gray levels (a gray JPEG's pixels)."""
+    import numpy as np
+
+    from models.evaluate import grayscale_of
+
+    return np.ascontiguousarray(grayscale_of(photo)[..., 0])
+
+
 def pre_post_2mp(engine, photos2mp: list, repeat: int) -> dict:
     """Medians (s) of each stage for a ~2 MP photograph, and of the batch-1 model call timed in
     the same rounds (this machine's speed drifts by tens of percent over minutes: a ratio is only
@@ -167,13 +176,12 @@ def pre_post_2mp(engine, photos2mp: list, repeat: int) -> dict:
     import numpy as np
 
     from inference.images import decode_image, encode_image
-    from models.evaluate import grayscale_of
 
     model = engine.model()
     photo = photos2mp[0]
     data = jpeg(photo)
     # What the service is for: a black-and-white photograph, stored as a gray (one-channel) JPEG.
-    gray = np.ascontiguousarray(grayscale_of(photo)[..., 0])
+    gray = gray_levels(photo)
     gray_data = jpeg(gray)
     inputs, lum, _ = engine.prepare(model, photo)
     prediction = model.serving.predict(inputs[None])[0]
@@ -357,13 +365,11 @@ def main() -> None:
 
         http: dict = {}
         if not args.no_http:
-            from models.evaluate import grayscale_of
-
             sets = {
                 "256x256": ([jpeg(p) for p in photos256], [1, 4, 16]),
                 # black-and-white photographs, what the service is for: the gray path (no colour
                 # conversion on the way in, the lightness read from the levels on the way out)
-                "256x256 gray": ([jpeg(grayscale_of(p)[..., 0].copy()) for p in photos256], [16]),
+                "256x256 gray": ([jpeg(gray_levels(p)) for p in photos256], [16]),
                 "2 MP": ([jpeg(p) for p in photos2mp], [1, 4, 16]),
             }
             http["report"] = http_runs(report_dir, sets, http_seconds)

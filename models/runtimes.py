@@ -204,14 +204,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def conversion_key(weights: list[np.ndarray], options: dict[str, Any]) -> str:
-    """A key of everything a conversion is made from: every weight array and ``options`` (the
-    serving options, the side, the runtime's version)."""
-    digest = hashlib.sha256(json.dumps({"format": CONVERSION_FORMAT, **options}, sort_keys=True).encode())
-    for array in weights:
-        digest.update(str((array.dtype.str, array.shape)).encode())
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()[:32]
+def conversion_key(weights: str, options: dict[str, Any]) -> str:
+    """A key of everything a conversion (or a choice of runtime) is made from: the weights
+    (``models.store.weights_digest``) and ``options`` (the serving options, the side, the
+    runtime's version)."""
+    content = {"format": CONVERSION_FORMAT, "weights": weights, **options}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _file_sums(folder: Path) -> dict[str, str]:
@@ -353,14 +351,15 @@ def openvino_runner(
     side: int,
     channels: int,
     key_options: dict[str, Any],
-    weights: list[np.ndarray],
+    weights: str,
     check_inputs: np.ndarray,
     reference: np.ndarray,
     cache: ConversionCache | None,
 ) -> Runner:
     """An OpenVINO Runner (float32) of ``function`` that passes the check against ``reference``
-    (TensorFlow's float32 output on ``check_inputs``), from the cache when there, else converted
-    (and cached once it passes). Raises RuntimeUnavailable saying why it cannot serve."""
+    (TensorFlow's float32 output on ``check_inputs``), from the cache when there (under a key of
+    ``weights``, their ``models.store.weights_digest``, and ``key_options``), else converted (and
+    cached once it passes). Raises RuntimeUnavailable saying why it cannot serve."""
     version = openvino_version()
     key = conversion_key(weights, {**key_options, "side": side, "channels": channels, "openvino": version})
     model = cache.read(key) if cache is not None else None

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -32,7 +33,7 @@ from models import runtimes
 from models.colorize import generator_output, prepare
 from models.networks import build_generator, decoder_of, encoder_of, width_of
 from models.presets import get_preset
-from models.store import LoadedModel
+from models.store import LoadedModel, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,12 @@ class InferenceModel:
 
     # -- runtime -------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def weights_digest(self) -> str:
+        """``models.store.weights_digest`` of the generator as served: the weights part of the keys
+        of its conversion and of ``auto``'s choice, hashed once."""
+        return weights_digest(self.model.generator.get_weights())
+
     def choose_runtime(self, size: int, batch_sizes: tuple[int, ...]) -> None:
         """Decide what runs side ``size``: TensorFlow (asked, on a GPU, or a model too fast to gain
         from converting), OpenVINO (asked, or measured faster by ``auto``). ``auto``'s choice is
@@ -229,7 +236,7 @@ class InferenceModel:
             "preset": self.model.preset,
             "machine": runtimes.machine(),
         }
-        key = runtimes.conversion_key(self.model.generator.get_weights(), options)
+        key = runtimes.conversion_key(self.weights_digest, options)
         choice = self.cache.recall(key)
         if choice is not None:
             choice = {**choice, "why": f"{choice['why']} (measured when it first loaded on this machine)"}
@@ -257,7 +264,7 @@ class InferenceModel:
             size,
             self.in_channels,
             options,
-            self.model.generator.get_weights(),
+            self.weights_digest,
             check,
             reference,
             self.cache,

