@@ -38,6 +38,26 @@ _LOMIRI_ART = ("*analogpattern*", "*umang*", "*Fossa*", "*Infinite-Sea*", "*Pain
 PICTURES = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif")
 # Gramps' example portraits in colour (its other example pictures are sepia or gray).
 GRAMPS_COLOUR_PORTRAITS = ("Gunnlaugur_Larusson_-_Yawn.jpg", "O0.jpg", "O4.jpg")
+# GIMP's manual: the unedited photographs its tutorials and filter pages start from (a group of
+# soldiers in red uniforms, a vintage car, ducks, a squirrel, flowers, the Taj Mahal, stained
+# glass, a key fob), picked by eye; the rest are screenshots, filter results or crops of these.
+GIMP_HELP_PHOTOS = (
+    "filters/examples/distort/spherize-ex-orig.jpg",
+    "filters/examples/enhance/high-pass-origin.png",
+    "filters/examples/kvitveis-orig.png",
+    "filters/examples/light-and-shadow/vignette-ex-orig.jpg",
+    "filters/examples/map/little_planet-origin.jpg",
+    "filters/examples/taj_orig.jpg",
+    "tool-options/lockbrush-orig.png",
+    "tutorials/quickie-crop-example-source.jpg",
+    "tutorials/quickie-flip-example-source.jpg",
+    "tutorials/quickie-jpeg-example.jpg",
+    "tutorials/quickie-remove-background-source.jpg",
+    "tutorials/quickie-rotate-example-source.jpg",
+    "using/duck_orig.png",
+    "using/fog-tree-example.png",
+    "using/keyfob_orig.png",
+)
 HUGIN_PHOTOS = (
     "250px-LagardePont-defish.jpg",
     "250px-TKS-Mmm-obliquev120-recti.png",
@@ -238,5 +258,23 @@ SOURCES: list[Source] = [
     *(
         Source("lxqt-themes", f"usr/share/lxqt/wallpapers/{name}", strip="usr/share/lxqt/")
         for name in ("Valendas.png", "cloud.png", "flowers.png", "fog.jpg", "this-is-not-windows.jpg")
+    ),
+    # Added 2026-12-04 (after the shipped default was made; ``recipe.default_model.incumbent`` keeps
+    # it a rival): GIMP's manual (above), Tux Paint's photographic templates (a lighthouse, sheep,
+    # jellyfish, woods, rocks, the sea) and matplotlib's portrait of Grace Hopper.
+    *(
+        Source(
+            "gimp-help-en", f"usr/share/gimp/2.0/help/en/images/{name}", strip="usr/share/gimp/2.0/help/en/"
+        )
+        for name in GIMP_HELP_PHOTOS
+    ),
+    Source("tuxpaint-data", "usr/share/tuxpaint/templates/*.jpg", strip="usr/share/tuxpaint/"),
+    Source(
+        "python-matplotlib-data",
+        "usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+        strip="usr/share/matplotlib/",
+        # debian/copyright gives matplotlib's licence with no short name for every file; the picture
+        # itself is an official portrait by the US Navy, a work of the US government
+        credit=("US Navy, official portrait of Grace Hopper (matplotlib's sample data)", "public-domain"),
     ),
 ]

@@ -288,9 +288,9 @@ def build_default_model(
 
 
 def incumbent(out_dir: Path, manifest: list[dict[str, Any]]) -> LoadedModel | None:
-    """The default model shipped in ``out_dir`` when it was trained, chosen and validated on exactly
-    these photographs and splits (so it is a fair rival for this run: none of today's calibration
-    or validation photographs was in its training set); else None."""
+    """The default model shipped in ``out_dir`` when it is a fair rival for this run: none of
+    today's calibration or validation photographs was in its training set (by content), so
+    photographs added to the sources since it was made keep it in the contest; else None."""
     from models.store import BrokenVersion
 
     try:
@@ -299,12 +299,26 @@ def incumbent(out_dir: Path, manifest: list[dict[str, Any]]) -> LoadedModel | No
         log.info("no previous default to compare with: %s", exc)
         return None
     photos = model.metadata.get("photos")
-    if not isinstance(photos, list) or {(p.get("sha256"), p.get("split")) for p in photos} != {
-        (p["sha256"], p["split"]) for p in manifest
-    }:
-        log.info("the previous default was made from other photographs: not compared")
+    if not isinstance(photos, list):
+        log.info("the previous default records no photographs: not compared")
+        return None
+    trained_on = {p.get("sha256") for p in photos if p.get("split") == "train"}
+    scored_on = {p["sha256"] for p in manifest if p["split"] in ("calibration", "validation")}
+    if seen := trained_on & scored_on:
+        log.info(
+            "the previous default was trained on %d of today's scoring photographs: not compared", len(seen)
+        )
         return None
     return model
+
+
+def made_from(model: LoadedModel, manifest: list[dict[str, Any]]) -> bool:
+    """Whether ``model`` was trained, chosen and validated on exactly these photographs and splits
+    (its metadata's manifest is then this one, and recalibrating it keeps that record true)."""
+    photos = model.metadata.get("photos") or []
+    return {(p.get("sha256"), p.get("split")) for p in photos} == {
+        (p["sha256"], p["split"]) for p in manifest
+    }
 
 
 def export_default(
@@ -376,7 +390,7 @@ def recalibrate_default(
     workdir = Path(workdir)
     manifest = fetch_photos(workdir)
     previous = incumbent(out_dir, manifest)
-    if previous is None:
+    if previous is None or not made_from(previous, manifest):
         raise RuntimeError(f"the default in {out_dir} was not made from the recipe's photographs: rebuild it")
     comparison = json.loads((docs_dir / "comparison.json").read_text()) if docs_dir is not None else {}
     model, record = calibrated(previous, Photos.of(workdir))

@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import io
 import logging
+import os
 import shutil
 import struct
 import subprocess
@@ -279,7 +280,15 @@ def unpack(workdir: Path, packages: list[str]) -> Path:
     for package in packages:
         deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
         subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
-        shutil.copy(unpacked / f"usr/share/doc/{package}/copyright", licences / f"{package}.copyright")
+        doc = unpacked / "usr/share/doc" / package
+        if doc.is_symlink() and not doc.exists():
+            # its documentation folder is another package's (gimp-help-en's is gimp-help-common's,
+            # which it depends on): that package's debian/copyright covers it
+            owner = Path(os.readlink(doc)).name
+            _download([owner], debs)
+            owner_deb = sorted(debs.glob(f"{owner}_*.deb"))[-1]
+            subprocess.run(["dpkg-deb", "-x", str(owner_deb), str(unpacked)], check=True)
+        shutil.copy(doc / "copyright", licences / f"{package}.copyright")
     return unpacked
 
 

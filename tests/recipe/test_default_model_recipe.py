@@ -240,13 +240,20 @@ def test_a_rebuild_calibrates_size_then_chroma_and_meets_the_previous_default_on
     assert [s[:2] for s in seen[n + 2 :]] == [(160, True)] * pairs
     assert result["chroma_knee"] == chosen.chroma_knee == 0.0  # a knee only mutes: no gain here
 
-    # The previous default is a rival only when made from the same photographs and splits.
+    # The previous default is a rival only when none of today's scoring photographs trained it.
     manifest = [{"sha256": "a", "split": "train"}, {"sha256": "b", "split": "calibration"}]
     assert incumbent(tmp_path / "none", manifest) is None
     shipped = export_float16(tiny_model({"photos": manifest}), tmp_path / "default")
     assert incumbent(shipped, manifest).metadata["photos"] == manifest
-    assert incumbent(shipped, [*manifest, {"sha256": "c", "split": "validation"}]) is None
-    assert incumbent(shipped, [{**manifest[0], "split": "calibration"}, manifest[1]]) is None
+    added = [*manifest, {"sha256": "c", "split": "validation"}, {"sha256": "d", "split": "train"}]
+    assert incumbent(shipped, added) is not None  # photographs new to the sources: still fair
+    assert (
+        incumbent(shipped, [*manifest, {"sha256": "b", "split": "train"}]) is not None
+    )  # scored, now trains
+    assert incumbent(shipped, [{**manifest[0], "split": "calibration"}, manifest[1]]) is None  # trained it
+    assert incumbent(shipped, [{**manifest[0], "split": "validation"}]) is None
+    unrecorded = export_float16(tiny_model({}), tmp_path / "unrecorded")
+    assert incumbent(unrecorded, manifest) is None
 
 
 def test_a_scored_run_is_reused_only_for_the_same_configuration(tmp_path, monkeypatch):

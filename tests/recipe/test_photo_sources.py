@@ -353,3 +353,32 @@ def test_collect_credits_by_hand_or_sidecar_and_turns_pictures_upright(tmp_path)
     # A package whose debian/copyright is not machine-readable needs a credit given by hand.
     with pytest.raises(RuntimeError, match="not machine-readable"):
         collect(workdir, tmp_path / "out2", [Source("album", "usr/share/album/demo/wayne.png")])
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian or Ubuntu)")
+def test_a_package_whose_documentation_is_another_packages_takes_that_ones_copyright(tmp_path):
+    # gimp-help-en's /usr/share/doc/gimp-help-en is a link to gimp-help-common, which holds the
+    # debian/copyright: the recipe fetches that package too and credits the pictures by it.
+    workdir = tmp_path / "work"
+    (workdir / "debs").mkdir(parents=True)
+    common = package_root(tmp_path / "common", "help-common", "2.1-1", COPYRIGHT)
+    language = tmp_path / "language" / "pkgroot"
+    (language / "DEBIAN").mkdir(parents=True)
+    (language / "DEBIAN" / "control").write_text(
+        "Package: help-en\nVersion: 2.1-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+        "Description: test help-en\n"
+    )
+    (language / "usr/share/doc").mkdir(parents=True)
+    (language / "usr/share/doc/help-en").symlink_to("help-common")
+    (language / "usr/share/help/en").mkdir(parents=True)
+    Image.fromarray(make_photo(240, 180, 9)).save(language / "usr/share/help/en/duck.png")
+    for root, name in ((common, "help-common"), (language, "help-en")):
+        deb = workdir / "debs" / f"{name}_2.1-1_all.deb"
+        subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True)
+    collected = collect(
+        workdir, tmp_path / "out", [Source("help-en", "usr/share/help/en/*.png", strip="usr/")]
+    )
+    (duck,) = collected.photos
+    assert (duck["package"], duck["license"]) == ("help-en", "GPL-3+")
+    assert "The Picture Team" in duck["author"]
+    assert (workdir / "licenses" / "help-en.copyright").read_text() == COPYRIGHT
