@@ -36,6 +36,13 @@ log = logging.getLogger("colorizer.cli")
     help="Where to write the comparison that chose the model.",
 )
 @click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    help="Compare only this candidate (repeatable) instead of all the recipe's: for a rebuild on new "
+    "photographs that need not settle the design again. [default: all]",
+)
+@click.option(
     "--recalibrate",
     is_flag=True,
     help="Do not train: choose the shipped model's render size, flip averaging and chroma scale "
@@ -47,13 +54,20 @@ def default_model(
     final_steps: int | None,
     out: Path | None,
     docs: Path,
+    candidates: tuple[str, ...],
     recalibrate: bool,
 ) -> None:
     """Build the shipped default model: fetch photographs, compare candidates, train, evaluate."""
     settings = load_settings()
     setup_logging(settings)
     from models.store import DEFAULT_MODEL_DIR
-    from recipe.default_model import CANDIDATE_STEPS, FINAL_STEPS, build_default_model, recalibrate_default
+    from recipe.default_model import (
+        CANDIDATE_STEPS,
+        FINAL_STEPS,
+        build_default_model,
+        candidates_named,
+        recalibrate_default,
+    )
 
     if recalibrate:
         try:
@@ -62,11 +76,16 @@ def default_model(
             raise click.ClickException(str(exc)) from exc
         click.echo(f"recalibrated {out or DEFAULT_MODEL_DIR}; see {docs}")
         return
+    try:
+        candidates_named(list(candidates) or None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     comparison = build_default_model(
         workdir,
         candidate_steps or CANDIDATE_STEPS,
         final_steps or FINAL_STEPS,
         out_dir=out or DEFAULT_MODEL_DIR,
         docs_dir=docs,
+        candidates=list(candidates) or None,
     )
     click.echo(f"winner {comparison['winner']}; model written to {out or DEFAULT_MODEL_DIR}; see {docs}")

@@ -475,3 +475,38 @@ def test_the_last_snapshots_averaged_are_one_more_snapshot_to_choose_from(tmp_pa
     assert loaded.metadata["step"] == 30 and "metrics" not in loaded.metadata
     recipe.score_snapshots(store, run, Photos([Path("c.png")], []), average_last=2)  # a resumed recipe
     assert len(run["snapshots"]) == 4  # averaged once
+
+
+def test_a_rebuild_can_compare_only_named_candidates(tmp_path, monkeypatch):
+    trained = []
+    metrics = {"ciede2000": 10.0, "colourfulness": 30.0, "colourfulness_gt": 50.0}
+
+    def fake_scored_run(workdir, name, config, photos, average_last=0):
+        trained.append(name)
+        return {"name": name, "config": config.model_dump(), "version": 1, "step": 1, "calibration": metrics}
+
+    monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: [])
+    monkeypatch.setattr(recipe, "scored_run", fake_scored_run)
+    monkeypatch.setattr(recipe, "export_default", lambda workdir, comparison, out_dir, docs_dir: comparison)
+    named = ["lab-128-w32-mnv2-l1w100", "lab-128-w32-mnv2-l1only"]
+    comparison = recipe.build_default_model(tmp_path, 2, 3, tmp_path / "out", candidates=named)
+    # in the recipe's order, then the winner's longer run; the comparison says it was narrowed
+    assert trained == ["lab-128-w32-mnv2-l1only", "lab-128-w32-mnv2-l1w100", f"{comparison['winner']}-final"]
+    assert comparison["narrowed_to"] == ["lab-128-w32-mnv2-l1only", "lab-128-w32-mnv2-l1w100"]
+    trained.clear()
+    whole = recipe.build_default_model(tmp_path, 2, 3, tmp_path / "out")
+    assert trained[:-1] == list(CANDIDATES) and "narrowed_to" not in whole
+    with pytest.raises(ValueError, match="no candidate lab-nope: the recipe's are seed-128-w32"):
+        recipe.build_default_model(tmp_path, 2, 3, tmp_path / "out", candidates=["lab-nope"])
+
+
+def test_the_default_model_command_names_the_candidates_when_one_is_unknown(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    result = CliRunner().invoke(
+        main, ["default-model", "--workdir", str(tmp_path), "--candidate", "lab-nope"]
+    )
+    assert result.exit_code == 1 and "no candidate lab-nope: the recipe's are seed-128-w32" in result.output
+    assert not any(tmp_path.iterdir())  # refused before fetching anything
