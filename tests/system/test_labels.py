@@ -98,7 +98,7 @@ def test_replicas_follow_the_label_not_the_newest_version_and_a_pin_survives_res
     moved = clients[0].put("/models/labels/stable", json={"version": 4})
     assert moved.status_code == 200 and moved.json()["previous"] == 1
     for client in clients:
-        wait_for(lambda c=client: served(c) == 4, 60, "both replicas on version 4", everyone)
+        wait_for(lambda c=client: served(c) == 4, TIMEOUT, "both replicas on version 4", everyone)
     assert clients[1].get("/models/labels").json() == {"policy": "stable", "labels": {"stable": 4}}
 
     # A replica pinned to version 5 serves it, and again after a restart.
