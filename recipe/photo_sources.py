@@ -277,17 +277,20 @@ def unpack(workdir: Path, packages: list[str]) -> Path:
     unpacked = workdir / "unpacked"
     licences = workdir / "licenses"
     licences.mkdir(parents=True, exist_ok=True)
-    for package in packages:
+
+    def extract(package: str) -> None:
         deb = sorted(debs.glob(f"{package}_*.deb"))[-1]
         subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+
+    for package in packages:
+        extract(package)
         doc = unpacked / "usr/share/doc" / package
         if doc.is_symlink() and not doc.exists():
             # its documentation folder is another package's (gimp-help-en's is gimp-help-common's,
             # which it depends on): that package's debian/copyright covers it
             owner = Path(os.readlink(doc)).name
             _download([owner], debs)
-            owner_deb = sorted(debs.glob(f"{owner}_*.deb"))[-1]
-            subprocess.run(["dpkg-deb", "-x", str(owner_deb), str(unpacked)], check=True)
+            extract(owner)
         shutil.copy(doc / "copyright", licences / f"{package}.copyright")
     return unpacked
 

@@ -247,9 +247,8 @@ def test_a_rebuild_calibrates_size_then_chroma_and_meets_the_previous_default_on
     assert incumbent(shipped, manifest).metadata["photos"] == manifest
     added = [*manifest, {"sha256": "c", "split": "validation"}, {"sha256": "d", "split": "train"}]
     assert incumbent(shipped, added) is not None  # photographs new to the sources: still fair
-    assert (
-        incumbent(shipped, [*manifest, {"sha256": "b", "split": "train"}]) is not None
-    )  # scored, now trains
+    # a photograph it was scored on now trains: still fair
+    assert incumbent(shipped, [*manifest, {"sha256": "b", "split": "train"}]) is not None
     assert incumbent(shipped, [{**manifest[0], "split": "calibration"}, manifest[1]]) is None  # trained it
     assert incumbent(shipped, [{**manifest[0], "split": "validation"}]) is None
     unrecorded = export_float16(tiny_model({}), tmp_path / "unrecorded")
