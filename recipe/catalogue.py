@@ -30,6 +30,11 @@ class Source:
     credit: tuple[str, str] | None = None
     # Each file has an SPDX sidecar ``<file>.license`` (REUSE) naming its author and licence.
     spdx_sidecar: bool = False
+    # Whether its photographs may be the scene a cut-out is pasted onto. A cut-out takes the scene
+    # its name's hash picks among all of them, so a new scene would move every cut-out onto another
+    # (validation's people among them): sources added after the first rebuild say False, and adding
+    # them changes no photograph already there.
+    scene: bool = True
 
 
 _GCOMPRIS_RCC = "usr/share/gcompris-qt/rcc/{}.rcc"
@@ -264,15 +269,19 @@ SOURCES: list[Source] = [
     # jellyfish, woods, rocks, the sea) and matplotlib's portrait of Grace Hopper.
     *(
         Source(
-            "gimp-help-en", f"usr/share/gimp/2.0/help/en/images/{name}", strip="usr/share/gimp/2.0/help/en/"
+            "gimp-help-en",
+            f"usr/share/gimp/2.0/help/en/images/{name}",
+            strip="usr/share/gimp/2.0/help/en/",
+            scene=False,
         )
         for name in GIMP_HELP_PHOTOS
     ),
-    Source("tuxpaint-data", "usr/share/tuxpaint/templates/*.jpg", strip="usr/share/tuxpaint/"),
+    Source("tuxpaint-data", "usr/share/tuxpaint/templates/*.jpg", strip="usr/share/tuxpaint/", scene=False),
     Source(
         "python-matplotlib-data",
         "usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg",
         strip="usr/share/matplotlib/",
+        scene=False,
         # debian/copyright gives matplotlib's licence with no short name for every file; the picture
         # itself is an official portrait by the US Navy, a work of the US government
         credit=("US Navy, official portrait of Grace Hopper (matplotlib's sample data)", "public-domain"),

@@ -303,8 +303,8 @@ def collect(
 ) -> Collected:
     """Fetch, extract and check every source's pictures; write the kept ones to ``out_dir`` as
     ``<name>.png`` (names flattened) and return the manifest and the skip counts. Cut-outs are
-    pasted onto scenes among the kept photographs for which ``scene_ok(name)`` is true (keep
-    validation photographs out of training that way)."""
+    pasted onto scenes among the kept photographs of sources that offer scenes (``Source.scene``)
+    for which ``scene_ok(name)`` is true (keep validation photographs out of training that way)."""
     packages = sorted({s.package for s in sources})
     unpacked = unpack(workdir, packages)
     licences, debs = workdir / "licenses", workdir / "debs"
@@ -382,8 +382,8 @@ def collect(
     for cand, rgb, _ in unique:
         add(cand, rgb, "photograph")
     # Cut-outs on scenes of the kept photographs (chosen by a hash of the cut-out's name, so the
-    # composite is the same at every run).
-    scenes = [rgb for cand, rgb, _ in unique if scene_ok(cand.name)]
+    # composite is the same at every run, and as long as the sources that offer scenes are).
+    scenes = [rgb for cand, rgb, _ in unique if cand.source.scene and scene_ok(cand.name)]
     for cand, rgb, mask in sorted(cutouts, key=lambda c: c[0].name):
         seed = int(hashlib.sha1(cand.name.encode()).hexdigest()[:8], 16)
         add(cand, paste_on_scene(rgb, mask, scenes[seed % len(scenes)], seed), "cut-out on a scene")

@@ -205,6 +205,8 @@ def test_collect_keeps_photographs_and_drops_gray_tiny_drawn_and_duplicate_ones(
     rgba[..., :3] = make_photo(60, 120, 5)
     rgba[10:110, 10:50, 3] = 255
     Image.fromarray(rgba, "RGBA").save(cutouts / "person.png")
+    (root / "usr/share/pictures/zoo").mkdir(parents=True)  # a source added later
+    Image.fromarray(make_photo(230, 175, 8)).save(root / "usr/share/pictures/zoo/boat.png")
     workdir = tmp_path / "work"
     (workdir / "debs").mkdir(parents=True)
     subprocess.run(
@@ -247,6 +249,15 @@ def test_collect_keeps_photographs_and_drops_gray_tiny_drawn_and_duplicate_ones(
         with Image.open(tmp_path / "out" / entry["file"]) as image:
             assert image.mode == "RGB" and min(image.size) >= 160
     assert (workdir / "licenses" / "pictures.copyright").read_text() == COPYRIGHT
+    # A source added later that offers no scenes joins the photographs and leaves the composite as
+    # it was (the person's hash picks the third of three scenes, the dog; of four, the boat).
+    later = collect(
+        workdir, tmp_path / "out2", [*sources, Source("pictures", "usr/share/pictures/zoo/*", scene=False)]
+    )
+    assert len(later.photos) == len(collected.photos) + 1
+    assert (tmp_path / "out2" / person["file"]).read_bytes() == (
+        tmp_path / "out" / person["file"]
+    ).read_bytes()
 
 
 def test_upright_turns_a_picture_clockwise_by_the_first_matching_pattern():
