@@ -32,8 +32,9 @@ class Source:
     spdx_sidecar: bool = False
     # Whether its photographs may be the scene a cut-out is pasted onto. A cut-out takes the scene
     # its name's hash picks among all of them, so a new scene would move every cut-out onto another
-    # (validation's people among them): sources added after the first rebuild say False, and adding
-    # them changes no photograph already there.
+    # (validation's people among them): sources added since the shipped default was made (from
+    # 2026-12-04 on) say False, so that adding them changes no photograph already there
+    # (tests/recipe/test_photo_sources.py keeps the list of scene sources as it is).
     scene: bool = True
 
 

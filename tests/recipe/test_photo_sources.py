@@ -260,6 +260,34 @@ def test_collect_keeps_photographs_and_drops_gray_tiny_drawn_and_duplicate_ones(
     ).read_bytes()
 
 
+def test_the_sources_offering_scenes_are_the_ones_the_composites_were_made_on():
+    # A new scene moves every cut-out onto another one (``Source.scene``): a source added to the
+    # catalogue offers none, or every composite, validation's people among them, changes.
+    scenes = [s for s in SOURCES if s.scene and not s.cutout]
+    assert len(scenes) == 44
+    assert sorted({s.package for s in scenes}) == [
+        "forensics-samples-files",
+        "gcompris-qt-data",
+        "gnome-control-center-data",
+        "gramps",
+        "hugin-data",
+        "kodi-data",
+        "kphotoalbum",
+        "libjs-jquery-backstretch",
+        "libjxl-testdata",
+        "lomiri-wallpapers-16.04",
+        "lomiri-wallpapers-20.04",
+        "lxqt-themes",
+        "mate-backgrounds",
+        "palapeli-data",
+        "plasma-workspace-data",
+        "plasma-workspace-wallpapers",
+        "psychtoolbox-3-common",
+        "scratch",
+        "scribus-template",
+    ]
+
+
 def test_upright_turns_a_picture_clockwise_by_the_first_matching_pattern():
     image = Image.fromarray(np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8))  # red left of blue
     rotate = (("*/side.jpg", 90), ("*/down.jpg", 180), ("*/other.jpg", 270))
