@@ -51,6 +51,35 @@ def batch_zip() -> bytes:
     return out.getvalue()
 
 
+def started_by(node: str) -> set[str]:
+    """The colorize tasks that the result backend says ``node`` has started and not finished."""
+    backend = redis.Redis.from_url(REDIS_TEST_URL)
+    started = set()
+    for key in backend.scan_iter("celery-task-meta-*"):
+        meta = json.loads(backend.get(key) or "{}")
+        if meta.get("status") == "STARTED" and str(meta["result"].get("hostname")).startswith(node):
+            started.add(meta["task_id"])
+    return started
+
+
+def freeze_holding(worker: Proc, node: str, everyone) -> set[str]:
+    """SIGSTOP ``worker`` at a moment it holds started photographs, which it then cannot finish
+    (a worker killed right after finishing all it held would leave nothing to send again);
+    returns their task ids."""
+
+    def frozen() -> set[str]:
+        if not started_by(node):
+            return set()
+        os.killpg(worker.popen.pid, signal.SIGSTOP)
+        time.sleep(0.3)  # a result it sent just before stopping reaches the backend
+        held = started_by(node)
+        if not held:
+            os.killpg(worker.popen.pid, signal.SIGCONT)
+        return held
+
+    return wait_for(frozen, TIMEOUT, f"{node} holding a started photograph", everyone)
+
+
 class Client:
     """POST /colorize to each API in turn, to the other one when one refuses connections (as a load
     balancer would); records every answer until stopped."""
@@ -152,6 +181,7 @@ def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(tmp_pat
     )
     sender.start()
     wait_for(lambda: painters[0].log().count("succeeded in") >= 3, TIMEOUT, "painter0 at work", everyone)
+    held = freeze_holding(painters[0], "painter0@", everyone)
     painters[0].stop(signal.SIGKILL)
     time.sleep(1.0)  # API b dies with the client's requests going to it
     apis[1].stop(signal.SIGKILL)
@@ -173,7 +203,9 @@ def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(tmp_pat
     by = Counter(f["colorized_by"].split("@")[0] for f in manifest["files"] if f["status"] == "ok")
     # the workers did it, both of them (the killed one before it died), not the API
     assert by["painter0"] >= 3 and by["painter1"] > 0 and by["painter0"] + by["painter1"] == PHOTOS, by
-    assert "sent again" in apis[0].log()  # what the killed worker had in hand went to the other one
+    # what the killed worker had in hand went to the other one
+    for task_id in held:
+        assert f"colorize task {task_id}: its worker painter0@" in apis[0].log(), task_id
 
     # the command line, pointed at the broker, colorizes a folder on the surviving colorize worker
     folder = tmp_path / "folder"
