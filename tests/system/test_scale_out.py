@@ -51,9 +51,9 @@ def batch_zip() -> bytes:
     return out.getvalue()
 
 
-def started_by(node: str) -> set[str]:
-    """The colorize tasks that the result backend says ``node`` has started and not finished."""
-    backend = redis.Redis.from_url(REDIS_TEST_URL)
+def started_by(backend: redis.Redis, node: str) -> set[str]:
+    """The colorize tasks that the result backend says ``node`` has started and not finished (the
+    API forgets each result once read, so the scan reads little more than those in flight)."""
     started = set()
     for key in backend.scan_iter("celery-task-meta-*"):
         meta = json.loads(backend.get(key) or "{}")
@@ -66,18 +66,22 @@ def freeze_holding(worker: Proc, node: str, everyone) -> set[str]:
     """SIGSTOP ``worker`` at a moment it holds started photographs, which it then cannot finish
     (a worker killed right after finishing all it held would leave nothing to send again);
     returns their task ids."""
+    backend = redis.Redis.from_url(REDIS_TEST_URL)
 
     def frozen() -> set[str]:
-        if not started_by(node):
+        if not started_by(backend, node):
             return set()
         os.killpg(worker.popen.pid, signal.SIGSTOP)
         time.sleep(0.3)  # a result it sent just before stopping reaches the backend
-        held = started_by(node)
+        held = started_by(backend, node)
         if not held:
             os.killpg(worker.popen.pid, signal.SIGCONT)
         return held
 
-    return wait_for(frozen, TIMEOUT, f"{node} holding a started photograph", everyone)
+    try:
+        return wait_for(frozen, TIMEOUT, f"{node} holding a started photograph", everyone)
+    finally:
+        backend.close()
 
 
 class Client:
