@@ -41,6 +41,7 @@ from inference.batcher import DynamicBatcher, QueueFull, batch_buckets, bucket_f
 from inference.errors import BadRenderSize, EngineBusy, NoModelLoaded
 from inference.failures import FailedVersions, about_the_files, one_line
 from inference.versions import ServingReporter, VersionChooser
+from models.runtimes import LoadCancelled
 from models.store import LoadedModel, ModelStore
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,10 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the watcher thread and wait for it (a load in progress finishes first), then the
-        inference thread (the batch running finishes; queued requests fail)."""
+        """Stop the watcher thread and wait for it, then the inference thread (the batch running
+        finishes; queued requests fail). A load in progress is given up at its next step (between
+        two warm-up calls, before converting or before a call of ``auto``'s measurement; reading
+        the weights finishes first): nothing of it is served or remembered as broken."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -255,7 +258,7 @@ class Engine:
         try:
             model = self.store.load(version)
             self._warm_up(model)
-        except UnknownVersion:
+        except (UnknownVersion, LoadCancelled):
             raise
         except Exception as exc:  # BrokenVersion, or anything a bad generator does on first use
             if isinstance(exc, BrokenVersion):
@@ -327,6 +330,9 @@ class Engine:
                         model = self._load_and_warm(version)
                     except (UnknownVersion, BrokenVersion):
                         continue
+                    except LoadCancelled:
+                        log.info("the load of model version %s was given up: the engine is stopping", version)
+                        return None
                     finally:
                         self.loading = None
                 self._swap_in(model)
@@ -398,6 +404,10 @@ class Engine:
             self._report()  # retention must not delete what is being loaded
             try:
                 model = self._load_and_warm(version)
+            except LoadCancelled:
+                raise NoModelLoaded(
+                    f"model version {version} was not loaded: the service is stopping"
+                ) from None
             finally:
                 self.loading = None
             with self._state_lock:
@@ -432,7 +442,9 @@ class Engine:
                 serving = model.serving
                 if serving is None:
                     precision = self._precision or "float32"
-                    serving = InferenceModel(model, precision, device, self.runtime_preference, cache)
+                    serving = InferenceModel(
+                        model, precision, device, self.runtime_preference, cache, self._stop.is_set
+                    )
                     model.serving = serving
         return serving
 

@@ -69,6 +69,17 @@ class RuntimeUnavailable(Exception):
     """The runtime cannot serve this model here; the message says why, in one sentence."""
 
 
+class LoadCancelled(Exception):
+    """A warm-up (tracing, conversion, ``auto``'s measurement) given up at one of its steps because
+    its caller is stopping: nothing half done is kept or served."""
+
+
+def check_cancelled(cancelled: Callable[[], bool] | None) -> None:
+    """Raises LoadCancelled when ``cancelled`` says so (None: never)."""
+    if cancelled is not None and cancelled():
+        raise LoadCancelled("the warm-up was given up: its caller is stopping")
+
+
 @dataclass(frozen=True)
 class Runner:
     """A compiled model call: (n, s, s, C) float32 in, (n, s, s, out) float32 out, thread-safe."""
@@ -399,10 +410,13 @@ def _checked(model: Any, check_inputs: np.ndarray, reference: np.ndarray) -> tup
     return (None, reason) if reason is not None else (runner, None)
 
 
-def choose(runners: list[Runner], batch: np.ndarray, rounds: int = 3) -> tuple[Runner, dict[str, float]]:
+def choose(
+    runners: list[Runner], batch: np.ndarray, rounds: int = 3, cancelled: Callable[[], bool] | None = None
+) -> tuple[Runner, dict[str, float]]:
     """The runner with the highest rate on ``batch`` (the engine's largest: the rate that counts
     when the service is busy), with each one's seconds per image: medians of ``rounds`` calls, the
-    runners interleaved so each sees the same machine, after one call each to warm up.
+    runners interleaved so each sees the same machine, after one call each to warm up. Raises
+    LoadCancelled before a call once ``cancelled`` says so.
 
     One runner serves every batch size: runtimes differ in their last bits (bfloat16: in a few
     levels), and a photograph must come out the same alone or in a batch.
@@ -410,6 +424,7 @@ def choose(runners: list[Runner], batch: np.ndarray, rounds: int = 3) -> tuple[R
     times: dict[str, list[float]] = {runner.name: [] for runner in runners}
     for round_ in range(rounds + 1):
         for runner in runners:
+            check_cancelled(cancelled)
             start = time.perf_counter()
             runner(batch)
             if round_:
@@ -418,6 +433,8 @@ def choose(runners: list[Runner], batch: np.ndarray, rounds: int = 3) -> tuple[R
     return min(runners, key=lambda r: medians[r.name]), medians
 
 
-def per_image_seconds(runner: Runner, batch: np.ndarray, rounds: int = 3) -> float:
+def per_image_seconds(
+    runner: Runner, batch: np.ndarray, rounds: int = 3, cancelled: Callable[[], bool] | None = None
+) -> float:
     """The median seconds per image of ``runner`` on ``batch`` over ``rounds`` calls, after one."""
-    return choose([runner], batch, rounds)[1][runner.name]
+    return choose([runner], batch, rounds, cancelled)[1][runner.name]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,7 @@ class InferenceModel:
         device: str = "CPU:0",
         runtime: str = "tensorflow",
         cache: runtimes.ConversionCache | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -97,6 +99,8 @@ class InferenceModel:
         self.in_channels = int(self.network.input_shape[-1])
         self.runtime_preference = runtime
         self.cache = cache
+        # Asked between the steps of a warm-up: True gives it up (runtimes.LoadCancelled).
+        self.cancelled = cancelled
         # What runs the model's render side (set when warming up at it), and why.
         self.runtime = "tensorflow"
         self.runtime_precision = self.precision
@@ -156,8 +160,11 @@ class InferenceModel:
 
     def warm_up(self, size: int, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Trace the function for ``size`` and run each batch size once (kernels are picked per
-        shape); at the model's render side, then choose the runtime (``choose_runtime``)."""
+        shape); at the model's render side, then choose the runtime (``choose_runtime``).
+
+        Raises runtimes.LoadCancelled between two of its steps once ``cancelled`` says so."""
         for count in batch_sizes:
+            runtimes.check_cancelled(self.cancelled)
             self.predict(np.zeros((count, size, size, self.in_channels), np.float32))
         if size == self.model.render_size and size not in self._decided:
             self.choose_runtime(size, batch_sizes)
@@ -189,7 +196,7 @@ class InferenceModel:
             return
         key, choice = self._recalled_choice(size, len(largest)) if preference == "auto" else (None, None)
         if preference == "auto" and choice is None:
-            seconds = runtimes.per_image_seconds(tensorflow, largest)
+            seconds = runtimes.per_image_seconds(tensorflow, largest, cancelled=self.cancelled)
             if seconds < runtimes.TRIVIAL_SECONDS:
                 why = (
                     f"TensorFlow takes {1000 * seconds:.2f} ms per image: too little to gain from converting"
@@ -198,6 +205,7 @@ class InferenceModel:
         if choice is not None and choice["runtime"] == "tensorflow":
             self.runtime_reason, self.runtime_seconds = choice["why"], choice["seconds"]
             return
+        runtimes.check_cancelled(self.cancelled)
         try:
             runner = self._openvino(size)
         except runtimes.RuntimeUnavailable as exc:
@@ -209,7 +217,7 @@ class InferenceModel:
             chosen, why = runner, "COLORIZER_INFERENCE_RUNTIME is openvino"
         else:
             if choice is None:
-                best, seconds = runtimes.choose([tensorflow, runner], largest)
+                best, seconds = runtimes.choose([tensorflow, runner], largest, cancelled=self.cancelled)
                 measured = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in seconds.items())
                 why = f"the fastest here per image in batches of {len(largest)}: {measured}"
                 choice = self._remember(key, best.runtime, why, seconds)

@@ -25,6 +25,7 @@ from inference.errors import NoModelLoaded
 from inference.pipeline import Pipeline
 from models.device import XLA_WIDE_VECTORS, configure_tensorflow, prefer_wide_vectors
 from models.networks import build_generator
+from models.serving import InferenceModel
 from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, ModelStore, UnknownVersion
 
 
@@ -263,6 +264,44 @@ def test_check_render_size_rejects_sizes_the_model_cannot_use(store, render_size
     with pytest.raises(ValueError, match="render_size"):
         engine.check_render_size(engine.model(), render_size)
     assert engine.check_render_size(engine.model(), 64) == 64
+
+
+def test_stopping_gives_up_a_load_in_progress_at_its_next_step(store, monkeypatch, caplog):
+    """A SIGTERM during start-up (``docker stop``) must not wait for the whole warm-up: the load
+    stops at its next step, nothing of it is served, and it is not remembered as broken."""
+    publish_tiny(store)
+    engine = Engine(store, reload_interval=0.1)
+    calls = []
+    real_call = InferenceModel._tensorflow
+
+    def call_until_stopped(self, inputs):  # a long first warm-up call, still running when stop comes
+        calls.append(len(inputs))
+        deadline = time.monotonic() + 60
+        while not self.cancelled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return real_call(self, inputs)
+
+    monkeypatch.setattr(InferenceModel, "_tensorflow", call_until_stopped)
+    engine.start()
+    deadline = time.monotonic() + 60
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with caplog.at_level("INFO", logger="inference.engine"):
+        engine.stop()
+    assert calls == [1]  # buckets 2, 4 and 8 were not warmed up
+    assert not engine.ready and engine.failed_versions() == {}
+    assert "the load of model version 1 was given up: the engine is stopping" in caplog.text
+    assert not any(t.name == "model-watcher" and t.is_alive() for t in threading.enumerate())
+
+    monkeypatch.undo()  # started again, it loads and serves the same version
+    engine.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not engine.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.ready and engine.model().version == 1
+    finally:
+        engine.stop()
 
 
 def test_the_watcher_thread_picks_up_a_new_version_and_stops(store):

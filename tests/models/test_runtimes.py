@@ -198,6 +198,17 @@ def test_choose_takes_the_higher_rate_by_median_and_reports_each(monkeypatch):
     assert seconds == {"tensorflow float32": pytest.approx(0.1), "openvino float32": pytest.approx(0.05)}
 
 
+def test_choose_gives_up_before_its_next_call_once_cancelled():
+    calls = []
+    runner = Runner("tensorflow", "float32", lambda x: calls.append(len(x)) or x)
+    batch = np.zeros((2, 2, 2, 1), np.float32)
+    # the engine stops during the third call: no fourth call, no choice
+    with pytest.raises(runtimes.LoadCancelled):
+        runtimes.choose([runner, runner], batch, cancelled=lambda: len(calls) >= 3)
+    assert calls == [2, 2, 2]
+    assert runtimes.choose([runner], batch, rounds=1, cancelled=lambda: False)[0] is runner
+
+
 def test_auto_measures_both_and_serves_the_faster(tmp_path, monkeypatch):
     monkeypatch.setattr(runtimes, "TRIVIAL_SECONDS", 0.0)
     inference = serving(lively_model(), ConversionCache(tmp_path), runtime="auto")
@@ -212,7 +223,11 @@ def test_auto_remembers_its_choice_for_this_model_on_this_machine(tmp_path, monk
     model, cache = lively_model(), ConversionCache(tmp_path)
     measured = runtimes.choose
     # the first server measures; OpenVINO is made the faster so the choice is not TensorFlow's default
-    monkeypatch.setattr(runtimes, "choose", lambda runners, *args: (runners[-1], measured(runners, *args)[1]))
+    monkeypatch.setattr(
+        runtimes,
+        "choose",
+        lambda runners, *args, **kwargs: (runners[-1], measured(runners, *args, **kwargs)[1]),
+    )
     first = serving(model, cache, runtime="auto")
     assert first.runtime == "openvino" and len(list((tmp_path / "runtime-choices").glob("*.json"))) == 1
 
