@@ -330,6 +330,14 @@ def incumbent(out_dir: Path, manifest: list[dict[str, Any]]) -> LoadedModel | No
     return model
 
 
+def kept_photos(previous: LoadedModel, manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The photographs of a previous default kept over this run: the training photographs its own
+    record names (its weights saw those, not today's), then today's calibration, validation and
+    held-out photographs, which it was calibrated and scored on again."""
+    trained = [p for p in previous.metadata.get("photos") or [] if p.get("split") == "train"]
+    return [*trained, *(p for p in manifest if p["split"] != "train")]
+
+
 def made_from(model: LoadedModel, manifest: list[dict[str, Any]]) -> bool:
     """Whether ``model`` was trained, chosen and validated on exactly these photographs and splits
     (its metadata's manifest is then this one, and recalibrating it keeps that record true)."""
@@ -370,8 +378,10 @@ def export_default(
         f"{rival['calibration']['ciede2000']:.3f}" if rival else "not comparable",
         "the previous default" if keep else shipped["name"],
     )
+    manifest = comparison["photos"]  # this run's; the comparison keeps it
     if keep:
         recipe = {**previous.metadata["recipe"], "kept_over": shipped["name"]}
+        manifest = kept_photos(previous, manifest)
     else:
         recipe = {
             "winner": comparison["winner"],
@@ -392,6 +402,7 @@ def export_default(
         comparison,
         out_dir,
         docs_dir,
+        manifest,
     )
 
 
@@ -433,11 +444,14 @@ def _ship(
     comparison: dict[str, Any],
     out_dir: Path,
     docs_dir: Path | None,
+    manifest: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write the calibrated ``model`` to ``out_dir`` with float16 weights, scored again on the
-    validation photographs, its ``recipe`` and the calibration in its metadata; the comparison,
-    manifest and sheets to ``docs_dir``. Returns the comparison with ``calibration`` and the
-    float16 model's report (``float16``) in it."""
+    validation photographs, its ``recipe``, the calibration and ``manifest`` (the photographs it
+    was made from; default the comparison's) in its metadata; the comparison, manifest and sheets
+    to ``docs_dir``. Returns the comparison with ``calibration`` and the float16 model's report
+    (``float16``) in it."""
+    manifest = comparison["photos"] if manifest is None else manifest
     photos = Photos.of(workdir)
     # last: colour hints, learnt on top of the calibrated model (its automatic colours unchanged)
     model, hinted = with_hints(workdir, model, photos, candidate_of(model))
@@ -480,7 +494,7 @@ def _ship(
                     else {}
                 ),
             },
-            "photos": comparison["photos"],
+            "photos": manifest,
         }
     )
     meta_path.write_text(json.dumps(metadata, indent=2, default=str))
@@ -491,7 +505,7 @@ def _ship(
         write_comparison(docs_dir, comparison)
         skipped_file = workdir / "skipped.json"
         skipped = json.loads(skipped_file.read_text()) if skipped_file.is_file() else {}
-        write_manifest(docs_dir, comparison["photos"], skipped)
+        write_manifest(docs_dir, manifest, skipped)
         write_old_photographs_sheet(workdir, exported_model, docs_dir / "old-photographs-sheet.jpg")
         write_validation_sheet(exported_model, photos.validation, docs_dir / "validation-sheet.jpg")
         if exported_model.hints:

@@ -388,7 +388,13 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
             "license": "CC0-1.0",
         }
         manifest.append({"sha256": f"{len(manifest)}", "split": split, "name": name, **credit})
-    monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: manifest)
+    # today's sources hold a training photograph the previous default never saw, and it was trained
+    # on one that is gone from them: its record must keep naming what its weights saw
+    gone, new = (
+        {**manifest[0], "sha256": sha, "split": "train", "name": f"train/{sha}.png"}
+        for sha in ("gone", "new")
+    )
+    monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: [*manifest, new])
     # one knee at two scales: the knee's way through calibration and export, at a third of the grid
     monkeypatch.setattr(calibration, "CHROMA_KNEES", (20.0,))
     monkeypatch.setattr(calibration, "KNEE_SCALES", (1.0, 1.15))
@@ -406,7 +412,8 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
         "budget": {"candidate_steps": 4, "final_steps": 8},
     }
     out = tmp_path / "default"
-    previous = tiny_model({"photos": manifest, "recipe": {"winner": "older"}})
+    comparison["photos"] = [*manifest, new]
+    previous = tiny_model({"photos": [gone, *manifest], "recipe": {"winner": "older"}})
     previous.generator.layers[-1].set_weights(
         [w * 3 for w in previous.generator.layers[-1].get_weights()]  # wronger, louder colours
     )
@@ -427,7 +434,8 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
         1,
         3,
     )
-    assert meta["photos"] == manifest
+    assert meta["photos"] == ([gone, *manifest] if best == recipe.PREVIOUS_DEFAULT else [*manifest, new])
+    assert shipped["photos"] == [*manifest, new]  # the comparison records this run's photographs
     # the tiny model's U-Net encoder cannot take hints: said so, not failed
     assert "cannot take hints" in shipped["hints"]["skipped"] and not meta.get("hints")
 
@@ -436,6 +444,10 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
     docs.mkdir()
     (docs / "comparison.json").write_text(__import__("json").dumps(shipped, default=str))
     monkeypatch.setattr(recipe, "write_old_photographs_sheet", lambda *args: None)  # needs gramps
+    if best == recipe.PREVIOUS_DEFAULT:  # not made from today's photographs: only a rebuild replaces it
+        with pytest.raises(RuntimeError, match="rebuild"):
+            recipe.recalibrate_default(workdir, out, docs)
+        return
     again = recipe.recalibrate_default(workdir, out, docs)
     assert again["recalibrated"] and again["shipped"] == best
     assert "calibrated again" in (docs / "comparison.md").read_text()
@@ -445,6 +457,25 @@ def test_export_ships_the_better_on_calibration_and_recalibrating_keeps_the_weig
     monkeypatch.setattr(recipe, "fetch_photos", lambda workdir: manifest[:1])
     with pytest.raises(RuntimeError, match="rebuild"):
         recipe.recalibrate_default(workdir, out, docs)
+
+
+def test_a_kept_previous_default_records_the_photographs_its_weights_were_trained_on():
+    """Kept over a rebuild on more photographs, the previous default's metadata and manifest name its
+    own training photographs (not the rebuild's) and today's scoring photographs."""
+    from types import SimpleNamespace
+
+    trained = [{"sha256": "a", "split": "train"}, {"sha256": "b", "split": "train"}]
+    scored_then = [{"sha256": "c", "split": "calibration"}]
+    today = [
+        {"sha256": "a", "split": "train"},
+        {"sha256": "n", "split": "train"},  # new to the sources: the previous default never saw it
+        {"sha256": "c", "split": "calibration"},
+        {"sha256": "m", "split": "calibration"},
+        {"sha256": "v", "split": "validation"},
+        {"sha256": "h", "split": "held out"},
+    ]
+    previous = SimpleNamespace(metadata={"photos": [*trained, *scored_then]})
+    assert recipe.kept_photos(previous, today) == [*trained, *today[2:]]
 
 
 def test_the_last_snapshots_averaged_are_one_more_snapshot_to_choose_from(tmp_path, monkeypatch):
