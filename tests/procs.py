@@ -34,6 +34,10 @@ def colorizer_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env.update(
         COLORIZER_DATA_DIR=str(data_dir),
         COLORIZER_RELOAD_INTERVAL="0.3",
+        # TensorFlow serves: converting the packaged default to OpenVINO, checking it and auto's
+        # measurement cost each process about 12 s of both cores before it is ready (20.6 against
+        # 8.1 s on 2 cores). test_e2e asks for auto, the default, and checks its choice.
+        COLORIZER_INFERENCE_RUNTIME="tensorflow",
         TF_CPP_MIN_LOG_LEVEL="2",
         CUDA_VISIBLE_DEVICES="-1",
         PYTHONUNBUFFERED="1",
