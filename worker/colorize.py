@@ -68,9 +68,10 @@ def colorize(
     ``image_format``: ``{"data", "model_version", "worker"}``, or ``{"error", "kind", "worker"}`` when
     the photograph, its hints or the render size are refused (the inference error's sentence and
     class: the sender turns them into its own answer), or when this worker cannot load ``version``
-    (``kind`` then names the store's error, and the sender colorizes the photograph itself)."""
+    (``kind`` then names the store's error, or NoModelLoaded when the worker is stopping, and the
+    sender colorizes the photograph itself)."""
     from common.store import BrokenVersion, UnknownVersion
-    from inference.errors import BadHints, BadRenderSize, ImageRejected
+    from inference.errors import BadHints, BadRenderSize, ImageRejected, NoModelLoaded
 
     worker = self.request.hostname  # the node name: the API's batch manifest says who colorized what
     try:
@@ -85,6 +86,7 @@ def colorize(
         work = pipeline()
         model = work.engine.model(version)
         encoded = work.colorize_bytes(data, image_format, model, render_size, hints)
-    except (ImageRejected, BadRenderSize, BadHints, UnknownVersion, BrokenVersion) as exc:
+    except (ImageRejected, BadRenderSize, BadHints, UnknownVersion, BrokenVersion, NoModelLoaded) as exc:
+        # NoModelLoaded: a warm shutdown gave up loading the version asked for (Engine.stop)
         return {"error": str(exc), "kind": type(exc).__name__, "worker": worker}
     return {"data": encode_photo(encoded), "model_version": model.version, "worker": worker}
