@@ -334,7 +334,7 @@ def kept_photos(previous: LoadedModel, manifest: list[dict[str, Any]]) -> list[d
     """The photographs of a previous default kept over this run: the training photographs its own
     record names (its weights saw those, not today's), then today's calibration, validation and
     held-out photographs, which it was calibrated and scored on again."""
-    trained = [p for p in previous.metadata.get("photos") or [] if p.get("split") == "train"]
+    trained = [p for p in previous.metadata["photos"] if p.get("split") == "train"]  # a list: ``incumbent``
     return [*trained, *(p for p in manifest if p["split"] != "train")]
 
 

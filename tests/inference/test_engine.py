@@ -27,6 +27,7 @@ from models.device import XLA_WIDE_VECTORS, configure_tensorflow, prefer_wide_ve
 from models.networks import build_generator
 from models.serving import InferenceModel
 from models.store import GENERATOR_FILE, METADATA_FILE, BrokenVersion, ModelStore, UnknownVersion
+from tests.procs import wait_for
 
 
 @pytest.fixture
@@ -283,9 +284,7 @@ def test_stopping_gives_up_a_load_in_progress_at_its_next_step(store, monkeypatc
 
     monkeypatch.setattr(InferenceModel, "_tensorflow", call_until_stopped)
     engine.start()
-    deadline = time.monotonic() + 60
-    while not calls and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: calls, 60, "the first warm-up call")
     with caplog.at_level("INFO", logger="inference.engine"):
         engine.stop()
     assert calls == [1]  # buckets 2, 4 and 8 were not warmed up
@@ -296,9 +295,7 @@ def test_stopping_gives_up_a_load_in_progress_at_its_next_step(store, monkeypatc
     monkeypatch.undo()  # started again, it loads and serves the same version
     engine.start()
     try:
-        deadline = time.monotonic() + 60
-        while not engine.ready and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: engine.ready, 60, "the engine serving again")
         assert engine.ready and engine.model().version == 1
     finally:
         engine.stop()
@@ -309,9 +306,7 @@ def test_the_watcher_thread_picks_up_a_new_version_and_stops(store):
     engine.start()
     try:
         publish_tiny(store)
-        deadline = time.monotonic() + 30
-        while not engine.ready and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: engine.ready, 30, "the engine serving version 1")
         assert engine.ready and engine.model().version == 1
     finally:
         engine.stop()
