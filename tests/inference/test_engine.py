@@ -130,8 +130,12 @@ os.write(2, b"after\\n")
     assert done.stderr == "E0000 something else went wrong\na Python warning\nafter\n"
 
 
-def test_xla_gets_wide_vectors_on_an_amd_avx512_cpu_unless_a_width_is_set():
+def test_xla_gets_wide_vectors_on_amd_avx512_and_intel_amx_cpus_unless_a_width_is_set():
     amd, avx512, checked = "AuthenticAMD", {"avx2", "avx512f"}, (2, 21)
+    intel, amx = "GenuineIntel", {"avx2", "avx512f", "avx512_bf16", "amx_tile"}
+    environ = {}
+    assert prefer_wide_vectors(intel, amx, checked, environ)  # Sapphire Rapids and later
+    assert environ["XLA_FLAGS"] == XLA_WIDE_VECTORS
     environ: dict[str, str] = {}
     assert prefer_wide_vectors(amd, avx512, checked, environ)
     assert environ["XLA_FLAGS"] == XLA_WIDE_VECTORS
@@ -145,7 +149,9 @@ def test_xla_gets_wide_vectors_on_an_amd_avx512_cpu_unless_a_width_is_set():
     assert environ["XLA_FLAGS"] == "--xla_cpu_prefer_vector_width=256"
     for vendor, flags, tensorflow in [
         (amd, {"avx2", "fma"}, checked),  # no AVX-512
-        ("GenuineIntel", avx512, checked),  # older Intel parts slow their clock for 512-bit work
+        (intel, avx512, checked),  # older Intel parts slow their clock for 512-bit work
+        (intel, {"avx2", "amx_tile"}, checked),  # AMX without AVX-512 (no such part known)
+        ("", amx, checked),  # a vendor Linux does not name
         (amd, avx512, (2, 18)),  # a TensorFlow not checked to know the flag
         (amd, avx512, (0, 0)),  # TensorFlow's version unknown
     ]:
