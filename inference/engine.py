@@ -186,8 +186,12 @@ class Engine:
         """Start the watcher thread (it sets up TensorFlow and loads the policy's version first)."""
         if self._thread is not None and self._thread.is_alive():
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        # a fresh event: a watcher that outlived ``stop`` (stuck in a store read past its timeout)
+        # keeps its own, set, and ends when it returns, rather than running beside the new one
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._watch, args=(self._stop,), name="model-watcher", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -203,22 +207,25 @@ class Engine:
             self._thread = None
         self._batcher.stop(timeout)
 
-    def _watch(self) -> None:
+    def _watch(self, stop: threading.Event) -> None:
         try:
             self.setup()
         except Exception as exc:
             self.setup_error = f"TensorFlow could not be set up: {exc}"
             log.exception("TensorFlow could not be set up; no model will be served")
             return
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 self.refresh()
             except Exception:  # the watcher must outlive any surprise in one look at the store
                 log.exception("looking for a new model version failed; trying again later")
+            if stop.is_set():
+                break  # stopped during that look: what it found is the next watcher's to report
             self._looked.set()  # also after a look that failed
             self._report()
-            self._stop.wait(self.reload_interval)
-        self.reporter.withdraw()
+            stop.wait(self.reload_interval)
+        if stop is self._stop:  # not started again meanwhile: nobody else reports for this replica
+            self.reporter.withdraw()
 
     def waiting_reason(self) -> str:
         """Why no model is served (yet), in a sentence for /readyz and a 503."""

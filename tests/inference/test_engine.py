@@ -307,6 +307,46 @@ def test_stopping_gives_up_a_load_in_progress_at_its_next_step(store, monkeypatc
         engine.stop()
 
 
+def test_a_watcher_that_outlives_stop_ends_when_started_again(store, monkeypatch, caplog):
+    """``stop`` gives up waiting for a watcher stuck in a look at the store; started again, the
+    engine runs one new watcher, and the stuck one ends as soon as its look returns instead of
+    running beside it (and leaves the replica's report to the new one)."""
+    publish_tiny(store)
+    engine = Engine(store, reload_interval=0.05)
+    release, entered = threading.Event(), threading.Event()
+    real_refresh = Engine.refresh
+
+    def stuck_once(self):  # the first look hangs (a store that stopped answering), later ones do not
+        if not entered.is_set():
+            entered.set()
+            release.wait(60)
+        return real_refresh(self)
+
+    monkeypatch.setattr(Engine, "refresh", stuck_once)
+    withdrawn = []
+    monkeypatch.setattr(engine.reporter, "withdraw", lambda: withdrawn.append(threading.current_thread()))
+    engine.start()
+    assert entered.wait(60)
+    stuck = next(t for t in threading.enumerate() if t.name == "model-watcher")
+    with caplog.at_level("WARNING", logger="inference.engine"):
+        engine.stop(timeout=0.1)
+    assert "the model watcher did not stop within" in caplog.text and stuck.is_alive()
+
+    engine.start()
+    try:
+        wait_for(lambda: engine.ready, 60, "the new watcher serving version 1")
+        release.set()
+        stuck.join(30)
+        assert not stuck.is_alive()
+        watchers = [t for t in threading.enumerate() if t.name == "model-watcher" and t.is_alive()]
+        assert len(watchers) == 1 and watchers[0] is not stuck
+        assert withdrawn == []  # the stuck watcher left the report alone
+    finally:
+        release.set()
+        engine.stop()
+    assert [t.name for t in withdrawn] == ["model-watcher"]  # the new one withdrew it on stop
+
+
 def test_the_watcher_thread_picks_up_a_new_version_and_stops(store):
     engine = Engine(store, reload_interval=0.1)
     engine.start()
