@@ -133,10 +133,10 @@ os.write(2, b"after\\n")
 def test_xla_gets_wide_vectors_on_amd_avx512_and_intel_amx_cpus_unless_a_width_is_set():
     amd, avx512, checked = "AuthenticAMD", {"avx2", "avx512f"}, (2, 21)
     intel, amx = "GenuineIntel", {"avx2", "avx512f", "avx512_bf16", "amx_tile"}
-    environ = {}
+    environ: dict[str, str] = {}
     assert prefer_wide_vectors(intel, amx, checked, environ)  # Sapphire Rapids and later
     assert environ["XLA_FLAGS"] == XLA_WIDE_VECTORS
-    environ: dict[str, str] = {}
+    environ = {}
     assert prefer_wide_vectors(amd, avx512, checked, environ)
     assert environ["XLA_FLAGS"] == XLA_WIDE_VECTORS
     assert not prefer_wide_vectors(amd, avx512, checked, environ)  # once is enough
@@ -315,9 +315,11 @@ def test_a_watcher_that_outlives_stop_ends_when_started_again(store, monkeypatch
     engine = Engine(store, reload_interval=0.05)
     release, entered = threading.Event(), threading.Event()
     real_refresh = Engine.refresh
+    stuck_threads = []
 
     def stuck_once(self):  # the first look hangs (a store that stopped answering), later ones do not
         if not entered.is_set():
+            stuck_threads.append(threading.current_thread())
             entered.set()
             release.wait(60)
         return real_refresh(self)
@@ -327,7 +329,7 @@ def test_a_watcher_that_outlives_stop_ends_when_started_again(store, monkeypatch
     monkeypatch.setattr(engine.reporter, "withdraw", lambda: withdrawn.append(threading.current_thread()))
     engine.start()
     assert entered.wait(60)
-    stuck = next(t for t in threading.enumerate() if t.name == "model-watcher")
+    (stuck,) = stuck_threads
     with caplog.at_level("WARNING", logger="inference.engine"):
         engine.stop(timeout=0.1)
     assert "the model watcher did not stop within" in caplog.text and stuck.is_alive()
