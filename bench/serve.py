@@ -460,6 +460,11 @@ def main() -> None:
         print(f"\nauto chose {chosen} in process ({auto['reason']}); load {auto['load']:.1f} s")
         if name in http:
             print(f"auto chose {http[name]['runtime']} in the HTTP server ({http[name]['reason']})")
+            spent = ", ".join(
+                f"{clients} x {set_name}: {r['client_cpu_ms']:.2f}"
+                for (set_name, clients), r in http[name]["results"].items()
+            )
+            print(f"CPU the HTTP clients took on this machine, ms per request: {spent}")
         best_name, best = max(
             ((k, v["batched"]["rate"]) for k, v in found["engines"].items()), key=lambda kv: kv[1]
         )
