@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         64, ge=1, le=10_000, description="Photographs waiting for the model before /colorize answers 503."
     )
+    batches_in_flight: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="Model calls that may run at once: past the first, each starts only on a full batch "
+        "(more throughput under heavy load; docs/performance.md).",
+    )
     visibility_timeout: int = Field(
         86_400,
         ge=60,

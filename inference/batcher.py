@@ -7,6 +7,10 @@ are there it waits for more until ``timeout`` seconds after the oldest one was q
 other keys keep their place in the queue. Past ``max_queue`` waiting requests, ``submit`` raises
 QueueFull at once instead of building a backlog.
 
+With ``in_flight`` above 1, more threads run batches beside the first, each taking only a full
+batch (``max_batch_size`` requests of one key): under load a second model call fills the gaps the
+first leaves on the cores, while one client still gets its batch of one from the first thread.
+
 This module knows nothing of TensorFlow or HTTP; the engine supplies ``run``.
 """
 
@@ -75,18 +79,22 @@ class DynamicBatcher:
         max_queue: int = 64,
         name: str = "inference",
         on_batch: BatchObserver | None = None,
+        in_flight: int = 1,
     ):
-        if max_batch_size < 1 or max_queue < 1 or timeout < 0:
-            raise ValueError("max_batch_size and max_queue must be positive and timeout not negative")
+        if max_batch_size < 1 or max_queue < 1 or in_flight < 1 or timeout < 0:
+            raise ValueError(
+                "max_batch_size, max_queue and in_flight must be positive and timeout not negative"
+            )
         self._run = run
         self.max_batch_size = max_batch_size
         self.timeout = timeout
         self.max_queue = max_queue
         self.name = name
         self._on_batch = on_batch
+        self.in_flight = in_flight
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []  # the first takes any batch, the others full ones
         self._stopping = False
         self.batches_run = 0  # how many times ``run`` was called
         self.last_batch_seconds = 0.0
@@ -97,30 +105,40 @@ class DynamicBatcher:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and self._threads[0].is_alive()
 
     def start(self) -> None:
-        """Start the thread (idempotent)."""
+        """Start the threads (idempotent)."""
         with self._cond:
             if self.running:
                 return
             self._stopping = False
-            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(
+                    target=self._loop,
+                    args=(i > 0,),
+                    name=self.name if i == 0 else f"{self.name}-{i}",
+                    daemon=True,
+                )
+                for i in range(self.in_flight)
+            ]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Let the running batch finish, fail the requests still queued, and stop the thread."""
+        """Let the running batches finish, fail the requests still queued, and stop the threads."""
         with self._cond:
             self._stopping = True
             pending = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
-            thread, self._thread = self._thread, None
+            threads, self._threads = self._threads, []
         for request in pending:
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(BatcherStopped("the inference engine stopped"))
-        if thread is not None:
-            thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def full(self) -> bool:
         return len(self._queue) >= self.max_queue
@@ -156,14 +174,30 @@ class DynamicBatcher:
                 if same >= self.max_batch_size or remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch = [r for r in self._queue if r.key == head.key][: self.max_batch_size]
-            taken = set(map(id, batch))
-            self._queue = deque(r for r in self._queue if id(r) not in taken)
-            return batch
+            return self._remove(head.key)
 
-    def _loop(self) -> None:
+    def _take_full_batch(self) -> list[_Request] | None:
+        """A batch of ``max_batch_size`` requests of the oldest key that has that many queued."""
+        with self._cond:
+            while not self._stopping:
+                counts: dict[Hashable, int] = {}
+                for request in self._queue:
+                    counts[request.key] = counts.get(request.key, 0) + 1
+                    if counts[request.key] >= self.max_batch_size:
+                        return self._remove(request.key)
+                self._cond.wait()
+            return None
+
+    def _remove(self, key: Hashable) -> list[_Request]:
+        """The oldest ``max_batch_size`` queued requests of ``key``, taken off the queue (lock held)."""
+        batch = [r for r in self._queue if r.key == key][: self.max_batch_size]
+        taken = set(map(id, batch))
+        self._queue = deque(r for r in self._queue if id(r) not in taken)
+        return batch
+
+    def _loop(self, full_only: bool = False) -> None:
         while True:
-            batch = self._take_batch()
+            batch = self._take_full_batch() if full_only else self._take_batch()
             if batch is None:
                 return
             batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
@@ -181,8 +215,9 @@ class DynamicBatcher:
                 continue
             finally:
                 seconds = time.monotonic() - started
-                self.batches_run += 1
-                self.last_batch_seconds = seconds
+                with self._cond:
+                    self.batches_run += 1
+                    self.last_batch_seconds = seconds
             for request, result in zip(batch, results, strict=True):
                 request.future.set_result(result)
             if self._on_batch is not None:

@@ -84,6 +84,7 @@ class Engine:
         max_batch_size: int = 8,
         batch_timeout: float = 0.005,
         max_queue: int = 64,
+        batches_in_flight: int = 1,
         observer: EngineObserver | None = None,
         policy: Policy | str = LATEST,
         runtime: str = "auto",
@@ -106,6 +107,7 @@ class Engine:
             max_batch_size=max_batch_size,
             timeout=batch_timeout,
             max_queue=max_queue,
+            in_flight=batches_in_flight,
             name="inference",
             on_batch=observer.batch_done if observer is not None else None,
         )
@@ -553,6 +555,7 @@ def engine_from_settings(store: ModelStore, settings: Settings, **overrides: Any
         "max_batch_size": settings.max_batch_size,
         "batch_timeout": settings.batch_timeout_ms / 1000.0,
         "max_queue": settings.max_queue,
+        "batches_in_flight": settings.batches_in_flight,
         "policy": settings.policy,
         "runtime": settings.inference_runtime,
         "runtime_cache": settings.runtime_cache_dir,

@@ -16,8 +16,9 @@ import keras
 import numpy as np
 import pytest
 
+from common.settings import Settings
 from inference.batcher import BatcherStopped, DynamicBatcher, QueueFull, batch_buckets, bucket_for
-from inference.engine import Engine
+from inference.engine import Engine, engine_from_settings
 from inference.errors import EngineBusy
 from inference.pipeline import Pipeline
 from models.colorize import colorize_array, finish, prepare
@@ -266,6 +267,75 @@ def test_stop_fails_the_requests_still_queued(make_batcher):
         queued.result(30)
 
 
+class Overlap(Recorder):
+    """A held Recorder that also counts the batches inside it at once."""
+
+    def __init__(self):
+        super().__init__(hold=True)
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.two_inside = threading.Event()
+
+    def __call__(self, key, payloads):
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            if self.inside >= 2:
+                self.two_inside.set()
+        try:
+            return super().__call__(key, payloads)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+def test_a_second_full_batch_runs_beside_the_first_with_two_in_flight(make_batcher):
+    run = Overlap()
+    batcher = make_batcher(run, max_batch_size=2, timeout=5.0, in_flight=2)
+    first = [batcher.submit("a", i) for i in (0, 1)]
+    assert run.entered.wait(30)
+    second = [batcher.submit("a", i) for i in (2, 3)]
+    assert run.two_inside.wait(30)  # the second batch did not wait for the first
+    run.release.set()
+    assert [f.result(30) for f in (*first, *second)] == [0, 10, 20, 30]
+    assert sorted(payloads for _, payloads in run.batches) == [[0, 1], [2, 3]]
+    assert batcher.batches_run == 2
+
+
+def test_with_two_in_flight_a_batch_that_is_not_full_waits_for_the_first_thread(make_batcher):
+    run = Overlap()
+    batcher = make_batcher(run, max_batch_size=4, timeout=0.0, in_flight=2)
+    first = batcher.submit("a", 0)
+    assert run.entered.wait(30)  # the first thread holds a batch of one
+    waiting = [batcher.submit(key, i) for i, key in enumerate("ab", start=1)]
+    assert not run.two_inside.wait(0.3)  # neither is a full batch: no second call starts
+    assert batcher.depth() == 2
+    run.release.set()
+    assert [f.result(30) for f in (first, *waiting)] == [0, 10, 20]
+    assert run.batches == [("a", [0]), ("a", [1]), ("b", [2])]
+    assert run.most_inside == 1
+
+
+def test_stop_ends_every_thread_in_flight(make_batcher):
+    run = Overlap()
+    batcher = make_batcher(run, max_batch_size=1, timeout=0.0, in_flight=3)
+    running = [batcher.submit("a", i) for i in (0, 1)]
+    assert run.two_inside.wait(30)
+    threads = list(batcher._threads)
+    assert len(threads) == 3
+    threading.Timer(0.2, run.release.set).start()
+    batcher.stop()
+    assert [f.result(30) for f in running] == [0, 10]
+    assert not any(thread.is_alive() for thread in threads)
+    assert not batcher.running
+
+
+def test_in_flight_must_be_at_least_one():
+    with pytest.raises(ValueError, match="in_flight"):
+        DynamicBatcher(Recorder(), in_flight=0)
+
+
 # -- the engine -------------------------------------------------------------------------------------
 
 
@@ -289,6 +359,27 @@ def _sample(metrics: ServiceMetrics, name: str) -> float:
 def colorize(engine: Engine, model, image: np.ndarray, render_size: int | None = None) -> np.ndarray:
     """One photograph through the pipeline the API uses, on ``engine``'s queue."""
     return Pipeline(engine, 10**8).colorize_array(image, model, render_size)
+
+
+def test_batches_in_flight_setting_gives_each_photograph_the_colours_it_gets_alone(tmp_path: Path):
+    store = ModelStore(tmp_path / "models")
+    publish_lively(store)
+    settings = Settings(data_dir=tmp_path, batches_in_flight=2, max_batch_size=2, device="cpu")
+    engine = engine_from_settings(store, settings, precision="float32", batch_timeout=5.0)
+    try:
+        assert engine.batcher.in_flight == 2
+        assert engine.refresh() == 1
+        model = engine.model()
+        prepared = [engine.prepare(model, p) for p in photos(8)]
+        futures = [engine.submit(model, inputs, size) for inputs, _, size in prepared]  # four full batches
+        together = [f.result(60) for f in futures]
+        assert engine.batcher.batches_run == 4
+        for (inputs, _, size), prediction in zip(prepared, together, strict=True):
+            engine.batcher.timeout = 0.0
+            alone = engine.submit(model, inputs, size).result(60)
+            np.testing.assert_allclose(prediction, alone, atol=BATCH_TOLERANCE["float32"][0])
+    finally:
+        engine.stop()
 
 
 def test_the_engine_batches_concurrent_photographs_into_one_model_call(engine):
