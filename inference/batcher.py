@@ -96,6 +96,7 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []  # the first takes any batch, the others full ones
         self._stopping = False
+        self._generation = 0  # a thread started before the latest start() ends at its next look
         self.batches_run = 0  # how many times ``run`` was called
         self.last_batch_seconds = 0.0
 
@@ -113,10 +114,11 @@ class DynamicBatcher:
             if self.running:
                 return
             self._stopping = False
+            self._generation += 1
             self._threads = [
                 threading.Thread(
                     target=self._loop,
-                    args=(i > 0,),
+                    args=(self._generation, i > 0),
                     name=self.name if i == 0 else f"{self.name}-{i}",
                     daemon=True,
                 )
@@ -160,26 +162,32 @@ class DynamicBatcher:
 
     # -- the inference thread --------------------------------------------------------------------
 
-    def _take_batch(self) -> list[_Request] | None:
+    def _ended(self, generation: int) -> bool:
+        """Whether a thread of ``generation`` is to end: stopped, or started again since (lock held)."""
+        return self._stopping or generation != self._generation
+
+    def _take_batch(self, generation: int) -> list[_Request] | None:
         with self._cond:
-            while not self._queue and not self._stopping:
+            while not self._queue and not self._ended(generation):
                 self._cond.wait()
-            if self._stopping:
+            if self._ended(generation):
                 return None
             head = self._queue[0]
             deadline = head.queued_at + self.timeout
-            while not self._stopping:
+            while not self._ended(generation):
                 same = sum(1 for r in self._queue if r.key == head.key)
                 remaining = deadline - time.monotonic()
                 if same >= self.max_batch_size or remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            if self._ended(generation):
+                return None
             return self._remove(head.key)
 
-    def _take_full_batch(self) -> list[_Request] | None:
+    def _take_full_batch(self, generation: int) -> list[_Request] | None:
         """A batch of ``max_batch_size`` requests of the oldest key that has that many queued."""
         with self._cond:
-            while not self._stopping:
+            while not self._ended(generation):
                 counts: dict[Hashable, int] = {}
                 for request in self._queue:
                     counts[request.key] = counts.get(request.key, 0) + 1
@@ -195,9 +203,9 @@ class DynamicBatcher:
         self._queue = deque(r for r in self._queue if id(r) not in taken)
         return batch
 
-    def _loop(self, full_only: bool = False) -> None:
+    def _loop(self, generation: int, full_only: bool = False) -> None:
         while True:
-            batch = self._take_full_batch() if full_only else self._take_batch()
+            batch = self._take_full_batch(generation) if full_only else self._take_batch(generation)
             if batch is None:
                 return
             batch = [r for r in batch if r.future.set_running_or_notify_cancel()]

@@ -331,6 +331,24 @@ def test_stop_ends_every_thread_in_flight(make_batcher):
     assert not batcher.running
 
 
+def test_a_thread_that_outlives_stop_ends_when_started_again(make_batcher):
+    run = Recorder(hold=True)
+    batcher = make_batcher(run, max_batch_size=1, timeout=0.0, in_flight=2)
+    stuck_request = batcher.submit("a", 0)
+    assert run.entered.wait(30)
+    stuck = [thread for thread in batcher._threads if thread.is_alive()]
+    batcher.stop(timeout=0.1)  # a batch still running past the timeout: its thread lives on
+    assert any(thread.is_alive() for thread in stuck)
+    batcher.start()
+    run.release.set()
+    assert stuck_request.result(30) == 0
+    for thread in stuck:
+        thread.join(30)
+        assert not thread.is_alive()  # it ended instead of serving beside the new threads
+    assert batcher.submit("a", 1).result(30) == 10
+    assert len([t for t in batcher._threads if t.is_alive()]) == 2
+
+
 def test_in_flight_must_be_at_least_one():
     with pytest.raises(ValueError, match="in_flight"):
         DynamicBatcher(Recorder(), in_flight=0)
