@@ -125,7 +125,8 @@ class Settings(BaseSettings):
         ge=1,
         le=4,
         description="Model calls that may run at once: past the first, each starts only on a full batch "
-        "(more throughput under heavy load; docs/performance.md).",
+        "(more throughput under heavy load with TensorFlow; OpenVINO runs one call at a time anyway; "
+        "docs/performance.md).",
     )
     visibility_timeout: int = Field(
         86_400,

@@ -1,4 +1,4 @@
-"""Dynamic batching (TensorFlow Serving / Triton style): one thread, a bounded queue, futures.
+"""Dynamic batching (TensorFlow Serving / Triton style): a thread (or a few), a bounded queue, futures.
 
 Callers ``submit(key, payload)`` and get a ``concurrent.futures.Future``. One thread takes the
 oldest request and every queued request with the same key, up to ``max_batch_size``; if fewer
@@ -68,7 +68,7 @@ class _Request:
 
 
 class DynamicBatcher:
-    """Groups requests with the same key into batches run by one thread."""
+    """Groups requests with the same key into batches run by one thread (``in_flight`` threads)."""
 
     def __init__(
         self,
@@ -185,7 +185,8 @@ class DynamicBatcher:
             return self._remove(head.key)
 
     def _take_full_batch(self, generation: int) -> list[_Request] | None:
-        """A batch of ``max_batch_size`` requests of the oldest key that has that many queued."""
+        """A batch of ``max_batch_size`` requests of one key: the key whose ``max_batch_size``-th queued
+        request comes first in the queue."""
         with self._cond:
             while not self._ended(generation):
                 counts: dict[Hashable, int] = {}

@@ -11,9 +11,10 @@ refused, here and through the store by every replica, until its files change
 (``inference.failures``).
 
 Inference (TensorFlow Serving style dynamic batching, docs/operations.md "How /colorize runs"):
-callers ``prepare`` in their thread, ``submit`` the model input to the one inference thread
-(``inference.batcher``), which runs queued inputs of one version and size as one compiled call
-padded to a bucket (1, 2, 4, 8), and ``finish`` in their thread. A full queue answers EngineBusy.
+callers ``prepare`` in their thread, ``submit`` the model input to the inference thread
+(``inference.batcher``; with ``batches_in_flight`` above 1, more threads for full batches), which
+runs queued inputs of one version and size as one compiled call padded to a bucket (1, 2, 4, 8),
+and ``finish`` in their thread. A full queue answers EngineBusy.
 A version is warmed up (every bucket traced and run) before it is swapped in, in float32 or
 bfloat16 as ``precision`` says (auto: bfloat16 where the hardware has it).
 """

@@ -163,7 +163,8 @@ def compile_openvino(model: Any, precision: str) -> Runner:
         },
     )
     # One infer request (its buffers sized for the largest batch seen), one call at a time: the
-    # engine runs one batch at a time anyway, and a request per thread would keep a copy of the
+    # engine runs one batch at a time unless COLORIZER_BATCHES_IN_FLIGHT says more (which then
+    # gains nothing on OpenVINO: its calls queue here), and a request per thread would keep a copy of the
     # buffers alive for every thread that ever called (the model watcher's among them).
     request = compiled.create_infer_request()
     lock = threading.Lock()

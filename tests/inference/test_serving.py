@@ -384,6 +384,24 @@ def test_batches_in_flight_setting_gives_each_photograph_the_colours_it_gets_alo
     publish_lively(store)
     settings = Settings(data_dir=tmp_path, batches_in_flight=2, max_batch_size=2, device="cpu")
     engine = engine_from_settings(store, settings, precision="float32", batch_timeout=5.0)
+    run = engine.batcher._run
+    inside, most_inside = [0], [0]
+    lock, two_inside = threading.Lock(), threading.Event()
+
+    def overlapping(key, payloads):  # holds the first call until a second one runs beside it
+        with lock:
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
+            if inside[0] >= 2:
+                two_inside.set()
+        try:
+            two_inside.wait(30)
+            return run(key, payloads)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    engine.batcher._run = overlapping
     try:
         assert engine.batcher.in_flight == 2
         assert engine.refresh() == 1
@@ -392,6 +410,7 @@ def test_batches_in_flight_setting_gives_each_photograph_the_colours_it_gets_alo
         futures = [engine.submit(model, inputs, size) for inputs, _, size in prepared]  # four full batches
         together = [f.result(60) for f in futures]
         assert engine.batcher.batches_run == 4
+        assert most_inside[0] == 2  # two model calls ran at once, each giving the right colours
         for (inputs, _, size), prediction in zip(prepared, together, strict=True):
             engine.batcher.timeout = 0.0
             alone = engine.submit(model, inputs, size).result(60)
