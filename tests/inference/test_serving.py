@@ -267,11 +267,13 @@ def test_stop_fails_the_requests_still_queued(make_batcher):
         queued.result(30)
 
 
-class Overlap(Recorder):
-    """A held Recorder that also counts the batches inside it at once."""
+class Overlap:
+    """A run function wrapped to count the batches inside it at once; with ``pair``, each call is
+    held until a second one runs beside it (30 s at most)."""
 
-    def __init__(self):
-        super().__init__(hold=True)
+    def __init__(self, run, pair: bool = False):
+        self.run = run
+        self.pair = pair
         self.lock = threading.Lock()
         self.inside = 0
         self.most_inside = 0
@@ -284,19 +286,22 @@ class Overlap(Recorder):
             if self.inside >= 2:
                 self.two_inside.set()
         try:
-            return super().__call__(key, payloads)
+            if self.pair:
+                self.two_inside.wait(30)
+            return self.run(key, payloads)
         finally:
             with self.lock:
                 self.inside -= 1
 
 
 def test_a_second_full_batch_runs_beside_the_first_with_two_in_flight(make_batcher):
-    run = Overlap()
-    batcher = make_batcher(run, max_batch_size=2, timeout=5.0, in_flight=2)
+    run = Recorder(hold=True)
+    overlap = Overlap(run)
+    batcher = make_batcher(overlap, max_batch_size=2, timeout=5.0, in_flight=2)
     first = [batcher.submit("a", i) for i in (0, 1)]
     assert run.entered.wait(30)
     second = [batcher.submit("a", i) for i in (2, 3)]
-    assert run.two_inside.wait(30)  # the second batch did not wait for the first
+    assert overlap.two_inside.wait(30)  # the second batch did not wait for the first
     run.release.set()
     assert [f.result(30) for f in (*first, *second)] == [0, 10, 20, 30]
     assert sorted(payloads for _, payloads in run.batches) == [[0, 1], [2, 3]]
@@ -304,24 +309,26 @@ def test_a_second_full_batch_runs_beside_the_first_with_two_in_flight(make_batch
 
 
 def test_with_two_in_flight_a_batch_that_is_not_full_waits_for_the_first_thread(make_batcher):
-    run = Overlap()
-    batcher = make_batcher(run, max_batch_size=4, timeout=0.0, in_flight=2)
+    run = Recorder(hold=True)
+    overlap = Overlap(run)
+    batcher = make_batcher(overlap, max_batch_size=4, timeout=0.0, in_flight=2)
     first = batcher.submit("a", 0)
     assert run.entered.wait(30)  # the first thread holds a batch of one
     waiting = [batcher.submit(key, i) for i, key in enumerate("ab", start=1)]
-    assert not run.two_inside.wait(0.3)  # neither is a full batch: no second call starts
+    assert not overlap.two_inside.wait(0.3)  # neither is a full batch: no second call starts
     assert batcher.depth() == 2
     run.release.set()
     assert [f.result(30) for f in (first, *waiting)] == [0, 10, 20]
     assert run.batches == [("a", [0]), ("a", [1]), ("b", [2])]
-    assert run.most_inside == 1
+    assert overlap.most_inside == 1
 
 
 def test_stop_ends_every_thread_in_flight(make_batcher):
-    run = Overlap()
-    batcher = make_batcher(run, max_batch_size=1, timeout=0.0, in_flight=3)
+    run = Recorder(hold=True)
+    overlap = Overlap(run)
+    batcher = make_batcher(overlap, max_batch_size=1, timeout=0.0, in_flight=3)
     running = [batcher.submit("a", i) for i in (0, 1)]
-    assert run.two_inside.wait(30)
+    assert overlap.two_inside.wait(30)
     threads = list(batcher._threads)
     assert len(threads) == 3
     threading.Timer(0.2, run.release.set).start()
@@ -384,24 +391,8 @@ def test_batches_in_flight_setting_gives_each_photograph_the_colours_it_gets_alo
     publish_lively(store)
     settings = Settings(data_dir=tmp_path, batches_in_flight=2, max_batch_size=2, device="cpu")
     engine = engine_from_settings(store, settings, precision="float32", batch_timeout=5.0)
-    run = engine.batcher._run
-    inside, most_inside = [0], [0]
-    lock, two_inside = threading.Lock(), threading.Event()
-
-    def overlapping(key, payloads):  # holds the first call until a second one runs beside it
-        with lock:
-            inside[0] += 1
-            most_inside[0] = max(most_inside[0], inside[0])
-            if inside[0] >= 2:
-                two_inside.set()
-        try:
-            two_inside.wait(30)
-            return run(key, payloads)
-        finally:
-            with lock:
-                inside[0] -= 1
-
-    engine.batcher._run = overlapping
+    overlap = Overlap(engine.batcher._run, pair=True)  # the first call waits for a second beside it
+    engine.batcher._run = overlap
     try:
         assert engine.batcher.in_flight == 2
         assert engine.refresh() == 1
@@ -410,9 +401,9 @@ def test_batches_in_flight_setting_gives_each_photograph_the_colours_it_gets_alo
         futures = [engine.submit(model, inputs, size) for inputs, _, size in prepared]  # four full batches
         together = [f.result(60) for f in futures]
         assert engine.batcher.batches_run == 4
-        assert most_inside[0] == 2  # two model calls ran at once, each giving the right colours
+        assert overlap.most_inside == 2  # two model calls ran at once, each giving the right colours
+        engine.batcher.timeout = 0.0
         for (inputs, _, size), prediction in zip(prepared, together, strict=True):
-            engine.batcher.timeout = 0.0
             alone = engine.submit(model, inputs, size).result(60)
             np.testing.assert_allclose(prediction, alone, atol=BATCH_TOLERANCE["float32"][0])
     finally:
