@@ -502,9 +502,12 @@ class Engine:
             return finish(model, prediction, lum)
 
     def retry_after(self) -> int:
-        """Seconds a refused client should wait: about the time to run the queue once."""
-        batches = math.ceil((self._batcher.depth() + 1) / self._batcher.max_batch_size)
-        return max(1, math.ceil(batches * self._batcher.last_batch_seconds))
+        """Seconds a refused client should wait: about the time to run the queue once, its batches
+        ``batches_in_flight`` at a time (the last batch's time was measured beside the others)."""
+        batcher = self._batcher
+        batches = math.ceil((batcher.depth() + 1) / batcher.max_batch_size)
+        rounds = math.ceil(batches / batcher.in_flight)
+        return max(1, math.ceil(rounds * batcher.last_batch_seconds))
 
     def check_capacity(self) -> None:
         """Raises EngineBusy when the inference queue is full (before any work is spent on a request)."""

@@ -492,6 +492,15 @@ def test_the_engine_answers_busy_when_its_queue_is_full(tmp_path):
         engine.stop()
 
 
+@pytest.mark.parametrize(("in_flight", "seconds"), [(1, 6), (2, 3), (4, 2)])
+def test_retry_after_counts_the_batches_that_run_at_once(tmp_path, monkeypatch, in_flight, seconds):
+    # 15 queued and the refused one: 4 batches of 4, run in_flight at a time, 1.5 s each
+    engine = Engine(ModelStore(tmp_path / "models"), max_batch_size=4, batches_in_flight=in_flight)
+    monkeypatch.setattr(engine.batcher, "depth", lambda: 15)
+    engine.batcher.last_batch_seconds = 1.5
+    assert engine.retry_after() == seconds
+
+
 def test_the_engine_picks_bfloat16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
     import models.device
 
