@@ -131,7 +131,10 @@ def load(url: str, bodies: list[bytes], clients: int, seconds: float, fmt: str =
                     status = -1
                 elapsed = time.perf_counter() - start
                 with lock:
-                    (latencies if status == 200 else errors).append(elapsed if status == 200 else status)
+                    if status == 200:
+                        latencies.append(elapsed)
+                    else:
+                        errors.append(status)
         finally:
             connection.close()
 
