@@ -10,13 +10,15 @@ default (MobileNetV2 encoder, its own render size, flip averaged):
    many at once (batches of up to 8), model only; and with ``auto`` (what the service does): what
    it chose and why, and the whole colorize path (prepare, model, finish) from 16 threads;
 3. the HTTP service end to end (uvicorn in a subprocess, runtime ``auto``): 1, 4 and 16 concurrent
-   clients posting real photographs at 256x256 (and at about 2 MP for the report's generator);
+   clients posting real photographs at 256x256 (and at about 2 MP for the report's generator); the
+   16 clients at 256x256 on the report's generator in windows, each right after the served
+   runtime's model-only rate is measured again in this process (``paired_load``);
 4. the compute limit: a measured 2048^3 matmul (float32, bfloat16) and the report model's FLOPs.
 
 Plus the 2 MP pre/post-processing time as a share of the model call. Prints Markdown tables.
 
-    python bench/serve.py            # about 12-15 minutes on 2 cores
-    python bench/serve.py --quick    # about 6 minutes
+    python bench/serve.py            # about 6 minutes on 2 cores (5.5-7 measured)
+    python bench/serve.py --quick    # about 4 minutes
 """
 
 from __future__ import annotations
