@@ -16,11 +16,12 @@ it in threads took as long as one after the other.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import cv2
 import numpy as np
+
+from models.parallel import cores, run_parts
 
 MCU = 16  # pixels a side of an MCU with 4:2:0 chroma, the subsampling used here (Pillow's default)
 # Pixels a band holds at least. Two bands against one, on 2 cores: 0.73x the speed at 0.065 MP,
@@ -30,20 +31,6 @@ _MAX_INTERVAL = 0xFFFF  # DRI's 16-bit field: MCUs in a restart interval
 _SOI, _SOF0, _DRI, _SOS, _EOI, _RST0 = 0xD8, 0xC0, 0xDD, 0xDA, 0xD9, 0xD0
 _TO_BGR = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGR}
 _READ = {"RGB": cv2.IMREAD_COLOR_RGB, "L": cv2.IMREAD_GRAYSCALE}
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def cores() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _bands_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:  # a race here makes a spare pool, never a wrong result
-        _pool = ThreadPoolExecutor(max(1, cores() - 1), thread_name_prefix="jpeg-band")
-    return _pool
 
 
 def band_rows(height: int, width: int, workers: int | None = None) -> int:
@@ -90,13 +77,10 @@ def encode_jpeg(pixels: np.ndarray, quality: int, rows: int | None = None) -> by
         return _encode(pixels, quality)
     if rows % MCU:
         raise ValueError(f"bands must be whole MCU rows ({MCU} pixels), not {rows}")
-    parts = [pixels[start : start + rows] for start in range(0, height, rows)]
-    later = [_bands_pool().submit(_encode, part, quality) for part in parts[1:]]
-    bands = [_encode(parts[0], quality)]
-    for part, future in zip(parts[1:], later, strict=True):
-        # a band the pool has not started yet (it is busy with other requests' bands) is encoded
-        # here rather than waited for
-        bands.append(_encode(part, quality) if future.cancel() else future.result())
+    # on every core (models.parallel: a band the busy pool has not started is encoded here)
+    bands = run_parts(
+        [partial(_encode, pixels[start : start + rows], quality) for start in range(0, height, rows)]
+    )
     return join_bands(bands, height, restart_interval(rows, width))
 
 

@@ -52,11 +52,11 @@ def model_input(lum_small: tf.Tensor, preset_name: str) -> tf.Tensor:
     return gray_rgb_input(tf.convert_to_tensor(lum_small, tf.float32))
 
 
-def output_chroma(prediction: tf.Tensor, preset_name: str) -> tf.Tensor:
+def output_chroma(prediction: np.ndarray | tf.Tensor, preset_name: str) -> np.ndarray | tf.Tensor:
     """ab (Lab units) from the generator's output, per the preset."""
     if get_preset(preset_name).space == "lab":
         return color.denormalize_ab(prediction)
-    return rgb_output_chroma(tf.convert_to_tensor(prediction, tf.float32))
+    return rgb_output_chroma(prediction)
 
 
 def _views(network: Any, batch: tf.Tensor, flip_average: bool) -> tf.Tensor:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from inference import images, jpeg
 from inference.errors import DamagedImage
+from models import parallel
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -80,11 +81,11 @@ def test_the_second_band_is_encoded_on_the_pool_while_the_caller_encodes_the_fir
     # one band each, at the same time (the caller waited for the pool inside its own band); which
     # of the two reached the recorder first is up to the scheduler
     assert len(threads) == 2 and threading.main_thread().name in threads
-    assert [t for t in threads if t.startswith("jpeg-band")]
+    assert [t for t in threads if t.startswith("spare-core")]
 
 
 def test_bands_the_busy_pool_has_not_started_are_encoded_by_the_caller(monkeypatch):
-    pool = jpeg._bands_pool()
+    pool = parallel.spare_pool()
     release = threading.Event()
     blockers = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]  # every worker busy
     threads: list[str] = []

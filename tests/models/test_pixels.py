@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from models import color
+from models import color, pixels
 from models.colorize import gray_model_input, model_input, prepare
 from models.pixels import (
     PAIR_FACTOR,
@@ -28,7 +29,9 @@ from models.pixels import (
     luminance,
     neutral_levels,
     pixel_bucket,
+    rgb_output_chroma,
     shrink,
+    shrink_gray,
 )
 from tests.photos import make_photo
 
@@ -192,6 +195,60 @@ def test_shrink_averages_areas_like_tensorflow():
     # other ratios: border pixels counted whole or not at all, not by their overlap
     near = tf.image.resize(lum, (64, 64), method="area").numpy()
     assert np.abs(small - near).mean() < 0.3 and np.abs(small - near).max() < 5
+
+
+@pytest.mark.parametrize("size", [(1024, 600), (731, 1001)])  # even and odd sides, past the split
+def test_a_large_photographs_shrink_in_two_halves_is_the_one_piece_shrink(size, monkeypatch):
+    width, height = size
+    assert width * height >= pixels._SPLIT_PIXELS
+    gray = np.random.default_rng(5).integers(0, 256, (height, width), dtype=np.uint8)
+    lum = gray_luminance(gray)
+    threads = []
+    run_parts = pixels.run_parts
+    monkeypatch.setattr(pixels, "run_parts", lambda parts: threads.append(len(parts)) or run_parts(parts))
+    monkeypatch.setattr(pixels, "cores", lambda: 2)
+    for side in (256, 255):
+        whole = Image.fromarray(gray).resize((side, side), Image.Resampling.BOX)
+        np.testing.assert_array_equal(shrink_gray(gray, side), np.asarray(whole))
+        plane = Image.frombuffer("F", (width, height), np.ascontiguousarray(lum[..., 0]), "raw", "F", 0, 1)
+        np.testing.assert_array_equal(
+            shrink(lum, side)[..., 0], np.asarray(plane.resize((side, side), Image.Resampling.BOX))
+        )
+    assert threads == [2, 2, 2, 2]  # every shrink was split
+    monkeypatch.setattr(pixels, "cores", lambda: 1)  # one core: in one piece
+    shrink_gray(gray, 256)
+    assert threads == [2, 2, 2, 2]
+
+
+def test_a_large_photographs_join_is_the_reference_join():
+    # past the split (its buffers filled on two threads) and wide enough for pixel pairs
+    chroma = np.random.default_rng(9).uniform(-50.0, 50.0, (16, 16, 2)).astype(np.float32)
+    lum = reference_lightness(make_photo(1201, 450, seed=9))
+    assert lum.shape[0] * lum.shape[1] >= pixels._SPLIT_PIXELS and chroma_sharing(1201, 16) == 2
+    assert np.abs(join_chroma(chroma, lum).astype(int) - reference_join(chroma, lum)).max() <= 1
+    levels = make_photo(1201, 450, seed=10)[..., 0]
+    by_levels = join_chroma(chroma, levels).astype(int)
+    assert np.abs(by_levels - reference_join(chroma, gray_luminance(levels))).max() <= 1
+
+
+def test_the_rgb_presets_output_chroma_is_the_reference_lab_chroma():
+    rng = np.random.default_rng(11)
+    prediction = rng.uniform(-1.0, 1.0, (2, 40, 24, 3)).astype(np.float32)  # a batch, any sides
+    prediction[0, 0, :8] = [
+        [-1, -1, -1],
+        [1, 1, 1],
+        [1, -1, -1],
+        [-1, 1, -1],
+        [-1, -1, 1],
+        [0, 0, 0],
+        [1, 1, -1],
+        [-1, 0.5, 1],
+    ]
+    chroma = rgb_output_chroma(prediction)
+    assert chroma.shape == (2, 40, 24, 2) and chroma.dtype == np.float32
+    reference = color.rgb_to_lab(tf.constant((prediction + 1.0) / 2.0))[..., 1:].numpy()
+    assert np.abs(chroma - reference).max() < 2e-3
+    np.testing.assert_array_equal(rgb_output_chroma(prediction[1]), chroma[1])  # one photograph alone
 
 
 def test_a_gray_photograph_saved_as_rgb_takes_the_gray_path():
