@@ -374,7 +374,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (about 6 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (about 4 minutes)")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP service runs")
     args = parser.parse_args()
     quick = args.quick
