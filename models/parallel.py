@@ -33,11 +33,26 @@ def spare_pool() -> ThreadPoolExecutor:
     return _pool
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool has no threads there, and each part queued to it (then
+    done by the caller) would stay in its queue with the photograph it holds."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def run_parts(parts: Sequence[Callable[[], T]]) -> list[T]:
-    """``[part() for part in parts]``, the first in this thread and the others at the same time in
-    the pool (each one the pool has not started yet when this thread gets to it, here)."""
+    """``[part() for part in parts]`` (at least one), the first in this thread and the others at
+    the same time in the pool (each one the pool has not started yet when this thread gets to it,
+    here). Raises what a part raised; the parts not started by then are not run."""
     later = [spare_pool().submit(part) for part in parts[1:]]
-    results = [parts[0]()]
-    for part, future in zip(parts[1:], later, strict=True):
-        results.append(part() if future.cancel() else future.result())
+    try:
+        results = [parts[0]()]
+        for part, future in zip(parts[1:], later, strict=True):
+            results.append(part() if future.cancel() else future.result())
+    finally:
+        for future in later:
+            future.cancel()  # only those not started: a no-op for the rest
     return results

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from inference.images import rgbx_in_place
 from models import color, pixels
 from models.colorize import gray_model_input, model_input, prepare
 from models.pixels import (
@@ -220,8 +221,34 @@ def test_a_large_photographs_shrink_in_two_halves_is_the_one_piece_shrink(size, 
     assert threads == [2, 2, 2, 2]
 
 
-def test_a_large_photographs_join_is_the_reference_join():
-    # past the split (its buffers filled on two threads) and wide enough for pixel pairs
+def test_a_shrink_is_split_only_where_its_halves_give_the_same_rows(monkeypatch):
+    # every height from 150 to 700 rows (narrow images: any size is "large" here) to the default
+    # model's 192, the report's 256, 224 and an odd side
+    monkeypatch.setattr(pixels, "_SPLIT_PIXELS", 0)
+    monkeypatch.setattr(pixels, "cores", lambda: 2)
+    rng = np.random.default_rng(12)
+    split = {}
+    for size in (192, 224, 255, 256):
+        for height in range(150, 701):
+            gray = rng.integers(0, 256, (height, 6), dtype=np.uint8)
+            whole = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BOX))
+            np.testing.assert_array_equal(
+                pixels._box_shrink(Image.fromarray(gray), size), whole, f"{height} -> {size}"
+            )
+            split[size, height] = pixels._exact_halves(height, size)
+    assert not pixels._exact_halves(1120, 192)  # a 1680x1120 photograph to 192: ties, one piece
+    assert pixels._exact_halves(1225, 256) and pixels._exact_halves(1024, 192)  # 2 MP, and q = 3
+    assert not pixels._exact_halves(200, 255)  # fewer rows than the side: Pillow enlarges, one piece
+    assert sum(split.values()) > len(split) // 2  # most shrinks are still split
+
+
+def test_a_large_photographs_join_is_the_reference_join(monkeypatch):
+    # past the split (its buffers filled on two threads, even on a one-core machine) and wide
+    # enough for pixel pairs
+    monkeypatch.setattr(pixels, "cores", lambda: 2)
+    calls = []
+    run_parts = pixels.run_parts
+    monkeypatch.setattr(pixels, "run_parts", lambda parts: calls.append(len(parts)) or run_parts(parts))
     chroma = np.random.default_rng(9).uniform(-50.0, 50.0, (16, 16, 2)).astype(np.float32)
     lum = reference_lightness(make_photo(1201, 450, seed=9))
     assert lum.shape[0] * lum.shape[1] >= pixels._SPLIT_PIXELS and chroma_sharing(1201, 16) == 2
@@ -229,6 +256,7 @@ def test_a_large_photographs_join_is_the_reference_join():
     levels = make_photo(1201, 450, seed=10)[..., 0]
     by_levels = join_chroma(chroma, levels).astype(int)
     assert np.abs(by_levels - reference_join(chroma, gray_luminance(levels))).max() <= 1
+    assert calls == [2, 2]
 
 
 def test_the_rgb_presets_output_chroma_is_the_reference_lab_chroma():
@@ -302,7 +330,7 @@ def test_buffers_handed_to_the_compiled_loops_are_aligned_and_shared_not_copied(
 
 def test_the_joined_photograph_is_a_read_only_view_of_rgbx_pixels():
     chroma = np.random.default_rng(8).uniform(-40.0, 40.0, (16, 16, 2)).astype(np.float32)
-    for width in (70, 71):  # pairs share chroma (71: rows one pixel longer) or not
+    for width in (63, 70, 71):  # one chroma a pixel (63), or pairs sharing it (71: rows one pixel longer)
         lum = reference_lightness(make_photo(width, 60, seed=8))
         out = join_chroma(chroma, lum)
         row = width + width % chroma_sharing(width, 16)
@@ -311,6 +339,9 @@ def test_the_joined_photograph_is_a_read_only_view_of_rgbx_pixels():
         rgbx = np.asarray(out.base).view(np.uint8).reshape(-1, 4)  # the kernel's words, as bytes
         assert (rgbx[: 60 * row, 3] == 255).all()  # the fourth byte: an opaque X
         np.testing.assert_array_equal(np.array(out), out)  # np.array gives a writable copy
+        in_place = rgbx_in_place(out)  # what JPEG encoding takes without repacking
+        assert in_place is not None and in_place.shape == (60, width, 4)
+        np.testing.assert_array_equal(in_place[..., :3], out)
 
 
 def test_a_loops_result_is_shared_from_host_memory_and_copied_from_a_gpu():
