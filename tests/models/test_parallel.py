@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -47,6 +49,12 @@ def test_a_forked_child_starts_its_own_pool():
     pid = os.fork()
     if pid == 0:  # the child: the parent's pool has no threads here
         os._exit(0 if parallel._pool is None else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:  # a child stuck after the fork fails the test instead of hanging it
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not exit")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
     assert parallel._pool is not None  # the parent keeps its own
