@@ -316,7 +316,9 @@ def http_runs(
         server.stop()
 
 
-def paired_load(url: str, bodies: list[bytes], clients: int, seconds: float, reference) -> dict:
+def paired_load(
+    url: str, bodies: list[bytes], clients: int, seconds: float, reference: Callable[[], float]
+) -> dict:
     """``load`` in ``WINDOWS`` windows of ``seconds`` / 2 each, every one right after a measurement
     of ``reference()``: this VM's speed drifts by tens of percent over minutes, so two rates
     measured minutes apart can differ by that much, and a median of ratios of rates measured

@@ -312,13 +312,11 @@ def _box_shrink(image: Image.Image, size: int) -> np.ndarray:
     top = size // 2
     cut = height * top / size  # where the top half's last output row ends in the image
 
-    def part(rows: int, box: tuple[float, float, float, float]) -> np.ndarray:
-        return np.asarray(image.resize((size, rows), Image.Resampling.BOX, box))
-
-    halves = run_parts(
-        [partial(part, top, (0, 0, width, cut)), partial(part, size - top, (0, cut, width, height))]
+    halves = [(top, (0, 0, width, cut)), (size - top, (0, cut, width, height))]
+    resized = run_parts(
+        [partial(image.resize, (size, rows), Image.Resampling.BOX, box) for rows, box in halves]
     )
-    return np.concatenate(halves)
+    return np.concatenate([np.asarray(half) for half in resized])
 
 
 def _upsample(chroma: np.ndarray, height: int, width: int, rows: int) -> np.ndarray:
