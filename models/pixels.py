@@ -390,15 +390,32 @@ def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray
     return words.view(np.uint8)[: 4 * count].reshape(height, row, 4)[:, :width, :3]  # a view: no copy
 
 
+# Rows of a photograph compared at a time by ``neutral_levels``: about 64K pixels, whose green and
+# blue planes stay in the cache between OpenCV's split and its comparisons.
+_NEUTRAL_BAND_PIXELS = 1 << 16
+
+
 def neutral_levels(rgb: np.ndarray) -> np.ndarray | None:
     """The gray levels (H, W) of an RGB uint8 image whose every pixel has R = G = B (a black-and-white
-    scan saved as RGB: JPEG decodes one exactly so), else None. 2 ms at 2 MP when it is gray; a
-    colour photograph is told from its first rows."""
-    for part in (rgb[:8], rgb):  # (comparing channel pairs as one (H, W, 2) view is 8x slower)
-        red = part[..., 0]
-        if not (np.array_equal(red, part[..., 1]) and np.array_equal(red, part[..., 2])):
+    scan saved as RGB: JPEG decodes one exactly so), else None; a colour photograph is told from its
+    first rows. Band by band, OpenCV splits the channels (red into the result, green and blue into
+    two small planes reused) and compares the planes in one pass each: 0.5 ms at 2 MP and 3.7 at
+    12 MP, where numpy's comparisons of the interleaved channels took 2.6 and 16, and splitting
+    whole planes 0.6 and 26 (10,000 page faults at 12 MP)."""
+    rgb = np.asarray(rgb, np.uint8)
+    height, width = rgb.shape[:2]
+    rows = max(1, _NEUTRAL_BAND_PIXELS // max(1, width))
+    levels = np.empty((height, width), np.uint8)
+    green, blue = np.empty((rows, width), np.uint8), np.empty((rows, width), np.uint8)
+    start, band = 0, min(8, rows)
+    while start < height:
+        stop = min(height, start + band)
+        red, count = levels[start:stop], stop - start
+        cv2.split(np.ascontiguousarray(rgb[start:stop]), [red, green[:count], blue[:count]])
+        if cv2.norm(red, green[:count], cv2.NORM_INF) or cv2.norm(red, blue[:count], cv2.NORM_INF):
             return None
-    return np.ascontiguousarray(rgb[..., 0])
+        start, band = stop, rows
+    return levels
 
 
 def shrink_gray(gray: np.ndarray, size: int) -> np.ndarray:

@@ -279,14 +279,24 @@ def test_the_rgb_presets_output_chroma_is_the_reference_lab_chroma():
     np.testing.assert_array_equal(rgb_output_chroma(prediction[1]), chroma[1])  # one photograph alone
 
 
-def test_a_gray_photograph_saved_as_rgb_takes_the_gray_path():
+@pytest.mark.parametrize("band_pixels", [1 << 16, 500, 100])  # one band; 4 rows a band; 1 row
+def test_a_gray_photograph_saved_as_rgb_is_told_by_its_levels(band_pixels, monkeypatch):
+    monkeypatch.setattr(pixels, "_NEUTRAL_BAND_PIXELS", band_pixels)
     gray = make_photo(120, 90, seed=4)[..., 1]
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     np.testing.assert_array_equal(neutral_levels(rgb), gray)
-    colour = rgb.copy()
-    colour[-1, -1, 2] += 1  # one pixel off neutral, in the last row: checked to the end
-    assert neutral_levels(colour) is None
+    for row, column, channel in [(-1, -1, 2), (45, 7, 1), (10, 0, 2), (0, 60, 1), (89, 119, 0)]:
+        colour = rgb.copy()  # one pixel off neutral, anywhere: every band is checked to the end
+        colour[row, column, channel] ^= 1
+        assert neutral_levels(colour) is None
+    np.testing.assert_array_equal(neutral_levels(rgb[::-1, ::2]), gray[::-1, ::2])  # any strides
+    np.testing.assert_array_equal(neutral_levels(rgb[:3]), gray[:3])  # fewer rows than a band
     assert neutral_levels(make_photo(120, 90, seed=4)) is None
+
+
+def test_a_gray_photograph_saved_as_rgb_takes_the_gray_path():
+    gray = make_photo(120, 90, seed=4)[..., 1]
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
 
     class Model:  # what prepare reads of a loaded model
         image_size, render_size, size_step, preset, hints = 32, 32, 32, "lab", False
