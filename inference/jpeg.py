@@ -135,17 +135,33 @@ def join_bands(bands: list[bytes], height: int, interval: int) -> bytes:
     return b"".join(parts)
 
 
-def decode_jpeg(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray | None:
-    """The pixels of a JPEG that Pillow has opened (not loaded) as ``mode`` "RGB" or "L" and
-    ``size`` (width, height): (H, W, 3) or (H, W) uint8, as Pillow would decode them (tested), with
-    no EXIF rotation applied. None when OpenCV cannot decode it (a truncated file, for one): the
-    caller decodes with Pillow then, whose errors say what is wrong.
+# EXIF orientation -> the OpenCV operation that turns the stored pixels upright, as Pillow's
+# ImageOps.exif_transpose does (tested for all eight; 1 and unknown values: as stored).
+_UPRIGHT = {
+    2: partial(cv2.flip, flipCode=1),  # mirrored left to right
+    3: partial(cv2.rotate, rotateCode=cv2.ROTATE_180),
+    4: partial(cv2.flip, flipCode=0),  # mirrored top to bottom
+    5: cv2.transpose,
+    6: partial(cv2.rotate, rotateCode=cv2.ROTATE_90_CLOCKWISE),
+    7: lambda pixels: cv2.flip(cv2.transpose(pixels), -1),  # transverse
+    8: partial(cv2.rotate, rotateCode=cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
 
-    2 MP colour: 3.8 ms, where Pillow's decode and its copy to a 3-byte array take 5.5.
+
+def decode_jpeg(data: bytes, mode: str, size: tuple[int, int], orientation: int = 1) -> np.ndarray | None:
+    """The pixels of a JPEG that Pillow has opened (not loaded) as ``mode`` "RGB" or "L" and
+    ``size`` (width, height): (H, W, 3) or (H, W) uint8, as Pillow would decode them (tested), then
+    turned upright for its EXIF ``orientation`` as Pillow's ``ImageOps.exif_transpose`` would. None
+    when OpenCV cannot decode it (a truncated file, for one): the caller decodes with Pillow then,
+    whose errors say what is wrong.
+
+    2 MP colour: 3.8 ms, where Pillow's decode and its copy to a 3-byte array take 5.5. A 12 MP
+    photograph taken upright on a phone (orientation 6): 70 ms against Pillow's 137.
     """
     if mode not in _READ:
         return None
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _READ[mode] | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None or pixels.shape[:2] != (size[1], size[0]):
         return None
-    return pixels
+    upright = _UPRIGHT.get(orientation)
+    return pixels if upright is None else upright(pixels)

@@ -3,6 +3,7 @@ no fixtures, no environment set-up, so bench/ can import it)."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -28,3 +29,53 @@ def write_dataset(folder: Path, count: int = 6, size: tuple[int, int] = (72, 56)
         img = Image.fromarray(make_photo(size[0] + 4 * i, size[1], seed=i))
         img.save(folder / (f"photo{i}.jpg" if i % 2 else f"photo{i}.png"))
     return folder
+
+
+def adobe_rgb_like_profile() -> bytes:
+    """An ICC v2 matrix/TRC monitor profile with Adobe RGB (1998)'s primaries and gamma 2.2.
+
+    Pillow's ImageCms only creates sRGB, Lab and XYZ profiles, so this one is written byte by
+    byte (header, tag table, XYZ and curve tags); the test checks ImageCms reads it back.
+    """
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
+
+    name = b"Adobe RGB-like test profile"
+    # ASCII name with its NUL, then empty Unicode (8 bytes) and ScriptCode (3 + 67) descriptions
+    description = b"desc\0\0\0\0" + struct.pack(">I", len(name) + 1) + name + b"\0" * (1 + 8 + 3 + 67)
+    tags = [
+        (b"desc", description),
+        (b"cprt", b"text\0\0\0\0public domain\0"),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.60974, 0.31111, 0.01947)),
+        (b"gXYZ", xyz(0.20528, 0.62567, 0.06087)),
+        (b"bXYZ", xyz(0.14919, 0.06322, 0.74457)),
+        (b"rTRC", b"curv\0\0\0\0" + struct.pack(">IH", 1, round(2.2 * 256))),
+    ]
+    tags += [(b"gTRC", tags[-1][1]), (b"bTRC", tags[-1][1])]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body + b"\0" * (-len(body) % 4)
+    size = offset + len(data)
+    header = (
+        struct.pack(">I", size)
+        + b"\0" * 4
+        + struct.pack(">I", 0x02100000)
+        + b"mntrRGB XYZ "
+        + b"\0" * 12
+        + b"acsp"
+        + b"\0" * 24
+        + struct.pack(">I", 0)
+        + s15(0.9642)
+        + s15(1.0)
+        + s15(0.8249)
+        + b"\0" * 48
+    )
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data

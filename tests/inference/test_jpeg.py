@@ -10,11 +10,12 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms, ImageOps
 
 from inference import images, jpeg
 from inference.errors import DamagedImage
 from models import parallel
+from tests.photos import adobe_rgb_like_profile
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -147,8 +148,8 @@ def opencv_decodes(monkeypatch) -> list[str]:
     """The modes of the uploads ``inference.images`` hands to OpenCV's decoder (and what it gave)."""
     calls: list[str] = []
 
-    def recording(data, mode, size):
-        pixels = jpeg.decode_jpeg(data, mode, size)
+    def recording(data, mode, size, orientation=1):
+        pixels = jpeg.decode_jpeg(data, mode, size, orientation)
         calls.append(f"{mode}:{'decoded' if pixels is not None else 'refused'}")
         return pixels
 
@@ -177,18 +178,64 @@ def test_plain_jpeg_uploads_are_decoded_by_opencv_to_pillows_pixels(options, ope
     assert opencv_decodes == ["RGB:decoded", "L:decoded"]
 
 
-def test_jpegs_that_need_more_than_decoding_take_pillows_path(opencv_decodes):
-    from PIL import ImageCms
-
-    rgb = _photo(40, 60, seed=3)
+@pytest.mark.parametrize("orientation", range(10))  # 0 and 9 are not orientations: left as stored
+def test_a_jpeg_with_an_exif_orientation_is_decoded_by_opencv_and_turned_upright_as_pillow_does(
+    orientation, opencv_decodes
+):
+    rgb = _photo(40, 64, seed=3)
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise to show upright
-    rotated = images.decode_image(_saved(rgb, exif=exif), 10**6).pixels
-    assert rotated.shape == (60, 40, 3)
+    exif[0x0112] = orientation
+    for upload in (rgb, rgb[..., 0].copy()):
+        data = _saved(upload, exif=exif)
+        decoded = images.decode_image(data, 10**6).pixels
+        with Image.open(io.BytesIO(data)) as reference:
+            upright = ImageOps.exif_transpose(reference)
+            np.testing.assert_array_equal(decoded, np.asarray(upright))
+    assert opencv_decodes == ["RGB:decoded", "L:decoded"]
+
+
+def test_a_jpeg_whose_profile_is_srgb_in_effect_is_decoded_by_opencv_and_another_is_converted(
+    opencv_decodes,
+):
+    rgb = _photo(40, 60, seed=3)
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    assert images.decode_image(_saved(rgb, icc_profile=srgb), 10**6).pixels.shape == (40, 60, 3)
-    assert opencv_decodes == []
-    whole = _saved(rgb)
+    adobe = adobe_rgb_like_profile()
+    assert images.is_srgb(srgb) and not images.is_srgb(adobe) and not images.is_srgb(b"not a profile")
+    plain = images.decode_image(_saved(rgb), 10**6).pixels
+    np.testing.assert_array_equal(images.decode_image(_saved(rgb, icc_profile=srgb), 10**6).pixels, plain)
+    gray = rgb[..., 1].copy()  # a gray photograph's profile is left alone on either path
+    np.testing.assert_array_equal(
+        images.decode_image(_saved(gray, icc_profile=srgb), 10**6).pixels,
+        images.decode_image(_saved(gray), 10**6).pixels,
+    )
+    assert opencv_decodes == ["RGB:decoded", "RGB:decoded", "L:decoded", "L:decoded"]
+    converted = images.decode_image(_saved(rgb, icc_profile=adobe), 10**6).pixels  # Pillow's path
+    assert opencv_decodes[4:] == []
+    reference = ImageCms.profileToProfile(
+        Image.fromarray(plain), ImageCms.ImageCmsProfile(io.BytesIO(adobe)), ImageCms.createProfile("sRGB")
+    )
+    np.testing.assert_array_equal(converted, np.asarray(reference))
+    assert np.abs(converted.astype(np.int16) - plain).max() > 10  # Adobe RGB's greens are wider
+
+
+def test_a_png_whose_profile_is_srgb_in_effect_skips_the_conversion(monkeypatch):
+    conversions = []
+    convert = ImageCms.profileToProfile
+    monkeypatch.setattr(
+        ImageCms, "profileToProfile", lambda *a, **k: conversions.append(1) or convert(*a, **k)
+    )
+    rgb = _photo(30, 50, seed=5)
+    for profile, converted in [(ImageCms.createProfile("sRGB"), 0), (adobe_rgb_like_profile(), 1)]:
+        buffer = io.BytesIO()
+        icc = profile if isinstance(profile, bytes) else ImageCms.ImageCmsProfile(profile).tobytes()
+        Image.fromarray(rgb).save(buffer, "PNG", icc_profile=icc)
+        pixels = images.decode_image(buffer.getvalue(), 10**6).pixels
+        assert len(conversions) == converted
+        assert np.array_equal(pixels, rgb) == (not converted)
+
+
+def test_a_damaged_jpeg_is_refused_by_opencv_and_pillow_says_why(opencv_decodes):
+    whole = _saved(_photo(40, 60, seed=3))
     with pytest.raises(DamagedImage) as caught:  # OpenCV refuses a truncated file; Pillow says why
         images.decode_image(whole[: len(whole) * 2 // 3], 10**6)
     assert "truncated" in str(caught.value)
