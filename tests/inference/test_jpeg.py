@@ -15,6 +15,7 @@ from PIL import Image, ImageCms, ImageOps
 from inference import images, jpeg
 from inference.errors import DamagedImage
 from models import parallel
+from models.parallel import run_parts
 from tests.photos import adobe_rgb_like_profile
 
 
@@ -220,10 +221,8 @@ def test_a_jpeg_whose_profile_is_srgb_in_effect_is_decoded_by_opencv_and_another
 
 def test_a_png_whose_profile_is_srgb_in_effect_skips_the_conversion(monkeypatch):
     conversions = []
-    convert = ImageCms.profileToProfile
-    monkeypatch.setattr(
-        ImageCms, "profileToProfile", lambda *a, **k: conversions.append(1) or convert(*a, **k)
-    )
+    convert = images._transformed
+    monkeypatch.setattr(images, "_transformed", lambda *a: conversions.append(1) or convert(*a))
     rgb = _photo(30, 50, seed=5)
     for profile, converted in [(ImageCms.createProfile("sRGB"), 0), (adobe_rgb_like_profile(), 1)]:
         buffer = io.BytesIO()
@@ -232,6 +231,22 @@ def test_a_png_whose_profile_is_srgb_in_effect_skips_the_conversion(monkeypatch)
         pixels = images.decode_image(buffer.getvalue(), 10**6).pixels
         assert len(conversions) == converted
         assert np.array_equal(pixels, rgb) == (not converted)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_large_photographs_profile_is_converted_in_bands_to_the_one_piece_pixels(mode, monkeypatch):
+    monkeypatch.setattr(images, "_BAND_PIXELS", 256)
+    monkeypatch.setattr(images, "cores", lambda: 2)
+    bands = []
+    monkeypatch.setattr(images, "run_parts", lambda parts: bands.append(len(parts)) or run_parts(parts))
+    source = ImageCms.ImageCmsProfile(io.BytesIO(adobe_rgb_like_profile()))
+    rgb = _photo(41, 30, seed=6)  # an odd height: the bands differ by a row
+    image = Image.fromarray(rgb).convert(mode)
+    image.info["icc_profile"] = adobe_rgb_like_profile()
+    converted = images._to_srgb(image)
+    reference = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode=mode)
+    assert bands == [2] and converted.mode == mode and converted.size == (30, 41)
+    np.testing.assert_array_equal(np.asarray(converted), np.asarray(reference))
 
 
 def test_a_damaged_jpeg_is_refused_by_opencv_and_pillow_says_why(opencv_decodes):
