@@ -29,13 +29,14 @@ from inference.errors import (
     NotAnImage,
 )
 from inference.jpeg import decode_jpeg, encode_jpeg
+from inference.png import encode_png
 from models.parallel import cores, run_parts
 
 log = logging.getLogger(__name__)
 
 # format name -> (Pillow format, media type, save options)
 FORMATS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "png": ("PNG", "image/png", {"compress_level": 1}),  # zlib level 1: 5x faster than 6, 2% larger
+    "png": ("PNG", "image/png", {}),  # encoded by inference/png.py, on every core
     "jpeg": ("JPEG", "image/jpeg", {"quality": 90}),
     "jpg": ("JPEG", "image/jpeg", {"quality": 90}),
     "webp": ("WEBP", "image/webp", {"quality": 90}),
@@ -291,8 +292,14 @@ def encode_image(rgb: np.ndarray, image_format: str, alpha: np.ndarray | None = 
             return encode_jpeg(rgb if rgbx is None else rgbx, options["quality"])
         except ValueError as exc:
             raise _unencodable(image_format, exc) from exc
+    keep_alpha = alpha is not None and image_format in ALPHA_FORMATS and alpha.shape == rgb.shape[:2]
+    if pil_format == "PNG":
+        try:
+            return encode_png(np.dstack([rgb, alpha]) if keep_alpha else rgb)
+        except ValueError as exc:
+            raise _unencodable(image_format, exc) from exc
     image = Image.fromarray(rgb)
-    if alpha is not None and image_format in ALPHA_FORMATS and alpha.shape == rgb.shape[:2]:
+    if keep_alpha:
         image.putalpha(Image.fromarray(alpha))
     buffer = io.BytesIO()
     try:
