@@ -32,10 +32,29 @@ def write_dataset(folder: Path, count: int = 6, size: tuple[int, int] = (72, 56)
 
 
 def adobe_rgb_like_profile() -> bytes:
-    """An ICC v2 matrix/TRC monitor profile with Adobe RGB (1998)'s primaries and gamma 2.2.
+    """An ICC v2 matrix/TRC monitor profile with Adobe RGB (1998)'s primaries and gamma 2.2."""
+    gamma = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(2.2 * 256))
+    colorants = ((0.60974, 0.31111, 0.01947), (0.20528, 0.62567, 0.06087), (0.14919, 0.06322, 0.74457))
+    return matrix_profile(b"Adobe RGB-like test profile", colorants, gamma)
+
+
+def srgb_like_profile() -> bytes:
+    """An ICC v2 sRGB profile as cameras and scanners embed one: sRGB's primaries adapted to D50 at
+    the 16.16 precision of the file, and its tone curve sampled at 1024 points (LittleCMS's own
+    sRGB profile is a parametric curve)."""
+    v = np.linspace(0.0, 1.0, 1024)
+    linear = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    curve = b"curv\0\0\0\0" + struct.pack(">I", 1024) + np.round(linear * 65535).astype(">u2").tobytes()
+    colorants = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+    return matrix_profile(b"sRGB-like test profile", colorants, curve)
+
+
+def matrix_profile(name: bytes, colorants: tuple, curve: bytes) -> bytes:
+    """An ICC v2 matrix/TRC monitor profile: the XYZ (D50) of full red, green and blue and one
+    ``curve`` tag body for all three channels.
 
     Pillow's ImageCms only creates sRGB, Lab and XYZ profiles, so this one is written byte by
-    byte (header, tag table, XYZ and curve tags); the test checks ImageCms reads it back.
+    byte (header, tag table, XYZ and curve tags); the tests check ImageCms reads it back.
     """
 
     def s15(value: float) -> bytes:
@@ -44,19 +63,18 @@ def adobe_rgb_like_profile() -> bytes:
     def xyz(x: float, y: float, z: float) -> bytes:
         return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
 
-    name = b"Adobe RGB-like test profile"
     # ASCII name with its NUL, then empty Unicode (8 bytes) and ScriptCode (3 + 67) descriptions
     description = b"desc\0\0\0\0" + struct.pack(">I", len(name) + 1) + name + b"\0" * (1 + 8 + 3 + 67)
     tags = [
         (b"desc", description),
         (b"cprt", b"text\0\0\0\0public domain\0"),
         (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
-        (b"rXYZ", xyz(0.60974, 0.31111, 0.01947)),
-        (b"gXYZ", xyz(0.20528, 0.62567, 0.06087)),
-        (b"bXYZ", xyz(0.14919, 0.06322, 0.74457)),
-        (b"rTRC", b"curv\0\0\0\0" + struct.pack(">IH", 1, round(2.2 * 256))),
+        *(
+            (kind, xyz(*colorant))
+            for kind, colorant in zip((b"rXYZ", b"gXYZ", b"bXYZ"), colorants, strict=True)
+        ),
+        *((kind, curve) for kind in (b"rTRC", b"gTRC", b"bTRC")),
     ]
-    tags += [(b"gTRC", tags[-1][1]), (b"bTRC", tags[-1][1])]
     offset = 128 + 4 + 12 * len(tags)
     table, data = b"", b""
     for signature, body in tags:

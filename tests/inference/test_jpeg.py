@@ -16,7 +16,7 @@ from inference import images, jpeg
 from inference.errors import DamagedImage
 from models import parallel
 from models.parallel import run_parts
-from tests.photos import adobe_rgb_like_profile
+from tests.photos import adobe_rgb_like_profile, srgb_like_profile
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -217,6 +217,49 @@ def test_a_jpeg_whose_profile_is_srgb_in_effect_is_decoded_by_opencv_and_another
     )
     np.testing.assert_array_equal(converted, np.asarray(reference))
     assert np.abs(converted.astype(np.int16) - plain).max() > 10  # Adobe RGB's greens are wider
+
+
+def test_a_cameras_srgb_profile_is_srgb_in_effect_and_its_photographs_take_opencvs_path(opencv_decodes):
+    rgb = _photo(40, 60, seed=4)
+    camera = srgb_like_profile()  # sampled curve, rounded colorants: LittleCMS moves some levels by 1
+    converted = ImageCms.profileToProfile(
+        Image.fromarray(rgb), ImageCms.ImageCmsProfile(io.BytesIO(camera)), ImageCms.createProfile("sRGB")
+    )
+    assert np.abs(np.asarray(converted, np.int16) - rgb).max() <= 1
+    assert images.is_srgb(camera)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    data = _saved(rgb, icc_profile=camera, exif=exif)
+    with Image.open(io.BytesIO(data)) as reference:
+        upright = np.asarray(ImageOps.exif_transpose(reference))
+    np.testing.assert_array_equal(images.decode_image(data, 10**6).pixels, upright)
+    assert opencv_decodes == ["RGB:decoded"]
+
+
+def test_an_orientation_or_a_profile_of_the_wrong_type_costs_nothing(opencv_decodes):
+    rgb = _photo(30, 40, seed=5)
+    data = _saved(rgb)
+    with Image.open(io.BytesIO(data)) as image:  # Pillow writes only ints there: a malformed file's
+        image.getexif = lambda: {0x0112: (6, 1)}
+        assert images._plain_jpeg(data, image) is None  # Pillow's path, whatever it makes of it
+    assert opencv_decodes == []
+    image = Image.fromarray(rgb)
+    image.info["icc_profile"] = 5  # a TIFF tag of the wrong type reads so
+    assert not images.is_srgb(5) and images._to_srgb(image) is image
+
+
+def test_profile_verdicts_are_kept_for_the_last_64_profiles_by_digest(monkeypatch):
+    probes = []
+    probe = images._converts_to_itself
+    monkeypatch.setattr(images, "_converts_to_itself", lambda icc: probes.append(1) or probe(icc))
+    monkeypatch.setattr(images, "_VERDICTS", images.OrderedDict())
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert images.is_srgb(srgb) and images.is_srgb(bytes(srgb))  # the second from the cache
+    assert len(probes) == 1
+    for k in range(70):
+        assert not images.is_srgb(b"junk %d" % k)
+    assert len(images._VERDICTS) == 64 and len(probes) == 71
+    assert images.is_srgb(srgb) and len(probes) == 72  # pushed out by the junk, probed again
 
 
 def test_a_png_whose_profile_is_srgb_in_effect_skips_the_conversion(monkeypatch):

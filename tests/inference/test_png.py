@@ -76,6 +76,31 @@ def test_a_large_image_is_deflated_in_bands_on_the_spare_cores(monkeypatch):
     assert png.band_rows(41, 30) == 41  # one core: one piece
 
 
+def test_bands_made_of_many_pieces_and_a_stream_in_many_idat_chunks_decode_the_same(monkeypatch):
+    monkeypatch.setattr(png, "_PIECE_BYTES", 100)  # 1 row a piece at 31 pixels a row, 2 at 11
+    monkeypatch.setattr(png, "_IDAT_BYTES", 97)
+    for width in (31, 11):
+        pixels = _pixels(29, width, 3, seed=width)
+        data = png.encode_png(pixels, rows=10)
+        chunks = _chunks(data)
+        assert [kind for kind, _ in chunks].count(b"IDAT") > 3
+        assert zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+
+
+@pytest.mark.parametrize("lengths", [(1, 1), (3, 65521), (65520, 65522), (100000, 7), (5, 200000)])
+def test_adler32_combine_is_zlibs(lengths):
+    rng = np.random.default_rng(sum(lengths))
+    first, second = (rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths)
+    assert png.adler32_combine(zlib.adler32(first), zlib.adler32(second), len(second)) == zlib.adler32(
+        first + second
+    )
+    ones = b"\xff" * lengths[1]  # the largest sums
+    assert png.adler32_combine(zlib.adler32(first), zlib.adler32(ones), len(ones)) == zlib.adler32(
+        first + ones
+    )
+
+
 def test_pixels_of_any_stride_are_encoded_as_they_look():
     rgbx = _pixels(20, 9, 4)
     view = rgbx[:, 1:8, :3]  # the join's RGBX pixels seen as RGB, rows cut short

@@ -279,7 +279,7 @@ def test_the_rgb_presets_output_chroma_is_the_reference_lab_chroma():
     np.testing.assert_array_equal(rgb_output_chroma(prediction[1]), chroma[1])  # one photograph alone
 
 
-@pytest.mark.parametrize("band_pixels", [1 << 16, 500, 100])  # one band; 4 rows a band; 1 row
+@pytest.mark.parametrize("band_pixels", [1 << 16, 500, 100])  # 8 rows, then the rest; 4 rows; 1 row
 def test_a_gray_photograph_saved_as_rgb_is_told_by_its_levels(band_pixels, monkeypatch):
     monkeypatch.setattr(pixels, "_NEUTRAL_BAND_PIXELS", band_pixels)
     gray = make_photo(120, 90, seed=4)[..., 1]
