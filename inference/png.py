@@ -1,20 +1,23 @@
-"""PNG encoding on every core: the rows are filtered with PNG's Average filter and cut into bands,
-each band is deflated at once by its own zlib compressor, and the pieces are joined into the one
-zlib stream of a single IDAT chunk.
+"""PNG encoding on every core: the rows are filtered with PNG's Up filter and cut into bands, each
+band is deflated at once by its own zlib-ng compressor, and the pieces are joined into one zlib
+stream.
 
 A deflate stream can be cut wherever a compressor flushes: every band but the last ends with a
 sync flush (byte-aligned, not the final block), and no back-reference reaches into another band
 because each band has a compressor of its own. The stream's Adler-32 is that of all the filtered
-rows in order. Filtering needs the row above a band's first row, which is the image's own.
+rows in order (each band's own, combined). Filtering needs the row above a band's first row,
+which is the image's own.
 
-Why these choices (2 MP photographs, against Pillow's encoder at zlib level 1, the service's
-before: 117-141 ms): zlib level 1 with its run-length strategy is 15-20% faster than the default
-strategy after filtering and makes files 14-21% smaller, as small as Pillow's level 6, which takes
-5x as long; zlib-ng's run-length deflate is 1.6x zlib's, byte for byte the same sizes (its level-1
-"quick" deflate is faster still but 40-57% larger); the Average filter on every row costs 7-12 ms
-in numpy and makes files 5-10% smaller than Up (1-4 ms); Paeth, the smallest by another 10%,
-costs 45-70 ms in numpy. zlib-ng and numpy release the GIL, so bands on two cores take about
-half the time.
+Why these choices, on what the service encodes: the colorizer's answers (gray photographs
+colorized by the default model at 1-2 MP, against Pillow at zlib level 1, the service's encoder
+before, which tries every filter on every row: 117-141 ms at 2 MP). zlib-ng at level 2 after the
+Up filter made files 3-5% smaller than Pillow's, in a quarter of Pillow's time on one core; the
+Average and Paeth filters were no smaller at level 2 and cost more (Paeth 45-70 ms in numpy at
+2 MP); level 3 is 7% smaller again for 25% more time; the run-length strategy at level 1, faster
+by 10%, made answers 10-20% larger than Pillow's (twice as large for a photograph enlarged by
+repeating pixels); zlib-ng's level 1 is faster still but 40-57% larger. The standard zlib takes
+1.6x zlib-ng's time. zlib-ng and numpy release the GIL, so bands on two cores take about half
+the time.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from models.parallel import cores, run_parts
 BAND_PIXELS = 1 << 17
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray + alpha, RGB, RGBA
-_AVERAGE = 3  # PNG's filter type: each byte less the mean of the byte to its left and the one above
-_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KB window, fastest compression
+_UP = 2  # PNG's filter type: each byte less the byte above it
+_LEVEL = 2
+_ZLIB_HEADER = b"\x78\x5e"  # deflate, 32 KB window, a fast level
 _IDAT_BYTES = 1 << 30
 
 
@@ -44,25 +48,20 @@ _ADLER_BASE = 65521  # the largest prime below 2**16
 
 def _filtered(pixels: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Rows start..stop of ``pixels`` (H, W, C) uint8, each as its filter type byte and its bytes
-    less the mean of their left and upper neighbours (0 beyond the image)."""
+    less those of the row above (0 above the image)."""
     rows = pixels[start:stop].reshape(stop - start, -1)
-    channels = pixels.shape[2]
-    mean = np.zeros(rows.shape, np.uint16)
-    mean[:, channels:] = rows[:, :-channels]
-    if start:
-        mean[0] += pixels[start - 1].reshape(-1)
-    mean[1:] += rows[:-1]
-    mean >>= 1
     out = np.empty((stop - start, rows.shape[1] + 1), np.uint8)
-    out[:, 0] = _AVERAGE
-    np.subtract(rows, mean, out=out[:, 1:], casting="unsafe")  # modulo 256, as PNG's filters are
+    out[:, 0] = _UP
+    above = pixels[start - 1].reshape(1, -1) if start else np.zeros((1, rows.shape[1]), np.uint8)
+    np.subtract(rows[:1], above, out=out[:1, 1:])  # modulo 256, as PNG's filters are
+    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])
     return out
 
 
 def _deflated(pixels: np.ndarray, start: int, stop: int, last: bool) -> tuple[bytes, int, int]:
     """(raw deflate data, Adler-32, length) of rows start..stop filtered, a piece at a time; the
     data flushed to a byte boundary without ending the stream unless ``last``."""
-    compressor = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+    compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15, 9)
     step = max(1, _PIECE_BYTES // (pixels.shape[1] * pixels.shape[2] + 1))
     out, checksum, length = [], 1, 0
     for first in range(start, stop, step):

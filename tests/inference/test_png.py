@@ -17,7 +17,7 @@ from models.parallel import run_parts
 
 
 def _pixels(height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
-    """Smooth fields with noise and a few saturated spots (the Average filter's carries)."""
+    """Smooth fields with noise and a few saturated spots (the filter's wrap-arounds)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
     fields = [np.sin(x / 9.0 + k) * np.cos(y / 7.0 - k) * 120 + 128 for k in range(channels)]
@@ -49,7 +49,7 @@ def test_every_band_split_decodes_to_the_very_pixels(channels, height, width, ro
     assert kinds == [b"IHDR", b"IDAT", b"IEND"]
     raw = zlib.decompress(_chunks(data)[1][1])  # zlib checks the stream's Adler-32
     assert len(raw) == height * (width * channels + 1)
-    assert set(raw[:: width * channels + 1]) == {3}  # every row filtered by Average
+    assert set(raw[:: width * channels + 1]) == {2}  # every row filtered by Up
     with Image.open(io.BytesIO(data)) as decoded:
         decoded.load()
         back = np.asarray(decoded)
