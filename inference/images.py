@@ -33,7 +33,7 @@ from inference.errors import (
 )
 from inference.jpeg import decode_jpeg, encode_jpeg
 from inference.png import encode_png
-from models.parallel import cores, run_parts
+from models.parallel import band_rows, run_parts
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,13 @@ def is_srgb(icc: bytes) -> bool:
     their photographs are decoded as they are, without LittleCMS's pass over every pixel (a 2 MP
     JPEG: 7 ms instead of 58; 12 MP: 65 instead of 324). False for a profile that cannot be read
     (``_to_srgb`` logs it). The verdicts of the last 64 profiles are kept, by digest."""
-    key = hashlib.blake2b(icc, digest_size=16).digest() if isinstance(icc, bytes) else b""
+    if not isinstance(icc, bytes):  # a TIFF tag of the wrong type
+        return False
+    key = hashlib.blake2b(icc, digest_size=16).digest()
     with _VERDICTS_LOCK:
         verdict = _VERDICTS.get(key)
     if verdict is None:
-        verdict = key != b"" and _converts_to_itself(icc)
+        verdict = _converts_to_itself(icc)
         with _VERDICTS_LOCK:
             _VERDICTS[key] = verdict
             while len(_VERDICTS) > _VERDICTS_KEPT:
@@ -180,10 +182,9 @@ _BAND_PIXELS = 1 << 19
 def _transformed(image: Image.Image, transform: ImageCms.ImageCmsTransform) -> Image.Image:
     """``image`` through an ICC ``transform``, a large one in bands at once (``models.parallel``)."""
     width, height = image.size
-    bands = min(cores(), width * height // _BAND_PIXELS)
-    if bands < 2:
+    rows = band_rows(height, width, _BAND_PIXELS)
+    if rows >= height:
         return ImageCms.applyTransform(image, transform)
-    rows = -(-height // bands)
     tops = range(0, height, rows)
     parts = [image.crop((0, top, width, min(height, top + rows))) for top in tops]
     done = run_parts([partial(ImageCms.applyTransform, part, transform) for part in parts])

@@ -28,7 +28,7 @@ from functools import partial
 import numpy as np
 from zlib_ng import zlib_ng as zlib
 
-from models.parallel import cores, run_parts
+from models.parallel import band_rows, run_parts
 
 # Pixels a band holds at least (as inference/jpeg.py's bands): smaller images are one piece.
 BAND_PIXELS = 1 << 17
@@ -82,22 +82,14 @@ def adler32_combine(first: int, second: int, second_length: int) -> int:
     return (low % _ADLER_BASE) | (high % _ADLER_BASE) << 16
 
 
-def band_rows(height: int, width: int, workers: int | None = None) -> int:
-    """Pixel rows per band: the whole height unless the image is large enough to split over
-    ``workers`` (all cores by default)."""
-    workers = cores() if workers is None else workers
-    bands = min(workers, height * width // BAND_PIXELS, height)
-    return height if bands < 2 else -(-height // bands)
-
-
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def encode_png(pixels: np.ndarray, rows: int | None = None) -> bytes:
     """An 8-bit PNG of gray (H, W), gray and alpha (H, W, 2), RGB (H, W, 3) or RGBA (H, W, 4)
-    uint8 pixels (rows of any stride), in bands of ``rows`` pixel rows (``band_rows`` by default)
-    deflated at once. Raises ValueError for pixels it cannot encode."""
+    uint8 pixels (rows of any stride), in bands of ``rows`` pixel rows deflated at once
+    (``models.parallel.band_rows`` by default). Raises ValueError for pixels it cannot encode."""
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if pixels.ndim != 3 or pixels.shape[2] not in _COLOUR_TYPE or pixels.dtype != np.uint8:
@@ -105,7 +97,7 @@ def encode_png(pixels: np.ndarray, rows: int | None = None) -> bytes:
     height, width, channels = pixels.shape
     if not (0 < height < 2**31 and 0 < width < 2**31):
         raise ValueError(f"a PNG has 1 to 2**31 - 1 pixels a side, not {width}x{height}")
-    rows = band_rows(height, width) if rows is None else rows
+    rows = band_rows(height, width, BAND_PIXELS) if rows is None else rows
     starts = range(0, height, rows)
     parts = run_parts(
         [

@@ -25,6 +25,15 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def band_rows(height: int, width: int, band_pixels: int, workers: int | None = None) -> int:
+    """Pixel rows per horizontal band of an image worked on in bands at once: the whole height
+    unless the image holds two bands of at least ``band_pixels`` pixels, then split over
+    ``workers`` (all cores by default)."""
+    workers = cores() if workers is None else workers
+    bands = min(workers, height * width // band_pixels, height)
+    return height if bands < 2 else -(-height // bands)
+
+
 def spare_pool() -> ThreadPoolExecutor:
     """The shared pool: one thread per core beyond the caller's (at least one)."""
     global _pool

@@ -279,7 +279,7 @@ def test_a_png_whose_profile_is_srgb_in_effect_skips_the_conversion(monkeypatch)
 @pytest.mark.parametrize("mode", ["RGB", "RGBA"])
 def test_a_large_photographs_profile_is_converted_in_bands_to_the_one_piece_pixels(mode, monkeypatch):
     monkeypatch.setattr(images, "_BAND_PIXELS", 256)
-    monkeypatch.setattr(images, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
     bands = []
     monkeypatch.setattr(images, "run_parts", lambda parts: bands.append(len(parts)) or run_parts(parts))
     source = ImageCms.ImageCmsProfile(io.BytesIO(adobe_rgb_like_profile()))

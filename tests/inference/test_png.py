@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from inference import png
+from models import parallel
 from models.parallel import run_parts
 
 
@@ -41,7 +42,7 @@ def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 37), (29, 1), (23, 31), (64, 48)])
-@pytest.mark.parametrize("rows", [1, 3, 10, None])  # None: band_rows' choice
+@pytest.mark.parametrize("rows", [1, 3, 10, None])  # None: parallel.band_rows' choice
 def test_every_band_split_decodes_to_the_very_pixels(channels, height, width, rows):
     pixels = _pixels(height, width, channels, seed=height * width + channels)
     data = png.encode_png(pixels, rows)
@@ -64,16 +65,16 @@ def test_every_band_split_decodes_to_the_very_pixels(channels, height, width, ro
 
 def test_a_large_image_is_deflated_in_bands_on_the_spare_cores(monkeypatch):
     parts = []
-    monkeypatch.setattr(png, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
     monkeypatch.setattr(png, "BAND_PIXELS", 500)
     monkeypatch.setattr(png, "run_parts", lambda work: parts.append(len(work)) or run_parts(work))
     pixels = _pixels(41, 30, 3)
-    assert png.band_rows(41, 30) == 21
+    assert parallel.band_rows(41, 30, png.BAND_PIXELS) == 21
     data = png.encode_png(pixels)
     assert parts == [2]
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
-    monkeypatch.setattr(png, "cores", lambda: 1)
-    assert png.band_rows(41, 30) == 41  # one core: one piece
+    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    assert parallel.band_rows(41, 30, png.BAND_PIXELS) == 41  # one core: one piece
 
 
 def test_bands_made_of_many_pieces_and_a_stream_in_many_idat_chunks_decode_the_same(monkeypatch):
