@@ -44,12 +44,12 @@ def check_render_size(model: LoadedModel, render_size: int | None) -> int:
     return render_size
 
 
-def model_input(lum_small: tf.Tensor, preset_name: str) -> tf.Tensor:
+def model_input(lum_small: np.ndarray | tf.Tensor, preset_name: str) -> np.ndarray | tf.Tensor:
     """Model input from luminance L in [0, 100] of shape (..., s, s, 1), per the preset."""
     preset = get_preset(preset_name)
     if preset.space == "lab":
         return color.normalize_l(lum_small)
-    return gray_rgb_input(tf.convert_to_tensor(lum_small, tf.float32))
+    return gray_rgb_input(lum_small)
 
 
 def output_chroma(prediction: np.ndarray | tf.Tensor, preset_name: str) -> np.ndarray | tf.Tensor:

@@ -40,7 +40,6 @@ cv2.setNumThreads(1)
 _MIN_PIXEL_BUCKET = 1 << 12
 _W_R, _W_G, _W_B = (float(w) for w in color._RGB_TO_XYZ.numpy()[1])  # Y of D65 white is 1
 _XYZ_TO_RGB = color._XYZ_TO_RGB.numpy().tolist()
-_RGB_TO_XYZ = color._RGB_TO_XYZ.numpy().tolist()
 _WHITE_X, _, _WHITE_Z = (float(w) for w in color._WHITE.numpy())
 _F_EPS = 0.008856  # below it, Lab's f(t) is linear
 _GAMMA_KNEE = 0.0031308  # below it, sRGB's encoding is linear
@@ -63,8 +62,6 @@ def _root_power_coefficients(low: float, p: float) -> list[float]:
 
 _CUBE_ROOT = _root_power_coefficients(_F_EPS, 1.0 / 3.0)
 _GAMMA = _root_power_coefficients(_GAMMA_KNEE, 1.0 / 2.4)
-_LINEAR_LOW = (0.04045 + 0.055) / 1.055  # above it, sRGB's decoding is a power
-_POWER_0_4 = _root_power_coefficients(_LINEAR_LOW, 0.4)
 
 
 def _horner(t: tf.Tensor, coefficients: list[float]) -> tf.Tensor:
@@ -109,14 +106,6 @@ def _fitted_f(t: tf.Tensor) -> tf.Tensor:
     return tf.where(t > _F_EPS, _root_power(tf.maximum(t, _F_EPS), _CUBE_ROOT), 7.787 * t + 16.0 / 116.0)
 
 
-def _fitted_linear(v: tf.Tensor) -> tf.Tensor:
-    """sRGB decoding (``color.rgb_to_lab``'s) with x**2.4 = x * x * x**0.4, the last from
-    ``_root_power``: the rgb preset's output chroma at 256x256 in 0.43 ms instead of 0.6 with exp
-    and log."""
-    x = tf.maximum((v + 0.055) / 1.055, _LINEAR_LOW)
-    return tf.where(v > 0.04045, x * x * _root_power(x, _POWER_0_4), v / 12.92)
-
-
 @tf.function(jit_compile=True)
 def _pixels_lightness(rgb: tf.Tensor) -> tf.Tensor:
     """(n,) L of (n, 3) uint8 sRGB pixels: one vectorised loop (2 MP: 2 ms; table lookups for Y
@@ -126,8 +115,11 @@ def _pixels_lightness(rgb: tf.Tensor) -> tf.Tensor:
     return 116.0 * _fitted_f(y) - 16.0
 
 
+_FY_EPS = 0.2068966  # Lab's f at _F_EPS: below it, f's inverse is linear
+
+
 def _xyz_from_f(f: tf.Tensor) -> tf.Tensor:
-    return tf.where(f > 0.2068966, f * f * f, (f - 16.0 / 116.0) / 7.787)
+    return tf.where(f > _FY_EPS, f * f * f, (f - 16.0 / 116.0) / 7.787)
 
 
 # A pixel's sRGB levels packed in one uint32, R in the lowest byte (``_BYTE_SHIFTS``): in memory an
@@ -425,36 +417,48 @@ def shrink_gray(gray: np.ndarray, size: int) -> np.ndarray:
     return _box_shrink(Image.fromarray(np.ascontiguousarray(gray, np.uint8)), size)
 
 
-# The rgb preset converts the small image between RGB and Lab on every request: compiled (XLA,
-# one program per render size), eager TensorFlow would spend milliseconds per op on it.
+# The rgb preset converts the small image between RGB and Lab on every request, by a few
+# whole-array passes of OpenCV and numpy, each vectorised, with no TensorFlow call: right after a
+# model call, one compiled call (one loop on two threads) took 1.1-1.4 ms for the output chroma at
+# 256x256 on Zen 5, these passes 0.4 on one thread (the call alone had cost 0.5 back to back:
+# TensorFlow's first call after other work is slow; docs/performance.md). OpenCV's pow is 10x
+# slower than its exp and log (0.19 against 0.02 ms at 256x256): powers are exp(p * log(x)).
 
 
-@tf.function(jit_compile=True)
-def gray_rgb_input(lum_small: tf.Tensor) -> tf.Tensor:
-    """The report's [-1, 1] RGB input, gray in all three channels, of L (..., 1): a neutral colour's
-    linear R, G and B all equal its Y, so one channel is computed and repeated."""
-    y = _xyz_from_f((lum_small + 16.0) / 116.0)
-    gamma = 1.055 * _root_power(tf.maximum(y, _GAMMA_KNEE), _GAMMA) - 0.055
-    gray = tf.minimum(tf.where(y > _GAMMA_KNEE, gamma, 12.92 * y), 1.0)
-    return tf.tile(gray * 2.0 - 1.0, [1] * (len(lum_small.shape) - 1) + [3])
+def _power(x: np.ndarray, p: float) -> np.ndarray:
+    """x**p of positive float32 ``x`` (OpenCV's exp and log: within 1e-6 relative)."""
+    return cv2.exp(cv2.log(x) * np.float32(p))
 
 
-@tf.function(jit_compile=True)
-def _packed_output_ab(prediction: tf.Tensor) -> tf.Tensor:
-    """(...,) uint64: the bits of a and b (float32, a at the lower address: ``_pair_word``) of RGB
-    (..., 3) in [-1, 1], by color.rgb_to_lab's formulas. One loop: each channel linearised apart
-    and the pair packed in one word, where stacking a and b made XLA store the linear RGB first and
-    read it back with one scalar load per value (0.65 against 0.85 ms at 256x256)."""
-    r, g, b = (_fitted_linear((prediction[..., k] + 1.0) / 2.0) for k in range(3))
-    (xr, xg, xb), (yr, yg, yb), (zr, zg, zb) = _RGB_TO_XYZ
-    fx = _fitted_f((xr * r + xg * g + xb * b) / _WHITE_X)
-    fy = _fitted_f(yr * r + yg * g + yb * b)
-    fz = _fitted_f((zr * r + zg * g + zb * b) / _WHITE_Z)
-    return _pair_word(tf.bitcast(500.0 * (fx - fy), tf.uint32), tf.bitcast(200.0 * (fy - fz), tf.uint32))
+def gray_rgb_input(lum_small: np.ndarray | tf.Tensor) -> np.ndarray:
+    """The report's [-1, 1] RGB input (..., 3) float32, gray in all three channels, of L (..., 1):
+    a neutral colour's linear R, G and B all equal its Y, so one channel is computed and repeated."""
+    light = np.asarray(lum_small, np.float32)
+    fy = light.reshape(1, -1) * np.float32(1.0 / 116.0) + np.float32(16.0 / 116.0)  # OpenCV: 2-D
+    y = fy * fy * fy
+    np.copyto(y, (fy - np.float32(16.0 / 116.0)) * np.float32(1.0 / 7.787), where=fy <= np.float32(_FY_EPS))
+    gamma = _power(cv2.max(y, _GAMMA_KNEE), 1.0 / 2.4) * np.float32(1.055) - np.float32(0.055)
+    np.copyto(gamma, y * np.float32(12.92), where=y <= np.float32(_GAMMA_KNEE))
+    gray = np.minimum(gamma, np.float32(1.0)) * np.float32(2.0) - np.float32(1.0)
+    return np.repeat(gray.reshape(light.shape), 3, axis=-1)
+
+
+_XYZ_OF_LINEAR = (color._RGB_TO_XYZ.numpy() / color._WHITE.numpy()[:, None]).astype(np.float32)
+_AB_OF_F = np.array([[500.0, -500.0, 0.0], [0.0, 200.0, -200.0], [0.0, 0.0, 0.0]], np.float32)
+_SRGB_KNEE = 0.04045  # below it, sRGB's decoding is linear
+_LINEAR_LOW = (_SRGB_KNEE + 0.055) / 1.055  # above it, sRGB's decoding is a power
 
 
 def rgb_output_chroma(prediction: np.ndarray | tf.Tensor) -> np.ndarray:
-    """ab (..., 2) float32 of RGB (..., 3) in [-1, 1]: color.rgb_to_lab's formulas, per channel. A
-    read-only view of the compiled loop's words on the CPU (``_host_array``)."""
-    words = _host_array(_packed_output_ab(tf.convert_to_tensor(prediction, tf.float32)))
-    return words[..., None].view(np.float32)  # (..., 1) uint64 -> (..., 2) float32
+    """ab (..., 2) float32 of RGB (..., 3) in [-1, 1]: color.rgb_to_lab's formulas (within 2e-4)."""
+    rgb = np.asarray(prediction, np.float32)  # a GPU's tensor is copied to the host here
+    flat = np.ascontiguousarray(rgb).reshape(1, -1, 3)  # one row of pixels: OpenCV takes any count
+    v = cv2.addWeighted(flat, 0.5, flat, 0.0, 0.5)
+    base = cv2.max(cv2.addWeighted(flat, 0.5 / 1.055, flat, 0.0, 0.555 / 1.055), _LINEAR_LOW)
+    linear = _power(base, 2.4)  # ((v + 0.055) / 1.055) ** 2.4
+    np.copyto(linear, v * np.float32(1.0 / 12.92), where=v <= np.float32(_SRGB_KNEE))
+    xyz = cv2.transform(linear, _XYZ_OF_LINEAR)  # X / Xn, Y, Z / Zn
+    f = np.cbrt(xyz)
+    np.copyto(f, xyz * np.float32(7.787) + np.float32(16.0 / 116.0), where=xyz <= np.float32(_F_EPS))
+    # a 3x3 transform, then the first two channels: OpenCV's 2x3 one is 10x slower
+    return cv2.transform(f, _AB_OF_F)[..., :2].reshape(*rgb.shape[:-1], 2)

@@ -26,6 +26,7 @@ from models.pixels import (
     _upsample,
     chroma_sharing,
     gray_luminance,
+    gray_rgb_input,
     join_chroma,
     luminance,
     neutral_levels,
@@ -103,6 +104,8 @@ def test_the_report_presets_gray_input_of_any_lightness_is_the_reference_neutral
     assert given.shape == expected.shape
     assert np.abs(given - expected).max() < 1e-4  # [-1, 1] scale: 0.013 of a uint8 level
     np.testing.assert_array_equal(given[..., 0], given[..., 2])  # neutral: one channel, repeated
+    batch = tf.constant(np.stack([lum, lum[:, ::-1]]))  # a batch, as a tensor: each photograph alone
+    np.testing.assert_array_equal(gray_rgb_input(batch), np.stack([given, given[:, ::-1]]))
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -277,6 +280,7 @@ def test_the_rgb_presets_output_chroma_is_the_reference_lab_chroma():
     reference = color.rgb_to_lab(tf.constant((prediction + 1.0) / 2.0))[..., 1:].numpy()
     assert np.abs(chroma - reference).max() < 2e-3
     np.testing.assert_array_equal(rgb_output_chroma(prediction[1]), chroma[1])  # one photograph alone
+    np.testing.assert_array_equal(rgb_output_chroma(tf.constant(prediction)), chroma)  # a tensor
 
 
 @pytest.mark.parametrize("band_pixels", [1 << 16, 500, 100])  # 8 rows, then the rest; 4 rows; 1 row
