@@ -241,10 +241,31 @@ def _host_array(tensor: tf.Tensor) -> np.ndarray:
     return np.from_dlpack(tensor)
 
 
+# From this many pixels on, a colour photograph's lightness is the compiled loop's (on every core);
+# below it, a few passes of OpenCV and numpy on one core, with no TensorFlow call, take less time
+# and CPU. Right after a model call on Zen 5 (15 rounds, wall / CPU ms): 256x256 0.87 / 0.90
+# compiled against 0.27 / 0.27; 512x512 1.03 / 1.10 against 0.64 / 0.64; 724x724 1.20 / 1.29
+# against 1.16 / 1.16; 1024x1024 1.45 / 1.79 against 2.26 / 2.26.
+_COMPILED_LIGHTNESS_PIXELS = 1 << 19
+# linear light of every uint8 sRGB level, and Y's weights of linear R, G and B
+_LINEAR_OF_LEVEL = np.where(
+    np.arange(256) > _LINEAR_TOE,
+    ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4,
+    np.arange(256) / 255.0 / 12.92,
+).astype(np.float32)
+_Y_OF_LINEAR = np.array([[_W_R, _W_G, _W_B]], np.float32)
+
+
 def luminance(rgb: np.ndarray) -> np.ndarray:
     """Lab lightness L in [0, 100], float32 (H, W, 1), of an sRGB uint8 image (H, W, 3)."""
     height, width = rgb.shape[0], rgb.shape[1]
     count = height * width
+    if count < _COMPILED_LIGHTNESS_PIXELS:
+        linear = cv2.LUT(np.ascontiguousarray(rgb, np.uint8), _LINEAR_OF_LEVEL)  # (H, W, 3) float32
+        y = cv2.transform(linear, _Y_OF_LINEAR).reshape(height, width, 1)
+        f = np.cbrt(y)
+        np.copyto(f, y * np.float32(7.787) + np.float32(16.0 / 116.0), where=y <= np.float32(_F_EPS))
+        return f * np.float32(116.0) - np.float32(16.0)
     pixels = _rows(np.asarray(rgb, np.uint8), width, pixel_bucket(count), np.uint8)
     lightness = _host_array(_pixels_lightness(_tensor(pixels)))
     return lightness[:count].reshape(height, width, 1)  # a view: no copy (read-only on the CPU)

@@ -68,8 +68,15 @@ def random_images() -> list[np.ndarray]:
     ]
 
 
+@pytest.fixture(params=["compiled", "passes"])
+def lightness_path(request, monkeypatch):
+    """Each of ``luminance``'s two ways: the compiled loop (large photographs) or OpenCV's passes."""
+    monkeypatch.setattr(pixels, "_COMPILED_LIGHTNESS_PIXELS", 0 if request.param == "compiled" else 1 << 40)
+    return request.param
+
+
 @pytest.mark.parametrize("index", range(4))
-def test_luminance_matches_the_reference_lab_lightness(index):
+def test_luminance_matches_the_reference_lab_lightness(index, lightness_path):
     rgb = random_images()[index]
     lum = luminance(rgb)
     assert lum.shape == (*rgb.shape[:2], 1) and lum.dtype == np.float32
@@ -130,7 +137,7 @@ def test_join_chroma_is_exact_for_gray_and_the_ends_of_the_scale():
     np.testing.assert_array_equal(out, reference_join(np.zeros((4, 4, 2), np.float32), lum))
 
 
-def test_a_photograph_and_its_padding_bucket_neighbour_give_the_same_pixels():
+def test_a_photograph_and_its_padding_bucket_neighbour_give_the_same_pixels(lightness_path):
     # the padded tail of a bucket must not leak into the pixels kept
     rgb = make_photo(70, 60, seed=5)
     assert pixel_bucket(70 * 60) > 70 * 60
