@@ -440,9 +440,9 @@ def shrink_gray(gray: np.ndarray, size: int) -> np.ndarray:
 
 # The rgb preset converts the small image between RGB and Lab on every request, by a few
 # whole-array passes of OpenCV and numpy, each vectorised, with no TensorFlow call: right after a
-# model call, one compiled call (one loop on two threads) took 1.1-1.4 ms for the output chroma at
-# 256x256 on Zen 5, these passes 0.4 on one thread (the call alone had cost 0.5 back to back:
-# TensorFlow's first call after other work is slow; docs/performance.md). OpenCV's pow is 10x
+# model call, one compiled call (one loop on two threads) took 1.15 ms for the output chroma at
+# 256x256 on Zen 5, these passes 0.54 on one thread (the call alone cost 0.5 back to back: a
+# TensorFlow call right after a model call is slow; docs/performance.md). OpenCV's pow is 10x
 # slower than its exp and log (0.19 against 0.02 ms at 256x256): powers are exp(p * log(x)).
 
 
