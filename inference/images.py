@@ -207,6 +207,26 @@ def _declared_size(bomb: Image.DecompressionBombError) -> str:
     return f"{found[1]} pixels" if found else "too large"
 
 
+# How the formats read here begin: a file that begins like one of them but that Pillow cannot
+# identify is a damaged photograph (400), not another kind of file (415). (BMP's "BM" is not here:
+# Pillow's BMP reader takes every file that begins so, and a failed read is already "damaged".)
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _signature_of(data: bytes) -> str | None:
+    """The format whose signature ``data`` begins with, if it is one read here."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for signature, kind in _SIGNATURES.items() if data.startswith(signature)), None)
+
+
 def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> Photo:
     """Decode an upload with Pillow (first frame of an animation), upright and in sRGB.
 
@@ -220,6 +240,11 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> Photo:
     except Image.DecompressionBombError as exc:  # Pillow's guard (Image.MAX_IMAGE_PIXELS) caught it first
         raise too_many_pixels(max_pixels, _declared_size(exc)) from exc
     except UnidentifiedImageError as exc:
+        if kind := _signature_of(data):
+            raise DamagedImage(
+                f"the image is damaged: it begins as a {kind} file, but its header cannot be read; "
+                "send the file again or another one"
+            ) from exc
         raise NotAnImage(
             "the upload is not an image Pillow can read: send a PNG, JPEG, WebP, TIFF, BMP or GIF"
         ) from exc

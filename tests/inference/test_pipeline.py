@@ -71,6 +71,13 @@ def test_its_stages_give_what_colorize_bytes_gives(engine):
         (b"", (10**6, 1), EmptyImage, "empty"),
         (b"not an image at all", (10**6, 1), NotAnImage, "not an image"),
         (_png(make_photo(40, 40, seed=1))[:60], (10**6, 1), DamagedImage, "damaged"),
+        # the signature of a format read here, then nothing Pillow can identify: damaged, not another kind
+        (b"\x89PNG\r\n\x1a\n" + bytes(100), (10**6, 1), DamagedImage, "begins as a PNG file"),
+        (b"\xff\xd8\xff" + b"junk" * 30, (10**6, 1), DamagedImage, "begins as a JPEG file"),
+        (b"RIFF\x10\x00\x00\x00WEBP" + bytes(40), (10**6, 1), DamagedImage, "begins as a WebP file"),
+        (b"GIF89a" + bytes(5), (10**6, 1), DamagedImage, "begins as a GIF file"),
+        (b"MM\x00*" + bytes(3), (10**6, 1), DamagedImage, "begins as a TIFF file"),
+        (b"PNG, said a text file", (10**6, 1), NotAnImage, "not an image"),  # a signature is bytes
         (_png(make_photo(40, 40, seed=1)), (1000, 1), ImageTooLarge, "1000 pixels"),
         (_png(make_photo(40, 8, seed=1)), (10**6, 16), ImageTooSmall, "at least 16 pixels"),
     ],
