@@ -43,6 +43,8 @@ _XYZ_TO_RGB = color._XYZ_TO_RGB.numpy().tolist()
 _WHITE_X, _, _WHITE_Z = (float(w) for w in color._WHITE.numpy())
 _F_EPS = 0.008856  # below it, Lab's f(t) is linear
 _GAMMA_KNEE = 0.0031308  # below it, sRGB's encoding is linear
+_SRGB_KNEE = 0.04045  # below it, sRGB's decoding is linear
+_LINEAR_LOW = (_SRGB_KNEE + 0.055) / 1.055  # above it, sRGB's decoding is a power
 
 
 def pixel_bucket(count: int) -> int:
@@ -80,13 +82,18 @@ def _root_power(x: tf.Tensor, coefficients: list[float]) -> tf.Tensor:
 # sRGB decoding of a uint8 level: linear up to level 10, above it a least-squares polynomial
 # through the levels (degree 10: error below 3e-7, 2e-4 in L at the darkest). A 256-entry table
 # lookup, as before, made XLA compile a scalar loop and split Y and L into two calls.
-_LINEAR_TOE = 10  # the last level below sRGB's 0.04045 knee
+_LINEAR_TOE = 10  # the last level below sRGB's knee (_SRGB_KNEE)
+
+
+def _srgb_linear(v: np.ndarray) -> np.ndarray:
+    """Linear light of sRGB values ``v`` in [0, 1] (float64): color.rgb_to_lab's decoding."""
+    return np.where(v > _SRGB_KNEE, ((v + 0.055) / 1.055) ** 2.4, v / 12.92)
 
 
 def _level_linear_fit() -> tuple[list[float], float, float]:
     """(coefficients in t, offset, scale) of linear light above the toe, t = v * scale + offset."""
     v = np.arange(_LINEAR_TOE + 1, 256) / 255.0
-    fit = Polynomial.fit(v, ((v + 0.055) / 1.055) ** 2.4, 10)
+    fit = Polynomial.fit(v, _srgb_linear(v), 10)
     low, high = (float(x) for x in fit.domain)
     return [float(c) for c in fit.coef], -(low + high) / (high - low), 2.0 / (high - low)
 
@@ -248,11 +255,7 @@ def _host_array(tensor: tf.Tensor) -> np.ndarray:
 # against 1.16 / 1.16; 1024x1024 1.45 / 1.79 against 2.26 / 2.26.
 _COMPILED_LIGHTNESS_PIXELS = 1 << 19
 # linear light of every uint8 sRGB level, and Y's weights of linear R, G and B
-_LINEAR_OF_LEVEL = np.where(
-    np.arange(256) > _LINEAR_TOE,
-    ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4,
-    np.arange(256) / 255.0 / 12.92,
-).astype(np.float32)
+_LINEAR_OF_LEVEL = _srgb_linear(np.arange(256) / 255.0).astype(np.float32)
 _Y_OF_LINEAR = np.array([[_W_R, _W_G, _W_B]], np.float32)
 
 
@@ -466,8 +469,6 @@ def gray_rgb_input(lum_small: np.ndarray | tf.Tensor) -> np.ndarray:
 
 _XYZ_OF_LINEAR = (color._RGB_TO_XYZ.numpy() / color._WHITE.numpy()[:, None]).astype(np.float32)
 _AB_OF_F = np.array([[500.0, -500.0, 0.0], [0.0, 200.0, -200.0], [0.0, 0.0, 0.0]], np.float32)
-_SRGB_KNEE = 0.04045  # below it, sRGB's decoding is linear
-_LINEAR_LOW = (_SRGB_KNEE + 0.055) / 1.055  # above it, sRGB's decoding is a power
 
 
 def rgb_output_chroma(prediction: np.ndarray | tf.Tensor) -> np.ndarray:
