@@ -87,6 +87,11 @@ def upsample(
     return layers.Activation("relu", name=f"{name}_act", dtype=dtype)(x)
 
 
+# The layers of a generator that compute in float32 under every dtype policy: its output (a
+# serving twin under another policy keeps them so: models.serving.precision_twin).
+FLOAT32_LAYERS = ("out_tanh", "hint_propagation")
+
+
 def build_generator(
     image_size: int = 256,
     in_channels: int = 3,
@@ -138,7 +143,7 @@ def build_generator(
     for i, (f, skip) in enumerate(zip(reversed(filters[:-1]), reversed(skips), strict=True)):
         x = upsample(x, skip, f, dropout=i < 3, name=f"dec{i + 1}", dtype=dtype, decoder=decoder)
     x = up_conv(x, out_channels, decoder, name="out", dtype=dtype)
-    outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
+    outputs = layers.Activation("tanh", name=FLOAT32_LAYERS[0], dtype="float32")(x)
     return keras.Model(inputs, outputs, name="generator")
 
 
@@ -203,9 +208,9 @@ def pretrained_unet(
     x = layers.Conv2D(
         out_channels, 3, padding="same", kernel_initializer=init(), name="out_upconv", dtype=dtype
     )(x)
-    outputs = layers.Activation("tanh", name="out_tanh", dtype="float32")(x)
+    outputs = layers.Activation("tanh", name=FLOAT32_LAYERS[0], dtype="float32")(x)
     if hints:
-        outputs = hint_net.HintPropagation(name="hint_propagation", dtype="float32")(
+        outputs = hint_net.HintPropagation(name=FLOAT32_LAYERS[1], dtype="float32")(
             [outputs, hint_channels, last_features, gray]
         )
     return keras.Model(inputs, outputs, name="generator")

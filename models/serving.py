@@ -2,8 +2,8 @@
 
 ``InferenceModel`` wraps a ``LoadedModel`` for a server that batches requests:
 
-- **Precision**: "float32" runs the generator as loaded; "bfloat16" runs a twin rebuilt from the
-  architecture under Keras's ``mixed_bfloat16`` policy with the same weights (bfloat16 matmuls and
+- **Precision**: "float32" runs the generator as loaded; "bfloat16" runs a twin cloned from it
+  under Keras's ``mixed_bfloat16`` policy with the same weights (bfloat16 matmuls and
   convolutions, float32 normalisation and output), its convolution and dense weights stored in
   bfloat16 (``precision_twin``).
 - **Fixed signatures**: one ``tf.function`` per render size, its input signature fixed at
@@ -34,8 +34,7 @@ import tensorflow as tf
 
 from models import runtimes
 from models.colorize import generator_output, prepare
-from models.networks import build_generator, decoder_of, encoder_of, width_of
-from models.presets import get_preset
+from models.networks import FLOAT32_LAYERS, width_of
 from models.store import LoadedModel, weights_digest
 
 log = logging.getLogger(__name__)
@@ -55,48 +54,36 @@ _KERNEL_LAYERS = (
     keras.layers.DepthwiseConv2D,
     keras.layers.Dense,
 )
-
-
-def _kernels_in_compute_dtype(network: Any) -> Any:
-    """``network`` rebuilt with every ``_KERNEL_LAYERS`` layer's weights stored in the dtype it
-    computes in (bfloat16 under ``mixed_bfloat16``); its weights are to be set afterwards."""
-
-    def clone(layer: Any) -> Any:
-        config = layer.get_config()
-        if isinstance(layer, _KERNEL_LAYERS) and layer.compute_dtype != layer.variable_dtype:
-            config["dtype"] = layer.compute_dtype
-            for key in ("kernel_initializer", "depthwise_initializer", "bias_initializer"):
-                if key in config:
-                    config[key] = "zeros"  # overwritten: the random draws took 0.5 s a load
-        return layer.__class__.from_config(config)
-
-    return keras.models.clone_model(network, clone_function=clone)
+_INITIALIZERS = ("kernel_initializer", "depthwise_initializer", "bias_initializer")
 
 
 def precision_twin(model: LoadedModel, policy: str) -> Any:
-    """The generator rebuilt from its architecture under dtype ``policy``, with the same weights,
-    those of its convolutions and dense layers stored in the compute dtype
-    (``_kernels_in_compute_dtype``).
+    """The generator under dtype ``policy`` with the same weights: a clone of it, its output
+    (``FLOAT32_LAYERS``) in float32 as ``build_generator`` makes it, and the weights of its
+    convolutions and dense layers stored in the policy's compute dtype (``_KERNEL_LAYERS``).
 
     Raises ValueError when the generator is not one ``build_generator`` makes.
     """
     generator = model.generator
-    preset = get_preset(model.preset)
     try:
-        width = width_of(generator)
+        width_of(generator)
     except (ValueError, AttributeError) as exc:
         raise ValueError(f"the generator is not a U-Net this code builds: {exc}") from exc
-    twin = build_generator(
-        model.image_size,
-        preset.in_channels,
-        preset.out_channels,
-        width=width,
-        dtype=policy,
-        decoder=decoder_of(generator),
-        encoder=encoder_of(generator),
-        hints=model.hints,
-    )
-    twin = _kernels_in_compute_dtype(twin)
+    compute = keras.DTypePolicy(policy).compute_dtype
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if layer.name in FLOAT32_LAYERS:
+            config["dtype"] = "float32"
+        elif isinstance(layer, _KERNEL_LAYERS):
+            config["dtype"] = compute
+            for key in set(_INITIALIZERS) & set(config):
+                config[key] = "zeros"  # overwritten below: the random draws took 0.5 s a load
+        else:
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(generator, clone_function=clone, recursive=True)  # the encoder too
     twin.set_weights(generator.get_weights())  # raises ValueError when the shapes differ
     return twin
 

@@ -140,23 +140,39 @@ def test_bfloat16_stays_within_one_level_of_float32_for_a_256_pixel_unet():
     assert _mad(f32, bf16) < 1.0
 
 
-@pytest.mark.parametrize("encoder", [None, "mobilenet_v2"])
-def test_the_bfloat16_twin_keeps_its_kernels_in_bfloat16_and_computes_what_the_mixed_policy_does(encoder):
-    """Cast once at load, the weights are those the mixed policy casts in every call: the same
-    output to the bit, and half the memory for them."""
+def nested_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from nested_layers(layer)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"decoder": "resize", "encoder": "mobilenet_v2"},
+        {"decoder": "resize", "encoder": "mobilenet_v2", "hints": True},
+    ],
+)
+def test_the_bfloat16_twin_keeps_its_kernels_in_bfloat16_and_computes_what_the_mixed_policy_does(options):
+    """Cloned from the generator, its weights cast once at load are those the mixed policy casts in
+    every call: the same output to the bit as the generator rebuilt under that policy, and half
+    the memory for them."""
     keras.utils.set_random_seed(3)
-    options = {"decoder": "resize", "encoder": encoder} if encoder else {}
     generator = lively(build_generator(64, 1, 2, width=8, **options), 3)
-    model = LoadedModel(1, generator, "lab", 64, {"width": 8, **options})
+    model = LoadedModel(1, generator, "lab", 64, {"width": 8})
     twin = precision_twin(model, "mixed_bfloat16")
     mixed = build_generator(64, 1, 2, width=8, dtype="mixed_bfloat16", **options)
     mixed.set_weights(generator.get_weights())
-    kernels = [layer for layer in twin.layers if isinstance(layer, _KERNEL_LAYERS)]
+    layers = list(nested_layers(twin))  # the MobileNetV2 encoder is a model of its own
+    kernels = [layer for layer in layers if isinstance(layer, _KERNEL_LAYERS)]
     assert kernels and all(w.dtype == "bfloat16" for layer in kernels for w in layer.weights)
     assert {w.dtype for w in mixed.weights} == {"float32"}
-    norms = [layer for layer in twin.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(w.dtype == "float32" for layer in norms for w in layer.weights)
-    x = np.random.default_rng(3).uniform(-1, 1, (2, 64, 64, 1)).astype(np.float32)
+    channels = int(generator.input_shape[-1])  # with hint channels after the photograph's
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 64, 64, channels)).astype(np.float32)
     expected = mixed(x, training=False).numpy()
     assert np.abs(expected - generator(x, training=False).numpy()).max() > 0  # bfloat16 differs
     np.testing.assert_array_equal(twin(x, training=False).numpy(), expected)
