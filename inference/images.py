@@ -32,6 +32,7 @@ from inference.errors import (
     NotAnImage,
 )
 from inference.jpeg import decode_jpeg, encode_jpeg
+from inference.png import SIGNATURE as PNG_SIGNATURE
 from inference.png import encode_png
 from models.parallel import band_rows, run_parts
 
@@ -211,7 +212,7 @@ def _declared_size(bomb: Image.DecompressionBombError) -> str:
 # identify is a damaged photograph (400), not another kind of file (415). (BMP's "BM" is not here:
 # Pillow's BMP reader takes every file that begins so, and a failed read is already "damaged".)
 _SIGNATURES = {
-    b"\x89PNG\r\n\x1a\n": "PNG",
+    PNG_SIGNATURE: "PNG",
     b"\xff\xd8\xff": "JPEG",
     b"GIF87a": "GIF",
     b"GIF89a": "GIF",

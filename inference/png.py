@@ -32,7 +32,7 @@ from models.parallel import band_rows, run_parts
 
 # Pixels a band holds at least (as inference/jpeg.py's bands): smaller images are one piece.
 BAND_PIXELS = 1 << 17
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIGNATURE = b"\x89PNG\r\n\x1a\n"  # how every PNG file begins
 _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray + alpha, RGB, RGBA
 _UP = 2  # PNG's filter type: each byte less the byte above it
 _LEVEL = 2
@@ -113,4 +113,4 @@ def encode_png(pixels: np.ndarray, rows: int | None = None) -> bytes:
     # the stream in IDAT chunks of at most 1 GB (a chunk holds under 2 GB; decoders join them)
     data = b"".join(stream)
     idat = [_chunk(b"IDAT", data[at : at + _IDAT_BYTES]) for at in range(0, len(data), _IDAT_BYTES)]
-    return b"".join([_SIGNATURE, _chunk(b"IHDR", header), *idat, _chunk(b"IEND", b"")])
+    return b"".join([SIGNATURE, _chunk(b"IHDR", header), *idat, _chunk(b"IEND", b"")])

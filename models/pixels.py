@@ -259,6 +259,13 @@ _LINEAR_OF_LEVEL = _srgb_linear(np.arange(256) / 255.0).astype(np.float32)
 _Y_OF_LINEAR = np.array([[_W_R, _W_G, _W_B]], np.float32)
 
 
+def _lab_f(t: np.ndarray) -> np.ndarray:
+    """Lab's f of float32 ``t`` (Y, X / Xn or Z / Zn): the cube root, linear below ``_F_EPS``."""
+    f = np.cbrt(t)
+    np.copyto(f, t * np.float32(7.787) + np.float32(16.0 / 116.0), where=t <= np.float32(_F_EPS))
+    return f
+
+
 def luminance(rgb: np.ndarray) -> np.ndarray:
     """Lab lightness L in [0, 100], float32 (H, W, 1), of an sRGB uint8 image (H, W, 3)."""
     height, width = rgb.shape[0], rgb.shape[1]
@@ -266,9 +273,7 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     if count < _COMPILED_LIGHTNESS_PIXELS:
         linear = cv2.LUT(np.ascontiguousarray(rgb, np.uint8), _LINEAR_OF_LEVEL)  # (H, W, 3) float32
         y = cv2.transform(linear, _Y_OF_LINEAR).reshape(height, width, 1)
-        f = np.cbrt(y)
-        np.copyto(f, y * np.float32(7.787) + np.float32(16.0 / 116.0), where=y <= np.float32(_F_EPS))
-        return f * np.float32(116.0) - np.float32(16.0)
+        return _lab_f(y) * np.float32(116.0) - np.float32(16.0)
     pixels = _rows(np.asarray(rgb, np.uint8), width, pixel_bucket(count), np.uint8)
     lightness = _host_array(_pixels_lightness(_tensor(pixels)))
     return lightness[:count].reshape(height, width, 1)  # a view: no copy (read-only on the CPU)
@@ -479,8 +484,6 @@ def rgb_output_chroma(prediction: np.ndarray | tf.Tensor) -> np.ndarray:
     base = cv2.max(cv2.addWeighted(flat, 0.5 / 1.055, flat, 0.0, 0.555 / 1.055), _LINEAR_LOW)
     linear = _power(base, 2.4)  # ((v + 0.055) / 1.055) ** 2.4
     np.copyto(linear, v * np.float32(1.0 / 12.92), where=v <= np.float32(_SRGB_KNEE))
-    xyz = cv2.transform(linear, _XYZ_OF_LINEAR)  # X / Xn, Y, Z / Zn
-    f = np.cbrt(xyz)
-    np.copyto(f, xyz * np.float32(7.787) + np.float32(16.0 / 116.0), where=xyz <= np.float32(_F_EPS))
+    f = _lab_f(cv2.transform(linear, _XYZ_OF_LINEAR))  # of X / Xn, Y, Z / Zn
     # a 3x3 transform, then the first two channels: OpenCV's 2x3 one is 10x slower
     return cv2.transform(f, _AB_OF_F)[..., :2].reshape(*rgb.shape[:-1], 2)
