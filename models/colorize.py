@@ -148,7 +148,7 @@ def _prepare(
     if image.ndim == 3:
         light = luminance(image)
         return np.asarray(model_input(shrink(light, size), model.preset), np.float32), light, size
-    # the join computes a gray photograph's lightness itself: keep the 1-byte pixels
+    # the join looks a gray photograph's lightness up itself: keep the 1-byte pixels
     light = np.ascontiguousarray(image)
     return gray_model_input(shrink_gray(light, size), model.preset), light, size
 

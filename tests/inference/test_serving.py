@@ -24,7 +24,7 @@ from inference.pipeline import Pipeline
 from models.colorize import colorize_array, finish, prepare
 from models.device import CPU, bfloat16_supported
 from models.networks import build_generator
-from models.pixels import _gray_pixels_rgb, _pixels_lightness, _pixels_rgb, chroma_sharing, pixel_bucket
+from models.pixels import _pixels_lightness, _pixels_rgb, chroma_sharing, pixel_bucket
 from models.serving import _KERNEL_LAYERS, InferenceModel, precision_twin
 from models.store import LoadedModel, ModelStore
 from service.metrics import ServiceMetrics
@@ -466,13 +466,13 @@ def test_no_retracing_across_photographs_of_many_sizes(engine):
     serving = model.serving
     engine.batcher.timeout = 0.0
     sizes = [(i, 20 + 13 * i, 90 - 5 * i) for i in range(12)]
-    colour_fns = (_pixels_lightness, _pixels_rgb, _gray_pixels_rgb)
+    colour_fns = (_pixels_lightness, _pixels_rgb)
 
     def traces() -> tuple[int, ...]:
         return (serving.tracing_count(), *(fn.experimental_get_tracing_count() for fn in colour_fns))
 
     def colorize_all(shapes, shift: int = 0) -> None:
-        for i, w, h in shapes:  # every third one gray: a gray photograph has its own join
+        for i, w, h in shapes:  # every third one gray: the gray path to the same join
             photo = make_photo(w, h, seed=i + shift)
             out = colorize(engine, model, photo if i % 3 else photo[..., 0])
             assert out.shape[:2] == photo.shape[:2]
