@@ -146,14 +146,6 @@ def _pair_word(first: tf.Tensor, second: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.bitwise_or(low, high)
 
 
-def _words(lum: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
-    """Packed sRGB (``_srgb_of``) of L ``lum`` (n,) with (n, 2) ab, or of pixel pairs: ``lum``
-    (n, 2) with one ab row each, as (n,) uint64 (``_pair_word``)."""
-    if lum.shape.rank == 1:
-        return _srgb_of((lum + 16.0) / 116.0, ab)
-    return _pair_word(*(_srgb_of((lum[:, k] + 16.0) / 116.0, ab) for k in (0, 1)))
-
-
 def _srgb_of(fy: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
     """(n,) uint32 sRGB pixels (R, G, B, 255 by byte, ``_BYTE_SHIFTS``) of (n,) f(Y) = (L + 16) / 116
     and (n, 2) ab: color.lab_to_rgb's formulas."""
@@ -172,8 +164,12 @@ def _srgb_of(fy: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
 
 @tf.function(jit_compile=True)
 def _pixels_rgb(lum: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
-    """Packed sRGB (``_words``) of (n,) L, or (n, 2) L of pixel pairs, and (n, 2) ab."""
-    return _words(lum, ab)
+    """Packed sRGB (``_srgb_of``) of L ``lum`` (n,) with (n, 2) ab, or of pixel pairs: ``lum``
+    (n, 2) with one ab row each, as (n,) uint64 (``_pair_word``)."""
+    fy = (lum + 16.0) / 116.0
+    if fy.shape.rank == 1:
+        return _srgb_of(fy, ab)
+    return _pair_word(*(_srgb_of(fy[:, k], ab) for k in (0, 1)))
 
 
 # Buffers handed to the compiled loops are allocated here, aligned, and passed as DLPack tensors
@@ -330,40 +326,30 @@ def chroma_sharing(width: int, chroma_width: int) -> int:
     return 2 if width >= PAIR_FACTOR * chroma_width else 1
 
 
-def _rows(plane: np.ndarray, row: int, bucket: int, dtype: type) -> np.ndarray:
+def _rows(
+    plane: np.ndarray, row: int, bucket: int, dtype: type, table: np.ndarray | None = None
+) -> np.ndarray:
     """(bucket,) or (bucket, C) aligned flat copy of ``plane`` (H, W) or (H, W, C) with rows
-    ``row`` >= W long (the last pixel of a row repeated) and zeros after the last row."""
+    ``row`` >= W long (the last pixel of a row repeated) and zeros after the last row. With a
+    256-entry ``table``, uint8 ``plane``'s values looked up in it (OpenCV's LUT, written straight
+    into the buffer: a gray photograph's L at 2 MP in 0.7 ms, where numpy's take costs 1.9)."""
     height, width = plane.shape[:2]
     channels = plane.shape[2:]
     flat = _aligned_empty(bucket, dtype, *channels)
     grid = flat[: height * row].reshape(height, row, *channels)
-    grid[:, :width] = plane
-    _pad_rows(flat, grid, width)
-    return flat
-
-
-def _pad_rows(flat: np.ndarray, grid: np.ndarray, width: int) -> None:
-    """Fill ``grid``'s columns from ``width`` on with its last pixel of each row, and the rest of
-    ``flat`` after ``grid`` with zeros."""
+    if table is None:
+        grid[:, :width] = plane
+    else:
+        cv2.LUT(np.asarray(plane, np.uint8), table, dst=grid[:, :width])
     grid[:, width:] = grid[:, width - 1 : width]
-    flat[grid.shape[0] * grid.shape[1] :] = 0
-
-
-def _lightness_rows(levels: np.ndarray, row: int, bucket: int) -> np.ndarray:
-    """``_rows`` of the L of gray ``levels`` (H, W) uint8, looked up straight into the float32
-    buffer by OpenCV (2 MP: 0.7 ms, where numpy's take costs 1.9)."""
-    height, width = levels.shape
-    flat = _aligned_empty(bucket, np.float32)
-    grid = flat[: height * row].reshape(height, row)
-    cv2.LUT(np.asarray(levels, np.uint8), _GRAY_LIGHTNESS, dst=grid[:, :width])
-    _pad_rows(flat, grid, width)
+    flat[height * row :] = 0
     return flat
 
 
 def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray:
     """sRGB uint8 (H, W, 3) from chroma ab at any size and the photograph's lightness: L float32
-    (H, W, 1), or the gray uint8 photograph (H, W) itself (its L looked up into the loop's buffer:
-    ``_lightness_rows``).
+    (H, W, 1), or the gray uint8 photograph (H, W) itself (its L looked up into the loop's buffer
+    by ``_rows``).
     The result is a view of 4-byte RGBX pixels (strides (4 * row, 4, 1)), not a copy: read-only
     where the loop ran on the CPU (``_host_array``).
 
@@ -378,11 +364,11 @@ def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray
     row = width + width % share
     count = height * row
     bucket = pixel_bucket(count)  # even: a bucket holds whole pairs
-    if gray:
-        lightness = partial(_lightness_rows, light, row, bucket)
-    else:
-        lightness = partial(_rows, light.reshape(height, width), row, bucket, np.float32)
-    parts = [partial(_upsample, chroma, height, row // share, bucket // share), lightness]
+    plane, table = (light, _GRAY_LIGHTNESS) if gray else (light.reshape(height, width), None)
+    parts = [
+        partial(_upsample, chroma, height, row // share, bucket // share),
+        partial(_rows, plane, row, bucket, np.float32, table),
+    ]
     ab, flat = run_parts(parts) if _split(count) else [part() for part in parts]
     pixels = flat if share == 1 else flat.reshape(bucket // 2, 2)
     words = _host_array(_pixels_rgb(_tensor(pixels), _tensor(ab)))
