@@ -95,12 +95,15 @@ def test_a_bad_render_size_or_a_full_queue_is_refused_before_decoding(engine):
     gate = threading.Event()
     run = engine.batcher._run
     engine.batcher._run = lambda key, payloads: gate.wait(30) and run(key, payloads)
-    full = engine.batcher.max_queue
+    # a full queue, plus what the held calls may have taken off it: each a whole batch, if the
+    # inference thread wakes after several submits
+    batcher = engine.batcher
+    full = batcher.max_queue + batcher.max_batch_size * batcher.in_flight
     prepared = pipeline.decode_and_prepare(_png(make_photo(20, 20, seed=2)), engine.model())
     try:
         futures = []
-        with pytest.raises(EngineBusy):  # fill the queue (one call may be running, held at the gate)
-            for _ in range(full + 2):
+        with pytest.raises(EngineBusy):  # fill the queue (calls may be running, held at the gate)
+            for _ in range(full + 1):
                 futures.append(pipeline.submit(prepared))
         with pytest.raises(EngineBusy, match="busy"):
             pipeline.decode_and_prepare(b"not an image", engine.model(), refuse_when_busy=True)
