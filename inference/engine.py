@@ -530,8 +530,11 @@ class Engine:
 
     def _run_batch(self, key: tuple, payloads: list) -> list:
         """In the inference thread: one compiled call for the whole batch."""
+        from models.serving import batch_of
+
         serving = key[0]
-        return list(serving.predict(np.stack(payloads), pad_to=bucket_for(len(payloads), self.buckets)))
+        batch = batch_of(payloads, bucket_for(len(payloads), self.buckets))
+        return list(serving.predict(batch)[: len(payloads)])
 
     def describe(self) -> dict[str, Any]:
         """What the engine serves, for health and listing endpoints."""

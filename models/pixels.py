@@ -17,6 +17,7 @@ from numpy.polynomial import Polynomial, chebyshev
 from PIL import Image
 
 from models import color
+from models.buffers import aligned_empty, host_array, shared_tensor
 from models.device import prefer_wide_vectors
 from models.parallel import cores, run_parts
 
@@ -172,41 +173,6 @@ def _pixels_rgb(lum: tf.Tensor, ab: tf.Tensor) -> tf.Tensor:
     return _pair_word(*(_srgb_of(fy[:, k], ab) for k in (0, 1)))
 
 
-# Buffers handed to the compiled loops are allocated here, aligned, and passed as DLPack tensors
-# that share their memory: TensorFlow copies a numpy array it is given (1 ms for the 10 MB a 2 MP
-# gray photograph's join reads), and XLA's CPU loops crash outright on a buffer that is not
-# aligned, so ``_tensor`` checks.
-_ALIGN = 64  # bytes
-
-
-def _aligned_empty(rows: int, dtype: type, channels: int = 1) -> np.ndarray:
-    """An uninitialised C-contiguous (rows,) or (rows, channels) array whose data is 64-byte aligned."""
-    itemsize = np.dtype(dtype).itemsize
-    size = rows * channels * itemsize
-    raw = np.empty(size + _ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ALIGN
-    array = raw[start : start + size].view(dtype)
-    return array if channels == 1 else array.reshape(rows, channels)
-
-
-def _tensor(array: np.ndarray) -> tf.Tensor:
-    """A tensor sharing ``array``'s memory (no copy); ``array`` is from ``_aligned_empty``."""
-    if not array.flags.c_contiguous or array.ctypes.data % _ALIGN:
-        raise ValueError("a compiled loop's input must be a C-contiguous, 64-byte aligned array")
-    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-
-
-_DLPACK_CPU = 1  # DLPack's device type for host memory
-
-
-def _host_array(tensor: tf.Tensor) -> np.ndarray:
-    """A tensor's values as numpy: its own memory, read-only, when it is in host memory (``.numpy()``
-    copies: 0.3 ms for a 2 MP photograph's pixels); a copy from a GPU's or another device's."""
-    if tensor.__dlpack_device__()[0] != _DLPACK_CPU:
-        return tensor.numpy()
-    return np.from_dlpack(tensor)
-
-
 # From this many pixels on, a colour photograph's lightness is the compiled loop's (on every core);
 # below it, a few passes of OpenCV and numpy on one core, with no TensorFlow call, take less time
 # and CPU. Right after a model call on Zen 5 (15 rounds, wall / CPU ms): 256x256 0.87 / 0.90
@@ -234,7 +200,7 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
         y = cv2.transform(linear, _Y_OF_LINEAR).reshape(height, width, 1)
         return _lab_f(y) * np.float32(116.0) - np.float32(16.0)
     pixels = _rows(np.asarray(rgb, np.uint8), width, pixel_bucket(count), np.uint8)
-    lightness = _host_array(_pixels_lightness(_tensor(pixels)))
+    lightness = host_array(_pixels_lightness(shared_tensor(pixels)))
     return lightness[:count].reshape(height, width, 1)  # a view: no copy (read-only on the CPU)
 
 
@@ -303,7 +269,7 @@ def _upsample(chroma: np.ndarray, height: int, width: int, rows: int) -> np.ndar
     OpenCV's resize writes straight into the padded buffer: 0.3 ms for a 2 MP photograph's chroma,
     where TensorFlow's resize and pad took 3 ms (its resize costs about 4 ns an output pixel).
     """
-    ab = _aligned_empty(rows, np.float32, 2)
+    ab = aligned_empty(rows, np.float32, 2)
     grid = ab[: height * width].reshape(height, width, 2)
     cv2.resize(chroma, (width, height), dst=grid, interpolation=cv2.INTER_LINEAR)
     ab[height * width :] = 0
@@ -335,7 +301,7 @@ def _rows(
     into the buffer: a gray photograph's L at 2 MP in 0.7 ms, where numpy's take costs 1.9)."""
     height, width = plane.shape[:2]
     channels = plane.shape[2:]
-    flat = _aligned_empty(bucket, dtype, *channels)
+    flat = aligned_empty(bucket, dtype, *channels)
     grid = flat[: height * row].reshape(height, row, *channels)
     if table is None:
         grid[:, :width] = plane
@@ -351,7 +317,7 @@ def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray
     (H, W, 1), or the gray uint8 photograph (H, W) itself (its L looked up into the loop's buffer
     by ``_rows``).
     The result is a view of 4-byte RGBX pixels (strides (4 * row, 4, 1)), not a copy: read-only
-    where the loop ran on the CPU (``_host_array``).
+    where the loop ran on the CPU (``host_array``).
 
     Where pixel pairs share chroma and the width is odd, rows are extended by one pixel (pairs never
     straddle two rows) and the chroma is spread over W + 1 pixels: a stretch of under one
@@ -371,7 +337,7 @@ def join_chroma(chroma: np.ndarray | tf.Tensor, light: np.ndarray) -> np.ndarray
     ]
     ab, flat = run_parts(parts) if _split(count) else [part() for part in parts]
     pixels = flat if share == 1 else flat.reshape(bucket // 2, 2)
-    words = _host_array(_pixels_rgb(_tensor(pixels), _tensor(ab)))
+    words = host_array(_pixels_rgb(shared_tensor(pixels), shared_tensor(ab)))
     return words.view(np.uint8)[: 4 * count].reshape(height, row, 4)[:, :width, :3]  # a view: no copy
 
 

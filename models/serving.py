@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import runtimes
+from models.buffers import aligned_empty, host_array, is_aligned, shared_tensor
 from models.colorize import generator_output, prepare
 from models.networks import FLOAT32_LAYERS, width_of
 from models.store import LoadedModel, weights_digest
@@ -86,6 +87,19 @@ def precision_twin(model: LoadedModel, policy: str) -> Any:
     twin = keras.models.clone_model(generator, clone_function=clone, recursive=True)  # the encoder too
     twin.set_weights(generator.get_weights())  # raises ValueError when the shapes differ
     return twin
+
+
+def batch_of(inputs: list[np.ndarray], size: int) -> np.ndarray:
+    """One batch (size, *shape) float32 of model ``inputs`` (each of one shape), in an aligned
+    buffer that the compiled call shares rather than copies, padded with zeros to ``size`` items.
+    Per batch of eight 256x256 inputs, copying them into TensorFlow and its output back out took
+    about 3.5 ms of the inference thread's time between calls, with the model's threads idle
+    (docs/performance.md)."""
+    shape = inputs[0].shape
+    batch = aligned_empty(size * int(np.prod(shape)), np.float32).reshape(size, *shape)
+    np.stack(inputs, out=batch[: len(inputs)])
+    batch[len(inputs) :] = 0
+    return batch
 
 
 class InferenceModel:
@@ -176,8 +190,12 @@ class InferenceModel:
         return f"{self.runtime} {self.runtime_precision}"
 
     def _tensorflow(self, inputs: np.ndarray) -> np.ndarray:
+        """The compiled call on ``inputs``: shared with TensorFlow without a copy when they are a
+        ``batch_of`` buffer, and its output read back without one (read-only) from host memory."""
         with tf.device(self.device):
-            return self.function(inputs.shape[1])(tf.convert_to_tensor(inputs, tf.float32)).numpy()
+            aligned = is_aligned(inputs) and inputs.dtype == np.float32
+            tensor = shared_tensor(inputs) if aligned else tf.convert_to_tensor(inputs, tf.float32)
+            return host_array(self.function(inputs.shape[1])(tensor))
 
     def warm_up(self, size: int, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Trace the function for ``size`` and run each batch size once (kernels are picked per

@@ -21,11 +21,12 @@ from inference.batcher import BatcherStopped, DynamicBatcher, QueueFull, batch_b
 from inference.engine import Engine, engine_from_settings
 from inference.errors import EngineBusy
 from inference.pipeline import Pipeline
+from models import serving as serving_module
 from models.colorize import colorize_array, finish, prepare
 from models.device import CPU, bfloat16_supported
 from models.networks import build_generator
 from models.pixels import _pixels_lightness, _pixels_rgb, chroma_sharing, pixel_bucket
-from models.serving import _KERNEL_LAYERS, InferenceModel, precision_twin
+from models.serving import _KERNEL_LAYERS, InferenceModel, batch_of, precision_twin
 from models.store import LoadedModel, ModelStore
 from service.metrics import ServiceMetrics
 from tests.photos import make_photo
@@ -103,6 +104,25 @@ def test_an_image_is_colorized_the_same_alone_and_in_a_batch_of_eight(model, pre
         diff = np.abs(finish(model, a, lum).astype(int) - finish(model, b, lum))
         assert diff.max() <= pixel and diff.mean() < mean
     assert not np.allclose(together[0], together[1])  # different photographs, different outputs
+
+
+def test_the_engines_batch_is_shared_with_the_model_call_not_copied(model, monkeypatch):
+    serving = InferenceModel(model)
+    inputs = [prepare(model, p)[0] for p in photos(3)]
+    batch = batch_of(inputs, 4)  # as the engine batches 3 requests for a bucket of 4
+    assert batch.shape == (4, *inputs[0].shape) and batch.dtype == np.float32
+    assert batch.ctypes.data % 64 == 0 and batch.flags.c_contiguous
+    np.testing.assert_array_equal(batch[:3], np.stack(inputs))
+    assert not batch[3].any()  # the padding is zeros
+    copied = serving.predict(np.stack(inputs), pad_to=4)  # a numpy array TensorFlow copies
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the batch was copied into TensorFlow")
+
+    monkeypatch.setattr(serving_module.tf, "convert_to_tensor", no_copy)
+    shared = serving.predict(batch)
+    assert not shared.flags.writeable  # the output tensor's own memory, not a copy of it
+    np.testing.assert_array_equal(shared[:3], copied)  # the same call on the same values
 
 
 def test_the_same_photograph_gives_the_same_colorization(model):

@@ -16,12 +16,10 @@ from PIL import Image
 
 from inference.images import rgbx_in_place
 from models import color, pixels
+from models.buffers import aligned_empty, host_array, shared_tensor
 from models.colorize import gray_model_input, model_input, prepare
 from models.pixels import (
     PAIR_FACTOR,
-    _aligned_empty,
-    _host_array,
-    _tensor,
     _upsample,
     chroma_sharing,
     gray_luminance,
@@ -330,19 +328,19 @@ def test_chroma_upsampling_is_tensorflows_bilinear_resize_written_into_the_padde
 
 def test_buffers_handed_to_the_compiled_loops_are_aligned_and_shared_not_copied():
     for rows, channels in [(1, 1), (4097, 1), (100, 2), (33, 3)]:
-        array = _aligned_empty(rows, np.float32, channels)
+        array = aligned_empty(rows, np.float32, channels)
         assert array.ctypes.data % 64 == 0 and array.flags.c_contiguous
         assert array.shape == ((rows,) if channels == 1 else (rows, channels))
-    array = _aligned_empty(4096, np.uint8)
+    array = aligned_empty(4096, np.uint8)
     array[:] = 7
-    tensor = _tensor(array)
+    tensor = shared_tensor(array)
     array[0] = 9  # the tensor sees the change: it is the same memory
     assert int(tensor[0]) == 9 and int(tensor[1]) == 7
     # a misaligned buffer would crash XLA's loop: refused with an error instead
     with pytest.raises(ValueError, match="aligned"):
-        _tensor(_aligned_empty(4097, np.uint8)[1:])
+        shared_tensor(aligned_empty(4097, np.uint8)[1:])
     with pytest.raises(ValueError, match="aligned"):
-        _tensor(_aligned_empty(64, np.float32, 2)[:, 0])  # not contiguous
+        shared_tensor(aligned_empty(64, np.float32, 2)[:, 0])  # not contiguous
 
 
 def test_the_joined_photograph_is_a_read_only_view_of_rgbx_pixels():
@@ -363,11 +361,11 @@ def test_the_joined_photograph_is_a_read_only_view_of_rgbx_pixels():
 
 def test_a_loops_result_is_shared_from_host_memory_and_copied_from_a_gpu():
     on_cpu = tf.constant(np.arange(8, dtype=np.uint32))
-    shared = _host_array(on_cpu)
+    shared = host_array(on_cpu)
     np.testing.assert_array_equal(shared, np.arange(8))
     assert not shared.flags.writeable  # the tensor's own memory
 
-    class OnGpu:  # what _host_array reads of a tensor in GPU memory (numpy cannot map that)
+    class OnGpu:  # what host_array reads of a tensor in GPU memory (numpy cannot map that)
         def __dlpack_device__(self):
             return (2, 0)  # kDLCUDA, device 0
 
@@ -377,4 +375,4 @@ def test_a_loops_result_is_shared_from_host_memory_and_copied_from_a_gpu():
         def __dlpack__(self, **_):
             raise AssertionError("a GPU tensor must be copied, not mapped")
 
-    np.testing.assert_array_equal(_host_array(OnGpu()), np.arange(3))
+    np.testing.assert_array_equal(host_array(OnGpu()), np.arange(3))
