@@ -170,7 +170,8 @@ class InferenceModel:
     # -- inference -----------------------------------------------------------------------------
 
     def predict(self, inputs: np.ndarray, pad_to: int | None = None) -> np.ndarray:
-        """Generator output (n, s, s, out) float32 for model inputs (n, s, s, C).
+        """Generator output (n, s, s, out) float32 for model inputs (n, s, s, C): read-only where
+        TensorFlow computed it on the CPU (its own memory, not a copy).
 
         With ``pad_to``, the batch runs padded with zeros to that many items (dropped again).
         """
