@@ -32,7 +32,7 @@ def is_aligned(array: np.ndarray) -> bool:
 def shared_tensor(array: np.ndarray) -> tf.Tensor:
     """A tensor sharing ``array``'s memory (no copy); ``array`` is from ``aligned_empty``."""
     if not is_aligned(array):
-        raise ValueError("a compiled loop's input must be a C-contiguous, 64-byte aligned array")
+        raise ValueError("an array shared with TensorFlow must be C-contiguous and 64-byte aligned")
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 

@@ -173,13 +173,12 @@ class InferenceModel:
         """Generator output (n, s, s, out) float32 for model inputs (n, s, s, C): read-only where
         TensorFlow computed it on the CPU (its own memory, not a copy).
 
-        With ``pad_to``, the batch runs padded with zeros to that many items (dropped again).
+        With ``pad_to``, the batch runs padded with zeros to that many items (dropped again), in a
+        ``batch_of`` buffer.
         """
         count, size = inputs.shape[0], inputs.shape[1]
-        target = max(count, pad_to or 0)
-        if target > count:
-            padding = np.zeros((target - count, *inputs.shape[1:]), np.float32)
-            inputs = np.concatenate([inputs, padding])
+        if pad_to is not None and pad_to > count:
+            inputs = batch_of(list(inputs), pad_to)
         runner = self._runners.get(size)
         if runner is not None:
             return runner(inputs)[:count]
