@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from common.datasets import DATASET_MANIFEST, IMAGE_SUFFIXES, DatasetError
+from common.datasets import DATASET_MANIFEST, IMAGE_SUFFIXES, DatasetError, resolve_dataset
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,15 @@ def scan_images(folder: Path, min_side: int, skip_gray: bool = True) -> DatasetS
         reasons = ", ".join(f"{n} {why}" for why, n in scan.skipped.items()) or "no files"
         raise DatasetError(f"no usable image in dataset folder {folder.name!r} ({reasons})")
     return scan
+
+
+def find_dataset(data_dir: Path, name: str, min_side: int, dataset_path: Path | None = None) -> DatasetScan:
+    """``scan_images`` of dataset ``name`` under ``<data_dir>/datasets`` (or of ``dataset_path``).
+
+    Needs no TensorFlow: a worker checks a job's dataset before it imports TensorFlow, so a job
+    whose dataset is missing or unusable fails in a moment. Raises DatasetError."""
+    folder = dataset_path or resolve_dataset(Path(data_dir) / "datasets", name)
+    return scan_images(folder, min_side)
 
 
 def colour_spread(rgb: np.ndarray) -> float:

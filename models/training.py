@@ -19,7 +19,6 @@ from typing import Any
 
 import keras
 
-from common.datasets import resolve_dataset
 from models.backbones import PROVENANCE, pretrained_mobilenet_v2
 from models.callbacks import (
     ProgressFn,
@@ -35,9 +34,9 @@ from models.callbacks import (
 from models.config import TrainConfig
 from models.data import (
     DatasetScan,
+    find_dataset,
     load_photo,
     make_dataset,
-    scan_images,
     split_validation,
 )
 from models.device import training_strategy
@@ -205,6 +204,7 @@ def run_training(
     verbose: int = 0,
     dataset_path: Path | None = None,
     validation_files: list[Path] | None = None,
+    scan: DatasetScan | None = None,
 ) -> TrainResult:
     """Train per ``config`` on ``<data_dir>/datasets/<config.dataset>`` (or ``dataset_path``).
 
@@ -212,7 +212,8 @@ def run_training(
     is kept out of training; every published version carries its metrics on them. A run in a
     ``job_dir`` that holds a checkpoint resumes from it, and publishes no step that the job
     already published. ``should_interrupt()`` true stops at the next step with a checkpoint of
-    it (result state ``interrupted``), for a later run to resume.
+    it (result state ``interrupted``), for a later run to resume. ``scan`` is the dataset's
+    ``find_dataset`` when the caller has already checked it.
 
     Raises DatasetError for an unusable dataset, UnknownVersion/BrokenVersion for a bad
     ``init_from``, PublishError when the model store cannot take a version, OSError when the job
@@ -220,9 +221,9 @@ def run_training(
     """
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
-    folder = dataset_path or resolve_dataset(Path(data_dir) / "datasets", config.dataset)
-    scan = scan_images(folder, config.image_size)
-    log.info("dataset %s: %d usable photographs, skipped %s", folder.name, len(scan.files), scan.skipped)
+    if scan is None:
+        scan = find_dataset(data_dir, config.dataset, config.image_size, dataset_path)
+    log.info("dataset %s: %d usable photographs, skipped %s", scan.folder.name, len(scan.files), scan.skipped)
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
 

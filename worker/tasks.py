@@ -51,6 +51,7 @@ from common.queue import NOT_VISIBLE_DELAY_S, NOT_VISIBLE_MAX_DELAY_S, TRAIN_QUE
 from common.settings import Settings
 from common.store import BrokenVersion, UnknownVersion, VersionStore
 from models.config import TrainConfig
+from models.data import find_dataset
 from models.store import ModelStore, packaged_default
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,12 @@ def _run_claimed(
     def should_cancel() -> bool:
         return jobs.cancel_requested(job_id) or (should_stop is not None and should_stop())
 
+    try:  # before TensorFlow is imported (seconds): a missing or unusable dataset fails at once
+        scan = find_dataset(settings.data_dir, train_config.dataset, train_config.image_size, dataset_path)
+    except (DatasetError, OSError) as exc:
+        error = str(exc) if isinstance(exc, DatasetError) else f"cannot read the dataset: {exc}"
+        log.warning("job %s failed: %s", job_id, error)
+        return _finish(jobs, job_id, "failed", error=error)
     try:
         _configure_device()
         from models.backbones import PretrainedWeightsError
@@ -278,7 +285,7 @@ def _run_claimed(
             should_cancel=should_cancel,
             should_interrupt=should_interrupt,
             verbose=verbose,
-            dataset_path=dataset_path,
+            scan=scan,
         )
     except (DatasetError, PretrainedWeightsError, DeviceError) as exc:
         error = str(exc)

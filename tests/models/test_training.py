@@ -147,14 +147,14 @@ def test_dataset_errors_say_what_is_wrong(tmp_path):
 def test_a_dataset_deleted_while_the_job_starts_fails_with_the_dataset_error(
     dataset_dir, tmp_path, monkeypatch
 ):
-    import models.training
+    import models.data
 
     def scan_then_delete(folder, min_side):
         scan = scan_images(folder, min_side)
         shutil.rmtree(folder)  # someone deletes the dataset right after the scan
         return scan
 
-    monkeypatch.setattr(models.training, "scan_images", scan_then_delete)
+    monkeypatch.setattr(models.data, "scan_images", scan_then_delete)
     with pytest.raises(DatasetError, match="can be read any more.*deleted or changed"):
         run_training(
             tiny_config(), data_dir=dataset_dir, job_dir=tmp_path / "job", store=ModelStore(tmp_path / "m")

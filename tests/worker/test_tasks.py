@@ -122,12 +122,22 @@ def test_invalid_config_fails_the_job_with_the_field_named(settings):
     assert record["finished_at"] is not None
 
 
-def test_missing_dataset_fails_with_the_dataset_error(settings):
+@pytest.mark.parametrize(
+    ("dataset", "error"),
+    [("nope", "dataset 'nope' does not exist"), ("empty", "no usable image in dataset folder 'empty'")],
+)
+def test_an_unusable_dataset_fails_the_job_before_tensorflow_is_loaded(settings, monkeypatch, dataset, error):
+    (settings.data_dir / "datasets" / "empty").mkdir()
+
+    def load_tensorflow():  # seconds of a pool child's start, for a job that cannot train anyway
+        raise AssertionError("TensorFlow was loaded for a job whose dataset is unusable")
+
+    monkeypatch.setattr(tasks, "_configure_device", load_tensorflow)
     jobs, job_id = new_job(settings, {})
-    run_job(settings, job_id, {**TINY, "dataset": "nope"})
+    run_job(settings, job_id, {**TINY, "dataset": dataset})
     record = jobs.get(job_id)
     assert record["state"] == "failed"
-    assert "dataset 'nope' does not exist" in record["error"]
+    assert error in record["error"]
     assert record["attempts"] == 1 and record["started_at"] is not None
 
 
