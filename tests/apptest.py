@@ -151,8 +151,10 @@ class FakeCelery:
 
 @pytest.fixture
 def settings(dataset_dir: Path) -> Settings:
-    """A fresh data directory with the ``tiny`` dataset, looked at every 0.2 s."""
-    return Settings(data_dir=dataset_dir, reload_interval=0.2)
+    """A fresh data directory with the ``tiny`` dataset, looked at every 0.2 s. Models run on
+    TensorFlow: ``auto`` measures (and may convert) every version as it loads, about 4 s of CPU a
+    load in these tests; the tests of that choice ask for it (``changed``)."""
+    return Settings(data_dir=dataset_dir, reload_interval=0.2, inference_runtime="tensorflow")
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_importing_and_creating_the_app_does_not_import_tensorflow(tmp_path):
 
 
 def test_readyz_is_503_on_an_empty_store_then_200_once_a_version_is_published(settings, start):
-    client = start(settings)
+    client = start(changed(settings, inference_runtime="auto"))  # the service's default
     assert client.get("/healthz").json() == {"status": "ok"}
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503

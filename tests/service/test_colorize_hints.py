@@ -6,12 +6,16 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from common.settings import Settings
 from models.store import ModelStore
+from service.app import create_app
 from tests.apptest import assert_json_error, decoded, encode, publish_tiny_hints_to, publish_tiny_to, wait_for
 from tests.service.test_datasets import zip_of
 
@@ -28,15 +32,23 @@ def _pixels(response) -> np.ndarray:
     return np.asarray(decoded(response).convert("RGB")).astype(int)
 
 
-@pytest.fixture
-def hinted(settings, start):
-    """An app whose version 1 takes hints and whose version 2 (served: the latest) does not."""
+@pytest.fixture(scope="module")
+def hinted(tmp_path_factory) -> Iterator[TestClient]:
+    """An app whose version 1 takes hints and whose version 2 (served: the latest) does not. One
+    for the module: its tests only send requests, and each app loading version 1 took 4-5 s."""
+    root = tmp_path_factory.mktemp("hinted")
+    settings = Settings(
+        data_dir=root / "data",
+        reload_interval=0.2,
+        inference_runtime="tensorflow",
+        default_model_dir=root / "no-default",
+    )
     store = ModelStore(settings.models_dir)
     assert publish_tiny_hints_to(store) == 1
     assert publish_tiny_to(store) == 2
-    client = start(settings)
-    wait_for(lambda: client.get("/readyz").status_code == 200, what="a model served")
-    return client
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, what="a model served")
+        yield client
 
 
 def test_hints_change_the_colour_near_them_and_nowhere_else(hinted):

@@ -45,9 +45,21 @@ def redis_available() -> bool:
 
 @pytest.fixture(params=["redis", "embedded"])
 def service(request, tmp_path):
-    """The API and a worker on a fresh data directory; yields an httpx client for the API."""
-    extra = {"COLORIZER_INFERENCE_RUNTIME": "auto"}  # as shipped: measured, converted, cached
-    if request.param == "redis":
+    """The API and a worker on a fresh data directory, as shipped: the API serves the packaged
+    default with its runtime chosen by ``auto`` (measured, converted, cached). Yields (an httpx
+    client for the API, the processes, the data directory)."""
+    yield from _service(request.param, tmp_path, COLORIZER_INFERENCE_RUNTIME="auto")
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def jobs_service(request, tmp_path):
+    """The same for tests of jobs alone, with no default model for the API to load: its loading,
+    with ``auto``'s measurement, took about 15 s of both cores beside the jobs."""
+    yield from _service(request.param, tmp_path, COLORIZER_DEFAULT_MODEL_DIR=str(tmp_path / "no-default"))
+
+
+def _service(broker: str, tmp_path, **extra):
+    if broker == "redis":
         if not redis_available():
             if os.environ.get("CI"):
                 pytest.fail(f"Redis is not reachable at {REDIS_TEST_URL}; CI must run the Redis tests")
@@ -170,8 +182,8 @@ def test_trained_version_is_served_without_restart(service):
     assert np.abs(out.astype(int) - expected).max() <= 1
 
 
-def test_running_job_can_be_cancelled_and_bad_job_fails_with_reason(service):
-    client, procs, data_dir = service
+def test_running_job_can_be_cancelled_and_bad_job_fails_with_reason(jobs_service):
+    client, procs, data_dir = jobs_service
     bad = client.post("/jobs", json={**TINY_JOB, "dataset": "corrupt"})
     assert bad.status_code == 202, bad.text
     bad_id = bad.json()["id"]

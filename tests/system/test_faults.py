@@ -322,6 +322,9 @@ def test_redis_restart_loses_no_job_and_the_api_fails_fast_then_stops_gracefully
         COLORIZER_BROKER_URL=redis_server.url,
         COLORIZER_API_KEY=api_key,
         COLORIZER_RECOVERY_INTERVAL="1",
+        # the API serves what the jobs publish; loading the packaged default before them took
+        # seconds of both cores from the training it waits for
+        COLORIZER_DEFAULT_MODEL_DIR=str(tmp_path / "no-default"),
     )
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
