@@ -119,28 +119,33 @@ class Client:
             client.close()
 
 
-def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(tmp_path, procs, request):
-    """The model store in an S3-compatible bucket that every process follows, mirrored into the
-    folder they share. A shared folder alone is this run without the mirroring: it once ran both
-    ways, about 70 s each on two cores; test_labels and test_hot_swap share a plain folder."""
-    redis.Redis.from_url(REDIS_TEST_URL).flushdb()
-    shared = tmp_path / "shared"
-    write_dataset(shared / "datasets" / "tiny")
-    endpoint, url = request.getfixturevalue("s3_server"), request.getfixturevalue("bucket")
-    follow(url, shared / "models", s3_client(endpoint))
-    request.addfinalizer(lambda: follow(None, shared / "models"))
-    bucket = {
+def store_in_bucket(endpoint: str, url: str) -> dict[str, str]:
+    """The settings of a process whose model store is the bucket at ``url`` on ``endpoint``."""
+    return {
         "COLORIZER_MODEL_STORE_URL": url,
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+def test_two_apis_three_workers_survive_a_killed_worker_and_a_killed_api(
+    tmp_path, procs, s3_server, bucket, request
+):
+    """The model store in an S3-compatible bucket that every process follows, mirrored into the
+    folder they share. A shared folder alone is this run without the mirroring: it once ran both
+    ways, about 70 s each on two cores; test_labels and test_hot_swap share a plain folder."""
+    redis.Redis.from_url(REDIS_TEST_URL).flushdb()
+    shared = tmp_path / "shared"
+    write_dataset(shared / "datasets" / "tiny")
+    follow(bucket, shared / "models", s3_client(s3_server))
+    request.addfinalizer(lambda: follow(None, shared / "models"))
     ModelStore(shared / "models").publish(
         build_generator(32, 1, 2, width=4), {"preset": "lab", "image_size": 32}
     )
     settings = {
-        **bucket,
+        **store_in_bucket(s3_server, bucket),
         "COLORIZER_BROKER_URL": REDIS_TEST_URL,
         "COLORIZER_DEFAULT_MODEL_DIR": str(tmp_path / "none"),
         "COLORIZER_FANOUT_STALL_SECONDS": str(STALL_SECONDS),
@@ -258,12 +263,8 @@ def test_machines_without_a_shared_models_folder_meet_at_the_bucket(tmp_path, pr
     settings = {
         "COLORIZER_BROKER_URL": REDIS_TEST_URL,
         "COLORIZER_DEFAULT_MODEL_DIR": str(tmp_path / "none"),
-        "COLORIZER_MODEL_STORE_URL": bucket,
         "COLORIZER_SERVE": "stable",
-        "AWS_ENDPOINT_URL": s3_server,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **store_in_bucket(s3_server, bucket),
     }
     one, two = tmp_path / "machine1", tmp_path / "machine2"
     write_dataset(one / "datasets" / "tiny")
