@@ -185,10 +185,16 @@ _Y_OF_LINEAR = np.array([[_W_R, _W_G, _W_B]], np.float32)
 
 
 def _lab_f(t: np.ndarray) -> np.ndarray:
-    """Lab's f of float32 ``t`` (Y, X / Xn or Z / Zn): the cube root, linear below ``_F_EPS``."""
-    f = np.cbrt(t)
-    np.copyto(f, t * np.float32(7.787) + np.float32(16.0 / 116.0), where=t <= np.float32(_F_EPS))
-    return f
+    """Lab's f of float32 ``t`` (Y, X / Xn or Z / Zn): the cube root, linear below ``_F_EPS``.
+
+    The line is the cube root's tangent at ``_F_EPS``, above the (concave) root everywhere else, so
+    f is the lesser of the line and the root of ``t`` held at ``_F_EPS`` from below: a few OpenCV
+    passes, no masked copy. numpy's cbrt is a scalar loop on CPUs without AVX-512 (numpy vectorises
+    it with AVX-512 only): 3.1 ms for the three channels of a 256x256 image on Zen 3, 0.3 ms this
+    way, the same values within 4e-7."""
+    flat = t.reshape(1, -1)  # one channel: OpenCV applies a scalar to the first channel only
+    root = _power(cv2.max(flat, _F_EPS), 1.0 / 3.0)
+    return cv2.min(root, cv2.addWeighted(flat, 7.787, flat, 0.0, 16.0 / 116.0)).reshape(t.shape)
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -393,13 +399,18 @@ def gray_rgb_input(lum_small: np.ndarray | tf.Tensor) -> np.ndarray:
     """The report's [-1, 1] RGB input (..., 3) float32, gray in all three channels, of L (..., 1):
     a neutral colour's linear R, G and B all equal its Y, so one channel is computed and repeated."""
     light = np.asarray(lum_small, np.float32)
-    fy = light.reshape(1, -1) * np.float32(1.0 / 116.0) + np.float32(16.0 / 116.0)  # OpenCV: 2-D
-    y = fy * fy * fy
-    np.copyto(y, (fy - np.float32(16.0 / 116.0)) * np.float32(1.0 / 7.787), where=fy <= np.float32(_FY_EPS))
-    gamma = _power(cv2.max(y, _GAMMA_KNEE), 1.0 / 2.4) * np.float32(1.055) - np.float32(0.055)
-    np.copyto(gamma, y * np.float32(12.92), where=y <= np.float32(_GAMMA_KNEE))
-    gray = np.minimum(gamma, np.float32(1.0)) * np.float32(2.0) - np.float32(1.0)
-    return np.repeat(gray.reshape(light.shape), 3, axis=-1)
+    flat = np.ascontiguousarray(light).reshape(1, -1)  # one channel: OpenCV's scalars reach only the first
+    # Y of f = (L + 16) / 116: the cube of f held at _FY_EPS from below, plus the line
+    # L / (116 * 7.787) less its value there, below it (the two pieces meet there, within 5e-7)
+    fy = cv2.max(cv2.addWeighted(flat, 1.0 / 116.0, flat, 0.0, 16.0 / 116.0), _FY_EPS)
+    toe = cv2.min(cv2.addWeighted(flat, 1.0 / (116.0 * 7.787), flat, 0.0, -_F_EPS), 0.0)
+    y = cv2.add(fy * fy * fy, toe)
+    # sRGB's encoding: the lesser of the line 12.92 Y and the power of Y held at the knee from below
+    # (the line below the knee; above it the concave power, which is under the line there)
+    power = _power(cv2.max(y, _GAMMA_KNEE), 1.0 / 2.4)
+    gamma = cv2.min(cv2.addWeighted(power, 1.055, power, 0.0, -0.055), cv2.multiply(y, 12.92))
+    gray = cv2.addWeighted(gamma, 2.0, gamma, 0.0, -1.0)
+    return np.repeat(cv2.min(gray, 1.0).reshape(light.shape), 3, axis=-1)
 
 
 _XYZ_OF_LINEAR = (color._RGB_TO_XYZ.numpy() / color._WHITE.numpy()[:, None]).astype(np.float32)
@@ -409,11 +420,14 @@ _AB_OF_F = np.array([[500.0, -500.0, 0.0], [0.0, 200.0, -200.0], [0.0, 0.0, 0.0]
 def rgb_output_chroma(prediction: np.ndarray | tf.Tensor) -> np.ndarray:
     """ab (..., 2) float32 of RGB (..., 3) in [-1, 1]: color.rgb_to_lab's formulas (within 2e-4)."""
     rgb = np.asarray(prediction, np.float32)  # a GPU's tensor is copied to the host here
-    flat = np.ascontiguousarray(rgb).reshape(1, -1, 3)  # one row of pixels: OpenCV takes any count
-    v = cv2.addWeighted(flat, 0.5, flat, 0.0, 0.5)
+    # every channel in one row: OpenCV takes any count, and applies a scalar to the first channel only
+    flat = np.ascontiguousarray(rgb).reshape(1, -1)
+    # sRGB's decoding of v = (x + 1) / 2: the power ((v + 0.055) / 1.055) ** 2.4 of v held at the
+    # knee from below, plus the line v / 12.92 less its value at the knee, below the knee (where the
+    # two pieces meet)
     base = cv2.max(cv2.addWeighted(flat, 0.5 / 1.055, flat, 0.0, 0.555 / 1.055), _LINEAR_LOW)
-    linear = _power(base, 2.4)  # ((v + 0.055) / 1.055) ** 2.4
-    np.copyto(linear, v * np.float32(1.0 / 12.92), where=v <= np.float32(_SRGB_KNEE))
+    toe = cv2.min(cv2.addWeighted(flat, 0.5 / 12.92, flat, 0.0, (0.5 - _SRGB_KNEE) / 12.92), 0.0)
+    linear = cv2.add(_power(base, 2.4), toe).reshape(1, -1, 3)
     f = _lab_f(cv2.transform(linear, _XYZ_OF_LINEAR))  # of X / Xn, Y, Z / Zn
     # a 3x3 transform, then the first two channels: OpenCV's 2x3 one is 10x slower
     return cv2.transform(f, _AB_OF_F)[..., :2].reshape(*rgb.shape[:-1], 2)
