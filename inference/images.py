@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
@@ -337,12 +338,16 @@ def encode_image(rgb: np.ndarray, image_format: str, alpha: np.ndarray | None = 
     Raises CannotEncode if the format cannot hold the image.
     """
     pil_format, _, options = FORMATS[image_format]
+    rgbx = rgbx_in_place(rgb)
     if pil_format == "JPEG":  # on every core, from the join's 4-byte pixels as they are (inference/jpeg.py)
-        rgbx = rgbx_in_place(rgb)
         try:
             return encode_jpeg(rgb if rgbx is None else rgbx, options["quality"])
         except ValueError as exc:
             raise _unencodable(image_format, exc) from exc
+    if rgbx is not None:
+        # packed RGB by OpenCV: numpy's copy of the view of 3 bytes in 4 (Pillow's and the PNG rows'
+        # too) took 50x as long (2 MP: 14 against 0.26 ms; 256x256: 0.5 against 0.01)
+        rgb = cv2.cvtColor(rgbx, cv2.COLOR_RGBA2RGB)
     keep_alpha = alpha is not None and image_format in ALPHA_FORMATS and alpha.shape == rgb.shape[:2]
     if pil_format == "PNG":
         try:

@@ -236,10 +236,12 @@ def test_jpeg_encoding_takes_rgbx_pixels_in_place_only_where_the_whole_buffer_is
     np.testing.assert_array_equal(wrapped, words[:, :5])
     copy = np.ascontiguousarray(view)
     assert encode_image(view, "jpeg") == encode_image(copy, "jpeg")  # the same bytes as from a copy
-    for fmt in ("png", "webp"):  # other formats take the plain path
-        decoded = Image.open(io.BytesIO(encode_image(view, fmt)))
-        assert decoded.size == (5, 20)
+    for fmt in ("png", "webp"):  # other formats take the pixels packed (by OpenCV): the same bytes
+        assert encode_image(view, fmt) == encode_image(copy, fmt)
+        assert Image.open(io.BytesIO(encode_image(view, fmt))).size == (5, 20)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_image(view, "png")))), view)
+    alpha = rng.integers(0, 256, (20, 5), dtype=np.uint8)
+    assert encode_image(view, "png", alpha) == encode_image(copy, "png", alpha)
     # not wrapped: contiguous RGB, or a view whose last pixel's fourth byte is outside the buffer
     assert rgbx_in_place(copy) is None
     assert rgbx_in_place(words[..., 1:4]) is None
