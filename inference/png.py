@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from functools import partial
 
+import cv2
 import numpy as np
 from zlib_ng import zlib_ng as zlib
 
@@ -46,10 +47,42 @@ _PIECE_BYTES = 1 << 20
 _ADLER_BASE = 65521  # the largest prime below 2**16
 
 
+def rgbx_in_place(rgb: np.ndarray) -> np.ndarray | None:
+    """The (H, W, 4) RGBX pixels whose RGB view ``rgb`` is, sharing its memory, when it is the view
+    of 4-byte pixels that the colorizer's join returns (``models.pixels.join_chroma``), else None.
+    The fourth byte of every pixel must lie in ``rgb``'s own buffer: that is checked, not assumed."""
+    base = rgb.base
+    if not (
+        rgb.ndim == 3
+        and rgb.shape[2] == 3
+        and rgb.dtype == np.uint8
+        and rgb.strides[1:] == (4, 1)
+        and isinstance(base, np.ndarray)
+        and base.flags.c_contiguous
+    ):
+        return None
+    height, width = rgb.shape[:2]
+    stride = rgb.strides[0]
+    start = rgb.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    if start < 0 or stride < 4 * width or start + stride * height > base.nbytes:
+        return None
+    return np.ndarray((height, width, 4), np.uint8, memoryview(base).cast("B"), start, (stride, 4, 1))
+
+
+def packed_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` with its pixels packed (C-contiguous): by OpenCV when it is the view of 4-byte pixels
+    that the colorizer's join returns (``rgbx_in_place``), where numpy's copy of a view of 3 bytes
+    in 4 takes 50x as long (2 MP: 14 against 0.26 ms); as it is when already packed."""
+    rgbx = rgbx_in_place(rgb)
+    if rgbx is not None:
+        return cv2.cvtColor(rgbx, cv2.COLOR_RGBA2RGB)
+    return np.ascontiguousarray(rgb)
+
+
 def _filtered(pixels: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Rows start..stop of ``pixels`` (H, W, C) uint8, each as its filter type byte and its bytes
     less those of the row above (0 above the image)."""
-    rows = pixels[start:stop].reshape(stop - start, -1)
+    rows = packed_rgb(pixels[start:stop]).reshape(stop - start, -1)
     out = np.empty((stop - start, rows.shape[1] + 1), np.uint8)
     out[:, 0] = _UP
     above = pixels[start - 1].reshape(1, -1) if start else np.zeros((1, rows.shape[1]), np.uint8)
