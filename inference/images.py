@@ -315,8 +315,8 @@ def encode_image(rgb: np.ndarray, image_format: str, alpha: np.ndarray | None = 
     Raises CannotEncode if the format cannot hold the image.
     """
     pil_format, _, options = FORMATS[image_format]
-    rgbx = rgbx_in_place(rgb)
     if pil_format == "JPEG":  # on every core, from the join's 4-byte pixels as they are (inference/jpeg.py)
+        rgbx = rgbx_in_place(rgb)
         try:
             return encode_jpeg(rgb if rgbx is None else rgbx, options["quality"])
         except ValueError as exc:
