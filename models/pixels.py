@@ -187,7 +187,7 @@ def _lab_f(t: np.ndarray) -> np.ndarray:
     way, the same values within 4e-7."""
     flat = t.reshape(1, -1)  # one channel: OpenCV applies a scalar to the first channel only
     root = _power(cv2.max(flat, _F_EPS), 1.0 / 3.0)
-    return cv2.min(root, cv2.addWeighted(flat, 7.787, flat, 0.0, 16.0 / 116.0)).reshape(t.shape)
+    return cv2.min(root, _affine(flat, 7.787, 16.0 / 116.0)).reshape(t.shape)
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -388,6 +388,12 @@ def _power(x: np.ndarray, p: float) -> np.ndarray:
     return cv2.exp(cv2.log(x) * np.float32(p))
 
 
+def _affine(x: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """scale * x + offset of float32 ``x`` in one OpenCV pass (``addWeighted``, x again at weight 0),
+    where numpy's two arithmetic operations make two passes and an array between them."""
+    return cv2.addWeighted(x, scale, x, 0.0, offset)
+
+
 def gray_rgb_input(lum_small: np.ndarray | tf.Tensor) -> np.ndarray:
     """The report's [-1, 1] RGB input (..., 3) float32, gray in all three channels, of L (..., 1):
     a neutral colour's linear R, G and B all equal its Y, so one channel is computed and repeated."""
@@ -395,14 +401,14 @@ def gray_rgb_input(lum_small: np.ndarray | tf.Tensor) -> np.ndarray:
     flat = np.ascontiguousarray(light).reshape(1, -1)  # one channel: OpenCV's scalars reach only the first
     # Y of f = (L + 16) / 116: the cube of f held at _FY_EPS from below, plus the line
     # L / (116 * 7.787) less its value there, below it (the two pieces meet there, within 5e-7)
-    fy = cv2.max(cv2.addWeighted(flat, 1.0 / 116.0, flat, 0.0, 16.0 / 116.0), _FY_EPS)
-    toe = cv2.min(cv2.addWeighted(flat, 1.0 / (116.0 * 7.787), flat, 0.0, -_F_EPS), 0.0)
+    fy = cv2.max(_affine(flat, 1.0 / 116.0, 16.0 / 116.0), _FY_EPS)
+    toe = cv2.min(_affine(flat, 1.0 / (116.0 * 7.787), -_F_EPS), 0.0)
     y = cv2.add(fy * fy * fy, toe)
     # sRGB's encoding: the lesser of the line 12.92 Y and the power of Y held at the knee from below
     # (the line below the knee; above it the concave power, which is under the line there)
     power = _power(cv2.max(y, _GAMMA_KNEE), 1.0 / 2.4)
-    gamma = cv2.min(cv2.addWeighted(power, 1.055, power, 0.0, -0.055), cv2.multiply(y, 12.92))
-    gray = cv2.addWeighted(gamma, 2.0, gamma, 0.0, -1.0)
+    gamma = cv2.min(_affine(power, 1.055, -0.055), cv2.multiply(y, 12.92))
+    gray = _affine(gamma, 2.0, -1.0)
     return np.repeat(cv2.min(gray, 1.0).reshape(light.shape), 3, axis=-1)
 
 
@@ -418,8 +424,8 @@ def rgb_output_chroma(prediction: np.ndarray | tf.Tensor) -> np.ndarray:
     # sRGB's decoding of v = (x + 1) / 2: the power ((v + 0.055) / 1.055) ** 2.4 of v held at the
     # knee from below, plus the line v / 12.92 less its value at the knee, below the knee (where the
     # two pieces meet)
-    base = cv2.max(cv2.addWeighted(flat, 0.5 / 1.055, flat, 0.0, 0.555 / 1.055), _LINEAR_LOW)
-    toe = cv2.min(cv2.addWeighted(flat, 0.5 / 12.92, flat, 0.0, (0.5 - _SRGB_KNEE) / 12.92), 0.0)
+    base = cv2.max(_affine(flat, 0.5 / 1.055, 0.555 / 1.055), _LINEAR_LOW)
+    toe = cv2.min(_affine(flat, 0.5 / 12.92, (0.5 - _SRGB_KNEE) / 12.92), 0.0)
     linear = cv2.add(_power(base, 2.4), toe).reshape(1, -1, 3)
     f = _lab_f(cv2.transform(linear, _XYZ_OF_LINEAR))  # of X / Xn, Y, Z / Zn
     # a 3x3 transform, then the first two channels: OpenCV's 2x3 one is 10x slower
