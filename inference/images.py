@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from common.photos import PHOTO_FORMATS
 from inference.errors import (
     CannotEncode,
     DamagedImage,
@@ -237,7 +238,7 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 1) -> Photo:
     if not data:
         raise EmptyImage("the upload is empty: send a photograph")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's guard (Image.MAX_IMAGE_PIXELS) caught it first
         raise too_many_pixels(max_pixels, _declared_size(exc)) from exc
     except UnidentifiedImageError as exc:

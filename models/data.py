@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from common.datasets import DATASET_MANIFEST, IMAGE_SUFFIXES, DatasetError, resolve_dataset
+from common.photos import PHOTO_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def scan_images(folder: Path, min_side: int, skip_gray: bool = True) -> DatasetS
                 continue
             try:
                 data = path.read_bytes()  # read once: decoded below and hashed for duplicates
-                with Image.open(io.BytesIO(data)) as img:
+                with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as img:
                     width, height = img.size
                     if width * height > MAX_SOURCE_PIXELS:
                         scan.skipped["too many pixels"] += 1
@@ -155,7 +156,7 @@ def load_photo(path: Path, short_side: int) -> np.ndarray | None:
     Returns None for a file that fails to decode (truncated data only shows up here).
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PHOTO_FORMATS) as img:
             img.draft("RGB", (short_side, short_side))  # JPEG: decode at a reduced scale, fast
             img = ImageOps.exif_transpose(img).convert("RGB")
             scale = short_side / min(img.size)

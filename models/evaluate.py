@@ -19,6 +19,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 from skimage.color import deltaE_ciede2000, rgb2lab
 
+from common.photos import PHOTO_FORMATS
 from models import color
 from models.colorize import colorize_array
 from models.hints import Hint
@@ -65,7 +66,7 @@ def score(output: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def load_rgb(path: Path, max_side: int | None = None) -> np.ndarray:
     """A photograph as upright RGB uint8, shrunk so its long side is at most ``max_side``."""
-    with Image.open(path) as img:
+    with Image.open(path, formats=PHOTO_FORMATS) as img:
         img = ImageOps.exif_transpose(img).convert("RGB")
         if max_side is not None and max(img.size) > max_side:
             img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)

@@ -30,6 +30,7 @@ from typing import Any
 from PIL import Image
 
 from common.datasets import DATASET_MANIFEST, IMAGE_SUFFIXES
+from common.photos import PHOTO_FORMATS
 from models.config import DATASET_NAME
 from service.archives import ArchiveReader, EntryUnreadable, is_hidden
 from service.errors import ApiError, field_error
@@ -89,7 +90,7 @@ def check_image(path: Path, limits: DatasetLimits) -> int | str:
     for JPEG) catches damaged and truncated files.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=PHOTO_FORMATS) as image:
             width, height = image.size
             if width * height > limits.max_image_pixels:
                 return "too many pixels"

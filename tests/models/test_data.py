@@ -63,6 +63,20 @@ def test_the_loader_skips_gray_toned_tiny_and_duplicate_photographs_and_counts_t
     assert scan.summary()["skipped"] == 5
 
 
+def test_a_dataset_file_that_is_postscript_whatever_its_name_is_skipped_unopened(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(self))
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    keep = [write(folder / f"colour{i}.png", make_photo(80, 64, i)) for i in range(2)]
+    (folder / "photo.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 80 64\nshowpage\n")
+    scan = scan_images(folder, 48)
+    assert scan.files == keep and dict(scan.skipped) == {"unreadable": 1}
+    assert opened == []
+
+
 def test_a_dataset_of_gray_photographs_only_fails_with_the_reason(tmp_path):
     folder = tmp_path / "old"
     folder.mkdir()

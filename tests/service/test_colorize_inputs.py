@@ -47,6 +47,25 @@ def test_colorize_rejects_a_file_that_is_not_an_image_even_when_named_png(client
     assert_json_error(response, 415, "not an image")
 
 
+# PostScript, as a text EPS and behind the binary EPS header: Pillow would render either by running
+# Ghostscript on the upload
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 48\n%%EndComments\n0.5 setgray 0 0 64 48 rectfill\n"
+BINARY_EPS = (
+    b"\xc5\xd0\xd3\xc6" + (32).to_bytes(4, "little") + len(EPS).to_bytes(4, "little") + bytes(20) + EPS
+)
+
+
+@pytest.mark.parametrize("payload", [EPS, BINARY_EPS], ids=["eps", "binary-eps"])
+def test_postscript_is_refused_as_not_an_image_and_never_opened(client, payload, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(self))
+    response = client.post("/colorize", files={"image": ("photo.jpg", payload, "image/jpeg")})
+    assert_json_error(response, 415, "not an image")
+    assert opened == []
+
+
 def test_colorize_rejects_truncated_jpeg(client):
     whole = encode(photo(120, 90), "JPEG", quality=95)
     response = client.post(

@@ -386,10 +386,16 @@ def test_multipart_without_the_archive_field_is_422_naming_archive(client):
     assert body["errors"][0]["loc"] == ["body", "archive"]
 
 
-def test_an_archive_with_no_usable_image_is_422_and_leaves_nothing(client, settings):
-    response = upload(client, zip_of({"readme.txt": b"hello", "broken.png": b"\x89PNG not really"}))
+def test_an_archive_with_no_usable_image_is_422_and_leaves_nothing(client, settings, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened = []  # PostScript named as a photograph is never handed to Pillow's EPS reader (Ghostscript)
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(self))
+    postscript = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 48\nshowpage\n"
+    members = {"readme.txt": b"hello", "broken.png": b"\x89PNG not really", "photo.jpg": postscript}
+    response = upload(client, zip_of(members))
     assert_json_error(response, 422, "no usable image", "not an image file type", "unreadable image")
-    assert leftovers(settings) == []
+    assert leftovers(settings) == [] and opened == []
 
 
 @pytest.mark.parametrize(
