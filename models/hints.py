@@ -89,6 +89,8 @@ def parse_hints(data: Any, width: int, height: int) -> list[Hint]:
             data = json.loads(data)
         except ValueError as exc:
             raise BadHint(None, f"hints must be a JSON list of points: {exc}") from None
+        except RecursionError:  # Python's parser gives up on arrays or objects nested about 1000 deep
+            raise BadHint(None, "hints must be a JSON list of points, not lists nested this deep") from None
     if not isinstance(data, list):
         raise BadHint(
             None, 'hints must be a JSON list of points such as [{"x": 10, "y": 20, "color": "#aa3311"}]'

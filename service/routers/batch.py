@@ -378,6 +378,10 @@ def batch_hints(text: str, location: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise field_error(location, "hints", f"hints must be JSON: {exc}", text) from None
+    except RecursionError:  # Python's parser gives up on arrays or objects nested about 1000 deep
+        raise field_error(
+            location, "hints", "hints must be JSON nested at most a few levels deep", text
+        ) from None
     if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
         raise field_error(
             location,

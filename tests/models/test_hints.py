@@ -24,6 +24,7 @@ def test_hints_are_read_from_json_text_or_a_list():
     ("data", "words"),
     [
         ("not json", "JSON list"),
+        ("[" * 100_000, "nested this deep"),
         ({"x": 1}, "JSON list"),
         ([{"x": 1, "y": 1, "color": "#fff"}] * (MAX_HINTS + 1), f"at most {MAX_HINTS}"),
         (["#fff"], "hint 0: must be an object"),

@@ -97,6 +97,7 @@ def test_hints_are_points_of_the_photograph_as_it_is_seen_after_exif_rotation(hi
     ("hints", "words"),
     [
         ("not json", "JSON list"),
+        ("[" * 5000, "nested this deep"),  # Python's JSON parser gives up: not a 500
         (
             '[{"x": 1, "y": 1, "color": "#fff"}, {"x": 500, "y": 1, "color": "#fff"}]',
             "hint 1: (500, 1) is outside",
@@ -177,6 +178,12 @@ def test_a_batch_takes_hints_per_file_and_a_files_bad_hints_cost_only_that_file(
         headers={"content-type": "application/zip"},
     )
     assert_json_error(bad, 422, "object from file paths")
+    deep = hinted.post(
+        "/colorize/batch?model=1",
+        files={"archive": ("in.zip", zip_of({"a.png": image}), "application/zip")},
+        data={"hints": '{"a.png": ' + "[" * 100_000},
+    )
+    assert assert_json_error(deep, 422, "nested")["errors"][0]["loc"] == ["body", "hints"]
     refused = hinted.post(
         "/colorize/batch",
         params={"hints": json.dumps({"a.png": RED})},
