@@ -70,8 +70,13 @@ class Photo:
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
 
 
+# Modes whose PNG may name one transparent colour (a tRNS chunk: ``info["transparency"]``), which
+# Pillow's convert to RGBA turns into alpha.
+_KEYED_MODES = ("P", "1", "L", "RGB")
+
+
 def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+    return image.mode in _ALPHA_MODES or (image.mode in _KEYED_MODES and "transparency" in image.info)
 
 
 def _flatten_alpha(rgba: Image.Image) -> Image.Image:

@@ -185,6 +185,17 @@ def test_colorize_keeps_a_palette_images_transparent_index(client):
     assert (expected == 0).any() and (expected == 255).any()
 
 
+@pytest.mark.parametrize(("mode", "key"), [("L", 0), ("RGB", (0, 0, 0))])
+def test_colorize_keeps_a_gray_or_rgb_pngs_transparent_colour(client, mode, key):
+    source = photo(mode=mode)
+    source.paste(key, (0, 0, 10, 10))  # a corner in the colour the PNG's tRNS chunk names
+    result = _colorized(client, encode(source, transparency=key))
+    expected = np.asarray(Image.open(io.BytesIO(encode(source, transparency=key))).convert("RGBA"))[..., 3]
+    assert result.mode == "RGBA"
+    assert np.array_equal(np.asarray(result.getchannel("A")), expected)
+    assert (expected[:10, :10] == 0).all() and (expected == 255).any()
+
+
 def test_colorize_to_jpeg_drops_transparency_and_keeps_the_size(client):
     result = _colorized(client, encode(_rgba()), "jpeg")
     assert result.mode == "RGB" and result.size == (50, 40)
