@@ -345,8 +345,21 @@ class ArchiveReader:
         return sum(1 for info in self._zip.infolist() if not info.is_dir())
 
     def member_names(self) -> list[str]:
-        """Every member's stored name when known before reading (zip), else an empty list (tar)."""
-        return [info.filename for info in self._zip.infolist()] if self._zip is not None else []
+        """Every member's stored name, before any is read: a zip's from its central directory, a tar's
+        from a pass of its own over the headers (a tar has no directory: the pass reads, and
+        decompresses, the stream once more, within the same limits). A tar that pass cannot read to
+        the end gives the names before the fault; ``entries()`` then reports the fault itself."""
+        if self._zip is not None:
+            return [info.filename for info in self._zip.infolist()]
+        names: list[str] = []
+        try:
+            with ArchiveReader(
+                self.path, max_entries=self.max_entries, max_unpacked_bytes=self.budget.limit
+            ) as headers:
+                names.extend(entry.name for entry in headers.entries())
+        except Exception:  # any fault is the reading's to report, with its own status
+            log.debug("reading a tar's member names stopped early", exc_info=True)
+        return names
 
     def entries(self) -> Iterator[Entry]:
         """Each member in archive order (see the class doc for what it raises)."""

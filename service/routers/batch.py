@@ -273,8 +273,8 @@ class _Batch:
         files = reader.count_files()
         if files is not None and files > settings.max_batch_files:
             raise _too_many_files(settings.max_batch_files)
-        # A zip's names are known up front: a renamed output must not take another file's name.
-        self.inputs = {path for path in map(safe_path, reader.member_names()) if path is not None}
+        # Every name, known up front: a renamed output must not take another file's name.
+        self.inputs = {as_text(path) for path in map(safe_path, reader.member_names()) if path is not None}
         failure: Exception | None = None
         async with anyio.create_task_group() as group:
             try:
@@ -299,20 +299,21 @@ class _Batch:
             seen_files += 1
             if seen_files > settings.max_batch_files:  # a tar: only known while reading
                 raise _too_many_files(settings.max_batch_files)
-            item = ManifestEntry(entry.name, model_version=self.model.version)
-            hints = self.hints.pop(entry.name, None)  # taken even when the file is skipped
+            item = ManifestEntry(as_text(entry.name), model_version=self.model.version)
+            hints = self.hints.pop(item.name, None)  # taken even when the file is skipped
             self.entries.append(item)
             skip = _skip_reason(entry.kind, entry.path)
             if skip is not None:
                 self._fail(item, ValueError(skip), "skipped")
                 continue
             assert entry.path is not None
-            item.output, item.format = output_name(entry.path, self.image_format)
-            item.renamed = item.output != entry.path
-            self.inputs.add(entry.path)
+            path = as_text(entry.path)
+            item.output, item.format = output_name(path, self.image_format)
+            item.renamed = item.output != path
+            self.inputs.add(path)
             if item.renamed and (item.output in self.outputs or item.output in self.inputs):
                 # a.tif would become a.png, the name of another file: a.tif.png instead
-                item.output = f"{entry.path}{PurePosixPath(item.output).suffix}"
+                item.output = f"{path}{PurePosixPath(item.output).suffix}"
             if item.output in self.outputs:
                 self._fail(item, ValueError("another file in the archive has the same name"), "skipped")
                 continue
@@ -391,6 +392,15 @@ def batch_hints(text: str, location: str) -> dict[str, Any]:
             text,
         )
     return value
+
+
+def as_text(name: str) -> str:
+    """A member's name as text that can be written: bytes of it that are not UTF-8 (which tarfile
+    keeps as lone surrogates, and no zip entry or JSON text can hold) shown as U+FFFD."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no byte made
+        return name.encode("utf-8", "replace").decode("utf-8")
 
 
 def _skip_reason(kind: str, path: str | None) -> str | None:

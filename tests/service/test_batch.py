@@ -142,9 +142,17 @@ def test_batch_changes_the_extension_only_when_the_format_differs(client):
     }
 
 
-def test_batch_writes_formats_it_cannot_keep_as_png_without_clashing(client):
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_batch_writes_formats_it_cannot_keep_as_png_without_clashing(client, kind):
     members = {"scan.tif": gray(40, 32, "TIFF"), "scan.png": gray(40, 32), "old.bmp": gray(40, 32, "BMP")}
-    images, manifest = unzip(batch(client, members))
+    if kind == "zip":
+        response = batch(client, members)
+    else:  # a tar's names come one by one: scan.png is read after scan.tif has been colorized
+        archive = tar_of([(file_info(name), data) for name, data in members.items()], kind == "tar.gz")
+        response = client.post(
+            "/colorize/batch", content=archive, headers={"content-type": "application/x-tar"}
+        )
+    images, manifest = unzip(response)
     assert sorted(images) == ["old.png", "scan.png", "scan.tif.png"]
     assert all(image.format == "PNG" for image in images.values())
     # scan.tif would become scan.png, the name of another file of the archive: it keeps its own name.
@@ -160,6 +168,18 @@ def test_batch_reads_a_tar_too(client):
     response = client.post("/colorize/batch", content=archive, headers={"content-type": "application/gzip"})
     images, manifest = unzip(response)
     assert list(images) == ["dir/a.png"] and manifest["counts"]["ok"] == 1
+
+
+def test_a_tar_members_name_that_is_not_utf8_is_colorized_under_a_name_that_can_be_written(client):
+    info = file_info("a\udcff\udcfe.png")  # the bytes a, 0xff, 0xfe: a name from a Latin-1 disk
+    response = client.post(
+        "/colorize/batch",
+        content=tar_of([(info, gray(40, 32))]),
+        headers={"content-type": "application/x-tar"},
+    )
+    images, manifest = unzip(response)
+    assert list(images) == ["a\ufffd\ufffd.png"] and manifest["counts"]["ok"] == 1
+    assert manifest["files"][0]["name"] == "a\ufffd\ufffd.png"
 
 
 def test_batch_reads_a_tar_made_with_tar_czf_dot(client, tmp_path):
