@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
+from python_multipart.multipart import parse_options_header
 from starlette.types import Message
 
 from common.labels import is_label_name
@@ -74,22 +75,31 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-def _limited_receive(
-    receive: Callable[[], Awaitable[Message]], limit: int
-) -> Callable[[], Awaitable[Message]]:
-    """Wrap an ASGI receive so reading more than ``limit`` body bytes raises a 413."""
-    received = 0
+class _LimitedBody:
+    """An ASGI receive that raises a 413 past ``limit`` body bytes, and notes whether a multipart
+    body's closing delimiter (``--boundary--``) went by: Starlette's form parser takes a body cut
+    off before it as if it had ended there, dropping the part it was in."""
 
-    async def receive_at_most() -> Message:
-        nonlocal received
-        message = await receive()
+    def __init__(self, receive: Callable[[], Awaitable[Message]], limit: int, boundary: bytes | None):
+        self.receive = receive
+        self.limit = limit
+        self.received = 0
+        self.closing = b"--" + boundary + b"--" if boundary else b""
+        self.closed = not self.closing  # no boundary: Starlette's parser refuses the body itself
+        self._tail = b""
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
         if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise _too_large(limit)
+            body = message.get("body", b"")
+            self.received += len(body)
+            if self.received > self.limit:
+                raise _too_large(self.limit)
+            if self.closing and not self.closed and body:
+                window = self._tail + body
+                self.closed = self.closing in window
+                self._tail = window[1 - len(self.closing) :]
         return message
-
-    return receive_at_most
 
 
 async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
@@ -99,28 +109,36 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
     A raw body's Content-Type is not trusted either way (``application/octet-stream``, curl's
     default form type, none at all): the decoder reads what the bytes are, and answers 415 when
     they are not an image. Raises ApiError 413 past ``limit`` bytes (checked while reading, not
-    only from Content-Length) and a 422 naming ``image`` when the multipart field is missing.
+    only from Content-Length), 400 for a multipart body cut off before its closing boundary, and a
+    422 naming ``image`` when the multipart field is missing or sent twice.
     """
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    limited = Request(request.scope, receive=_limited_receive(request.receive, limit))
-    if media_type == "multipart/form-data":
-        async with limited.form(max_files=1, max_fields=20) as form:
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                fields = ", ".join(sorted(form.keys())) or "none"
-                raise field_error(
-                    "body",
-                    "image",
-                    f"send the photograph as the multipart file field 'image' (fields sent: {fields})",
-                )
-            hints = form.get("hints")
-            if hints is not None and not isinstance(hints, str):
-                raise field_error("body", "hints", "send hints as a text field of JSON, not as a file")
-            return await upload.read(), hints
-    return await limited.body(), None
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        return await Request(request.scope, receive=_LimitedBody(request.receive, limit, None)).body(), None
+    body = _LimitedBody(request.receive, limit, parse_options_header(content_type)[1].get(b"boundary"))
+    # two files: the photograph, and hints sent as a file by mistake (refused below, in words)
+    async with Request(request.scope, receive=body).form(max_files=2, max_fields=20) as form:
+        if not body.closed:
+            raise ApiError(400, "the multipart body ended before its closing boundary: send it again")
+        uploads = form.getlist("image")
+        if len(uploads) > 1:
+            raise field_error("body", "image", "send one photograph in the field 'image'")
+        upload = uploads[0] if uploads else None
+        if upload is None or isinstance(upload, str):
+            fields = ", ".join(sorted(form.keys())) or "none"
+            raise field_error(
+                "body",
+                "image",
+                f"send the photograph as the multipart file field 'image' (fields sent: {fields})",
+            )
+        hints = form.get("hints")
+        if hints is not None and not isinstance(hints, str):
+            raise field_error("body", "hints", "send hints as a text field of JSON, not as a file")
+        return await upload.read(), hints
 
 
 def requested_version(model: str | None) -> int | str | None:

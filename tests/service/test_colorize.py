@@ -179,6 +179,31 @@ def test_colorize_multipart_without_the_image_field_is_422_naming_image(client):
     assert body["errors"][0]["loc"] == ["body", "image"]
 
 
+def _multipart(*parts: tuple[str, str | None, bytes], close: bool = True) -> tuple[bytes, dict]:
+    """A multipart body of (field, filename or None, data) parts, cut before its closing boundary
+    unless ``close``."""
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--b0undary\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    if close:
+        body += b"--b0undary--\r\n"
+    return body, {"content-type": "multipart/form-data; boundary=b0undary"}
+
+
+def test_colorize_tells_a_cut_off_or_misshapen_multipart_body_apart_from_a_missing_field(client):
+    image = encode(photo())
+    body, headers = _multipart(("image", "a.png", image), close=False)
+    assert_json_error(client.post("/colorize", content=body, headers=headers), 400, "closing boundary")
+    body, headers = _multipart(("image", "a.png", image), ("image", "b.png", image))
+    assert_json_error(client.post("/colorize", content=body, headers=headers), 422, "send one photograph")
+    body, headers = _multipart(("image", "a.png", image), ("hints", "hints.json", b"[]"))
+    hints = assert_json_error(client.post("/colorize", content=body, headers=headers), 422, "not as a file")
+    assert hints["errors"][0]["loc"] == ["body", "hints"]
+    body, headers = _multipart(("image", "a.png", image))
+    assert client.post("/colorize", content=body, headers=headers).status_code == 200
+
+
 def test_colorize_rejects_an_upload_over_max_upload_bytes(settings, start):
     publish_tiny(settings)
     client = start(changed(settings, max_upload_bytes=2048))
