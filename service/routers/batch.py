@@ -524,7 +524,7 @@ def _refuse_empty(batch: _Batch, manifest: dict[str, Any]) -> None:
     else 422 with the manifest's entries."""
     files = manifest["files"]
     if not files:
-        raise ApiError(422, "the archive holds no file at all: put photographs in it", files=files)
+        raise _unusable("the archive holds no file at all: put photographs in it", files)
     if batch.busy and batch.busy == manifest["counts"]["error"]:
         raise ApiError(
             503,
@@ -534,4 +534,11 @@ def _refuse_empty(batch: _Batch, manifest: dict[str, Any]) -> None:
         )
     reasons = "; ".join(f"{f['name']}: {f['error']}" for f in files[:5])
     more = f" (and {len(files) - 5} more)" if len(files) > 5 else ""
-    raise ApiError(422, f"no file of the archive could be colorized: {reasons}{more}", files=files)
+    raise _unusable(f"no file of the archive could be colorized: {reasons}{more}", files)
+
+
+def _unusable(detail: str, files: list[dict[str, Any]]) -> ApiError:
+    """The 422 of a batch with nothing colorized: the archive is the request field at fault
+    (``errors``, as in every 422), and ``files`` says what became of each file."""
+    error = {"type": "value_error", "loc": ["body", "archive"], "msg": detail, "input": None}
+    return ApiError(422, detail, files=files, errors=[error])

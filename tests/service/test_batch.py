@@ -192,7 +192,9 @@ def test_batch_reads_a_tar_made_with_tar_czf_dot(client, tmp_path):
 def test_a_batch_with_no_image_is_422_with_a_sentence(client):
     body = assert_json_error(batch(client, {"readme.txt": b"hello", "data.csv": b"1,2"}), 422, "no file")
     assert [f["status"] for f in body["files"]] == ["error", "error"]
-    assert_json_error(batch(client, {}), 422, "no file")
+    empty = assert_json_error(batch(client, {}), 422, "no file")
+    for answer in (body, empty):  # like every 422: the field at fault
+        assert [e["loc"] for e in answer["errors"]] == [["body", "archive"]]
 
 
 def test_batch_keeps_within_the_engine_queue_limit(settings, start, monkeypatch):
