@@ -8,7 +8,9 @@ and put a readable summary in ``detail``. The inference room raises plain except
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -157,8 +159,40 @@ def _name_the_likely_field(errors: list[dict[str, Any]], fields: list[str]) -> N
             error["msg"] = f"unknown field ({hint})"
 
 
+# How much of a bad field's value a 422 echoes back (``input``), as JSON text.
+ECHO_CHARS = 200
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with the numbers JSON text cannot hold (NaN, Infinity: Python's JSON parser takes
+    them) as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def echoable(value: Any) -> Any:
+    """A bad field's value as a 422 may echo it: JSON-safe, and cut to ECHO_CHARS characters of its
+    JSON text (as a string then) where it is longer: a 100 MB field is not sent back."""
+    try:
+        value = _json_safe(value)
+        text = json.dumps(value)
+    except (RecursionError, TypeError, ValueError):
+        return "(a value that cannot be shown)"
+    if len(text) <= ECHO_CHARS:
+        return value
+    return f"{text[:ECHO_CHARS]}... ({len(text)} characters)"
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = jsonable_encoder(exc.errors())
+    for error in errors:
+        if "input" in error:
+            error["input"] = echoable(error["input"])
     _name_the_likely_field(errors, _body_fields(request))
     return JSONResponse(
         status_code=422, content=_error_body(summarize_validation_errors(errors), errors=errors)

@@ -59,6 +59,20 @@ def test_submitting_a_job_with_a_bad_field_is_422_naming_the_field(client, fake_
     assert fake_celery.calls == []
 
 
+def test_a_422_echoes_a_bad_value_json_can_hold_and_only_so_much_of_it(client, fake_celery):
+    # Python's JSON parser takes NaN and Infinity, which JSON text (the answer) cannot hold
+    headers = {"content-type": "application/json"}
+    nan = client.post("/jobs", content='{"dataset": "tiny", "steps": NaN, "x": -Infinity}', headers=headers)
+    body = assert_json_error(nan, 422, "steps")
+    assert {e["loc"][-1]: e["input"] for e in body["errors"]} == {"steps": "nan", "x": "-inf"}
+    label = client.put("/models/labels/canary", content='{"version": 1e400}', headers=headers)
+    assert_json_error(label, 422, "version")
+    big = client.post("/jobs", json={**TINY_JOB, "pad": "x" * 1_000_000})
+    body = assert_json_error(big, 422, "pad")
+    assert len(big.content) < 2000 and body["errors"][0]["input"].endswith("(1000002 characters)")
+    assert fake_celery.calls == []
+
+
 def test_a_mistyped_job_field_is_answered_with_the_name_it_probably_meant(client, fake_celery):
     response = client.post("/jobs", json={**TINY_JOB, "stpes": 4, "l1weight": 10, "colour": "blue"})
     body = assert_json_error(response, 422, "stpes", "did you mean 'steps'?", "did you mean 'l1_weight'?")
