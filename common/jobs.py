@@ -91,7 +91,7 @@ class JobStore:
 
     def job_dir(self, job_id: str) -> Path:
         """The job's folder; raises UnknownJob for an id that is not one of ours (no path tricks)."""
-        if not _ID.match(job_id):
+        if not _ID.fullmatch(job_id):
             raise UnknownJob(f"job {job_id!r} does not exist")
         return self.root / job_id
 
@@ -130,7 +130,7 @@ class JobStore:
         records = []
         if self.root.is_dir():
             for child in self.root.iterdir():
-                if _ID.match(child.name):
+                if _ID.fullmatch(child.name):
                     try:
                         records.append(json.loads((child / RECORD_FILE).read_text()))
                     except (OSError, ValueError):

@@ -140,7 +140,7 @@ class TrainConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset_name(cls, value: str) -> str:
-        if not DATASET_NAME.match(value) or ".." in value:
+        if not DATASET_NAME.fullmatch(value) or ".." in value:
             raise ValueError(
                 "dataset must be a folder name under the datasets directory: letters, digits, "
                 "'.', '_' or '-', no path separators"

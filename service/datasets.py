@@ -62,7 +62,7 @@ class DatasetLimits:
 
 def check_name(name: str, location: str = "query") -> str:
     """``name`` when it is a valid dataset name; raises a 422 naming ``name`` at ``location``."""
-    if not DATASET_NAME.match(name) or ".." in name:
+    if not DATASET_NAME.fullmatch(name) or ".." in name:
         raise field_error(
             location,
             "name",
@@ -131,7 +131,7 @@ class DatasetStore:
 
     def _folder(self, name: str) -> Path:
         """The existing dataset folder ``name``; raises ApiError 404 if it is not a usable dataset."""
-        if not DATASET_NAME.match(name) or ".." in name:
+        if not DATASET_NAME.fullmatch(name) or ".." in name:
             raise unknown_dataset(name)
         folder = self.root / name
         root = self.root.resolve()

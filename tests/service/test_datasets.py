@@ -370,6 +370,13 @@ def test_a_bad_name_is_422_naming_the_field(client, settings, name, how):
     assert leftovers(settings) == []
 
 
+def test_a_name_with_a_trailing_newline_is_422_and_writes_nothing(client, settings):
+    # a regular expression's $ also matches before a final newline: the name must match whole
+    body = assert_json_error(upload(client, zip_of({"a.png": image_bytes()}), name="ok\n", how="raw"), 422)
+    assert body["errors"][0]["loc"][-1] == "name"
+    assert leftovers(settings) == []
+
+
 @pytest.mark.parametrize("how", ["multipart", "raw"])
 def test_a_missing_name_is_422(client, how):
     body = assert_json_error(

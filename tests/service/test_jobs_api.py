@@ -39,6 +39,10 @@ def test_submitting_a_job_with_a_missing_dataset_is_422_naming_dataset(client, f
     response = client.post("/jobs", json={**TINY_JOB, "dataset": "nowhere"})
     body = assert_json_error(response, 422, "dataset", "nowhere")
     assert body["errors"][0]["loc"] == ["body", "dataset"]
+    newline = assert_json_error(
+        client.post("/jobs", json={**TINY_JOB, "dataset": TINY_JOB["dataset"] + "\n"}), 422
+    )
+    assert newline["errors"][0]["loc"] == ["body", "dataset"] and "\n" not in newline["detail"]
     assert fake_celery.calls == [] and client.get("/jobs").json() == []
 
 
