@@ -103,7 +103,12 @@ class TrainConfig(BaseModel):
     init_from: int | Literal["default"] | None = Field(
         None, description="Start the generator from this published version."
     )
-    seed: int | None = Field(None, ge=0, description="Random seed for a repeatable run.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="Random seed for a repeatable run (0 to 2**32 - 1, as numpy takes it).",
+    )
     validation_split: float = Field(
         0.1, ge=0, le=0.5, description="Share of the photographs kept out of training to score each version."
     )
