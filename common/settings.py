@@ -139,6 +139,13 @@ class Settings(BaseSettings):
         le=86_400,
         description="Seconds between a worker's looks for started jobs nobody is training (to re-queue).",
     )
+    train_max_memory_mb: int = Field(
+        0,
+        ge=0,
+        description="Resident memory (MB) a training job's process may reach before the job is stopped "
+        "and failed with the reason (worker.memory); 0: what it holds when training starts plus 90% of "
+        "the memory then available (the machine's, or its container's).",
+    )
     unseen_job_seconds: float = Field(
         600.0,
         ge=1,

@@ -53,6 +53,7 @@ from common.store import BrokenVersion, UnknownVersion, VersionStore
 from models.config import TrainConfig
 from models.data import find_dataset
 from models.store import ModelStore, packaged_default
+from worker.memory import MemoryGuard, memory_budget, size_text
 
 log = logging.getLogger(__name__)
 
@@ -274,19 +275,32 @@ def _run_claimed(
     follow(settings.model_store_url, settings.models_dir)  # the model store in a bucket, if set
     store = ModelStore(settings.models_dir, packaged_default(settings.default_model_dir))
     writer = ProgressWriter(jobs, job_id, on_publish=lambda: apply_retention(store, settings))
-    try:
-        result = run_training(
-            train_config,
-            data_dir=settings.data_dir,
-            job_dir=jobs.job_dir(job_id),
-            store=store,
-            job_id=job_id,
-            on_progress=writer,
-            should_cancel=should_cancel,
-            should_interrupt=should_interrupt,
-            verbose=verbose,
-            scan=scan,
+    budget = memory_budget(settings.train_max_memory_mb)
+
+    def out_of_memory(resident: int) -> None:
+        _finish(
+            jobs,
+            job_id,
+            "failed",
+            error=f"the job took {size_text(resident)} of memory, more than the {size_text(budget or 0)} "
+            "this worker allows (COLORIZER_TRAIN_MAX_MEMORY_MB; by default 90% of the memory available when "
+            "the job started), and was stopped: lower batch_size, image_size or width",
         )
+
+    try:
+        with MemoryGuard(budget, out_of_memory):
+            result = run_training(
+                train_config,
+                data_dir=settings.data_dir,
+                job_dir=jobs.job_dir(job_id),
+                store=store,
+                job_id=job_id,
+                on_progress=writer,
+                should_cancel=should_cancel,
+                should_interrupt=should_interrupt,
+                verbose=verbose,
+                scan=scan,
+            )
     except (DatasetError, PretrainedWeightsError, DeviceError) as exc:
         error = str(exc)
     except UnknownVersion as exc:

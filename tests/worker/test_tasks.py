@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,9 @@ import pytest
 from common.jobs import JobStore
 from common.queue import TRAIN_QUEUE, TRAIN_TASK, broker_transport_options, create_celery, sqlite_path
 from common.settings import Settings
+from tests.apptest import wait_for
 from worker import tasks
+from worker.memory import MemoryGuard, memory_budget, resident_bytes
 from worker.tasks import MAX_ATTEMPTS, ProgressWriter, run_job
 
 TINY = {
@@ -259,3 +263,45 @@ def test_retention_after_each_publish_keeps_the_newest_the_labelled_and_the_pinn
     assert jobs.get(job_id)["published_versions"] == [5, 6, 7]
     # newest two (6, 7), labelled (1), pinned by COLORIZER_SERVE (2); 3, 4 and 5 deleted
     assert sorted(int(p.name) for p in settings.models_dir.iterdir() if p.name.isdigit()) == [1, 2, 6, 7]
+
+
+# -- the memory ceiling (worker.memory) -------------------------------------------------------------
+
+
+def test_the_memory_guard_calls_back_once_past_its_budget_and_kills_and_never_under_it():
+    seen, kills = [], []
+    with MemoryGuard(
+        resident_bytes() // 2, seen.append, interval=0.01, kill=lambda: kills.append(1)
+    ) as guard:
+        wait_for(lambda: kills, 10, "the guard to trip")
+    assert guard.tripped and kills == [1] and len(seen) == 1 and seen[0] > resident_bytes() // 2
+    calm = []
+    with MemoryGuard(resident_bytes() + 2**40, calm.append, interval=0.01, kill=lambda: kills.append(2)):
+        time.sleep(0.1)
+    assert calm == [] and kills == [1]
+
+
+def test_the_memory_budget_is_the_setting_or_what_is_held_plus_most_of_what_is_available():
+    assert memory_budget(512) == 512 * 2**20
+    total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    assert resident_bytes() < memory_budget(0) <= resident_bytes() + total
+
+
+def test_a_job_past_its_memory_budget_is_failed_with_the_reason_and_its_process_stopped(settings, tmp_path):
+    jobs, job_id = new_job(settings, TINY)
+    script = (
+        "import sys\n"
+        "from common.settings import Settings\n"
+        "from worker.tasks import run_job\n"
+        f"settings = Settings(data_dir={str(settings.data_dir)!r}, train_max_memory_mb=64)\n"
+        f"print(run_job(settings, {job_id!r}, {TINY!r}))\n"
+    )
+    # the process holds more than 64 MB once TensorFlow is loaded: the guard stops it at once
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    record = jobs.get(job_id)
+    assert record["state"] == "failed"
+    assert "more than the 64 MB this worker allows" in record["error"]
+    assert "COLORIZER_TRAIN_MAX_MEMORY_MB" in record["error"] and "lower batch_size" in record["error"]
+    # the message delivered again (Celery: the pool child was lost) finds the job failed and leaves it
+    assert run_job(settings, job_id, TINY)["state"] == "failed" and jobs.get(job_id)["attempts"] == 1
