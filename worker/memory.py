@@ -5,7 +5,7 @@ to kill (perhaps the API's, or the machine's other work).
 TensorFlow cannot be interrupted inside a step, and the step is what grows (a configuration within
 ``TrainConfig``'s limits, such as 1024 px crops at width 256 in batches of 256, asks for far more
 than a machine has; nothing about it is wrong until it runs). So a thread watches the process's
-resident memory while the job trains and, past the budget, records the failure and kills the
+resident memory while the job trains and, past the budget, records the failure and ends the
 process it runs in: the prefork pool child of a Celery worker, which the worker replaces; the
 message is delivered again and finds the job failed. Measured while choosing this (2026-12-06):
 ``RLIMIT_DATA`` instead made TensorFlow raise an unreadable ``AbortedError`` at one limit and
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ log = logging.getLogger(__name__)
 # Of the memory available when a job starts, the share it may take on top of what its process holds.
 AVAILABLE_SHARE = 0.9
 POLL_SECONDS = 0.2  # a step grows by at most a few GB a second here: caught within the margin
+EXIT_CODE = 137  # what a shell shows for a process the out-of-memory killer ended (128 + SIGKILL)
 
 
 def resident_bytes() -> int:
@@ -37,17 +37,43 @@ def resident_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup (v2) memory limit, None without one."""
+def _stat_value(path: Path, key: str) -> int:
+    """One counter of a cgroup's ``memory.stat`` (0 when missing)."""
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup"), membership: str | None = None) -> int | None:
+    """Bytes left under this process's cgroup memory limit, None without one: cgroup v2 (the
+    ``0::`` line of /proc/self/cgroup) or v1 (its ``memory`` controller's line). The page cache
+    the kernel can drop (inactive files) counts as room, as ``docker stats`` counts it."""
     try:
-        line = Path("/proc/self/cgroup").read_text().splitlines()[0]
-        folder = Path("/sys/fs/cgroup") / line.split("::", 1)[1].lstrip("/")
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int((folder / "memory.current").read_text())
-    except (OSError, IndexError, ValueError):
+        lines = (membership if membership is not None else Path("/proc/self/cgroup").read_text()).splitlines()
+    except OSError:
         return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        try:
+            if controllers == "":  # v2
+                folder = root / path.lstrip("/")
+                limit = (folder / "memory.max").read_text().strip()
+                if limit == "max":
+                    return None
+                used = int((folder / "memory.current").read_text())
+                return int(limit) - used + _stat_value(folder / "memory.stat", "inactive_file")
+            if "memory" in controllers.split(","):  # v1
+                folder = root / "memory" / path.lstrip("/")
+                limit = int((folder / "memory.limit_in_bytes").read_text())
+                if limit >= 2**62:  # v1's "no limit" is a page-rounded 2**63 - 1
+                    return None
+                used = int((folder / "memory.usage_in_bytes").read_text())
+                return limit - used + _stat_value(folder / "memory.stat", "total_inactive_file")
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def available_bytes() -> int | None:
@@ -81,21 +107,23 @@ def size_text(count: int) -> str:
     return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count >> 20} MB"
 
 
-def _kill_this_process() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+def _end_this_process() -> None:
+    """Exit at once, every thread with it (``_exit``: no cleanup to wait for inside a step). Not a
+    SIGKILL to itself: a container's PID 1 ignores that and would train on."""
+    os._exit(EXIT_CODE)
 
 
 class MemoryGuard:
     """While entered, a daemon thread reads this process's resident memory every ``interval`` s;
     past ``budget`` bytes it calls ``on_exceeded(resident)`` once (which records the failure), then
-    ``kill()`` (by default SIGKILL to this very process). ``budget`` None: no guard."""
+    ``kill()`` (by default: this very process exits at once). ``budget`` None: no guard."""
 
     def __init__(
         self,
         budget: int | None,
         on_exceeded: Callable[[int], None],
         interval: float = POLL_SECONDS,
-        kill: Callable[[], None] = _kill_this_process,
+        kill: Callable[[], None] = _end_this_process,
     ):
         self.budget = budget
         self.on_exceeded = on_exceeded
@@ -130,6 +158,8 @@ class MemoryGuard:
             )
             try:
                 self.on_exceeded(resident)
+            except Exception:  # the record could not be written: stopping matters more
+                log.exception("could not record why the job is stopped")
             finally:
                 self.kill()
             return

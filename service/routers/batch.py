@@ -274,7 +274,8 @@ class _Batch:
         if files is not None and files > settings.max_batch_files:
             raise _too_many_files(settings.max_batch_files)
         # Every name, known up front: a renamed output must not take another file's name.
-        self.inputs = {as_text(path) for path in map(safe_path, reader.member_names()) if path is not None}
+        names = await anyio.to_thread.run_sync(reader.member_names)  # a tar's: a pass over the whole stream
+        self.inputs = {as_text(path) for path in map(safe_path, names) if path is not None}
         failure: Exception | None = None
         async with anyio.create_task_group() as group:
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from common.queue import TRAIN_QUEUE, TRAIN_TASK, broker_transport_options, crea
 from common.settings import Settings
 from tests.apptest import wait_for
 from worker import tasks
-from worker.memory import MemoryGuard, memory_budget, resident_bytes
+from worker.memory import EXIT_CODE, MemoryGuard, _cgroup_room, memory_budget, resident_bytes
 from worker.tasks import MAX_ATTEMPTS, ProgressWriter, run_job
 
 TINY = {
@@ -281,6 +280,36 @@ def test_the_memory_guard_calls_back_once_past_its_budget_and_kills_and_never_un
     assert calm == [] and kills == [1]
 
 
+def test_the_guard_still_stops_the_job_when_its_failure_cannot_be_recorded():
+    def unwritable(resident: int) -> None:
+        raise OSError("disk full")
+
+    kills = []
+    with MemoryGuard(resident_bytes() // 2, unwritable, interval=0.01, kill=lambda: kills.append(1)):
+        wait_for(lambda: kills, 10, "the guard to trip")
+    assert kills == [1]
+
+
+def test_a_containers_memory_limit_is_read_from_cgroup_v2_or_v1_with_its_droppable_cache_as_room(tmp_path):
+    v2 = tmp_path / "v2" / "job"
+    v2.mkdir(parents=True)
+    (v2 / "memory.max").write_text("4000\n")
+    (v2 / "memory.current").write_text("3900\n")
+    (v2 / "memory.stat").write_text("anon 1000\nfile 2900\ninactive_file 2500\n")
+    assert _cgroup_room(tmp_path / "v2", "0::/job\n") == 4000 - 3900 + 2500
+    (v2 / "memory.max").write_text("max\n")
+    assert _cgroup_room(tmp_path / "v2", "0::/job\n") is None
+    v1 = tmp_path / "v1" / "memory" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("8000\n")
+    (v1 / "memory.usage_in_bytes").write_text("7000\n")
+    (v1 / "memory.stat").write_text("cache 3000\ntotal_inactive_file 2000\n")
+    hybrid = "12:pids:/docker/abc\n9:name=systemd:/\n4:memory:/docker/abc\n0::/\n"
+    assert _cgroup_room(tmp_path / "v1", hybrid) == 8000 - 7000 + 2000
+    (v1 / "memory.limit_in_bytes").write_text(f"{2**63 - 4096}\n")  # v1's "no limit"
+    assert _cgroup_room(tmp_path / "v1", hybrid) is None
+
+
 def test_the_memory_budget_is_the_setting_or_what_is_held_plus_most_of_what_is_available():
     assert memory_budget(512) == 512 * 2**20
     total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
@@ -298,7 +327,7 @@ def test_a_job_past_its_memory_budget_is_failed_with_the_reason_and_its_process_
     )
     # the process holds more than 64 MB once TensorFlow is loaded: the guard stops it at once
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert done.returncode == EXIT_CODE, done.stderr[-2000:]  # ended at once, as a container's PID 1 would be
     record = jobs.get(job_id)
     assert record["state"] == "failed"
     assert "more than the 64 MB this worker allows" in record["error"]
