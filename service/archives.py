@@ -345,10 +345,11 @@ class ArchiveReader:
         return sum(1 for info in self._zip.infolist() if not info.is_dir())
 
     def member_names(self) -> list[str]:
-        """Every member's stored name, before any is read: a zip's from its central directory, a tar's
-        from a pass of its own over the headers (a tar has no directory: the pass reads, and
-        decompresses, the stream once more, within the same limits). A tar that pass cannot read to
-        the end gives the names before the fault; ``entries()`` then reports the fault itself."""
+        """Every member's stored name, whatever ``entries()`` has read so far: a zip's from its central
+        directory, a tar's from a pass of its own over the headers (a tar has no directory: the pass
+        reads, and decompresses, the stream once more from its start, within the same limits). A tar
+        that pass cannot read to the end gives the names before the fault; ``entries()`` then reports
+        the fault itself."""
         if self._zip is not None:
             return [info.filename for info in self._zip.infolist()]
         names: list[str] = []

@@ -55,8 +55,8 @@ def _cgroup_room(root: Path = Path("/sys/fs/cgroup"), membership: str | None = N
     except OSError:
         return None
     for line in lines:
-        _, controllers, path = line.split(":", 2)
         try:
+            _, controllers, path = line.split(":", 2)
             if controllers == "":  # v2
                 folder = root / path.lstrip("/")
                 limit = (folder / "memory.max").read_text().strip()

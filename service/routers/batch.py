@@ -158,7 +158,7 @@ class _Batch:
         self.write_lock = anyio.Lock()
         self.entries: list[ManifestEntry] = []
         self.outputs: set[str] = {MANIFEST_NAME}
-        self.inputs: set[str] = set()
+        self.names: set[str] | None = None  # every member's path, read when a rename first needs it
         self.busy = 0
 
     async def _wait_for_room(self, deadline: float) -> None:
@@ -273,9 +273,6 @@ class _Batch:
         files = reader.count_files()
         if files is not None and files > settings.max_batch_files:
             raise _too_many_files(settings.max_batch_files)
-        # Every name, known up front: a renamed output must not take another file's name.
-        names = await anyio.to_thread.run_sync(reader.member_names)  # a tar's: a pass over the whole stream
-        self.inputs = {as_text(path) for path in map(safe_path, names) if path is not None}
         failure: Exception | None = None
         async with anyio.create_task_group() as group:
             try:
@@ -285,6 +282,15 @@ class _Batch:
                 group.cancel_scope.cancel()
         if failure is not None:
             raise failure
+
+    async def _member_paths(self, reader: ArchiveReader) -> set[str]:
+        """Every member's path (as ``_feed`` names them), read once, when a renamed output first needs
+        to know it takes no other file's name: a tar's names take a pass over the whole stream, which a
+        batch that renames nothing never pays."""
+        if self.names is None:
+            names = await anyio.to_thread.run_sync(reader.member_names)
+            self.names = {as_text(path) for path in map(safe_path, names) if path is not None}
+        return self.names
 
     async def _feed(self, reader: ArchiveReader, group: anyio.abc.TaskGroup) -> None:
         """Read members one by one and start a colorization per photograph, within the window."""
@@ -311,8 +317,9 @@ class _Batch:
             path = as_text(entry.path)
             item.output, item.format = output_name(path, self.image_format)
             item.renamed = item.output != path
-            self.inputs.add(path)
-            if item.renamed and (item.output in self.outputs or item.output in self.inputs):
+            if item.renamed and (
+                item.output in self.outputs or item.output in await self._member_paths(reader)
+            ):
                 # a.tif would become a.png, the name of another file: a.tif.png instead
                 item.output = f"{path}{PurePosixPath(item.output).suffix}"
             if item.output in self.outputs:
