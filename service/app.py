@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.routing import APIRoute, APIRouter
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 
@@ -112,6 +113,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = None  # created on first use by service.deps.get_celery
     app.state.fanout = None  # the colorize workers' sender, created on first use by service.deps.get_fanout
     install_error_handlers(app)
+    answer_head(app.router)  # /docs and /redoc
     for module in (health, colorize, batch, models, jobs, datasets, metrics, web):
+        answer_head(module.router)
         app.include_router(module.router)
     return app
+
+
+def answer_head(router: APIRouter) -> None:
+    """HEAD on every GET route of ``router``: GET's status and headers, no body (uvicorn sends none
+    for a HEAD; a file answer does not read its file), as HTTP asks of a server and Starlette's own
+    routes do. FastAPI's routes do not add it (fastapi#1773), so a health or link checker probing
+    with HEAD got a 405. Each is a route of its own, with GET's dependencies (the API key where GET
+    asks for it), out of the OpenAPI schema: HEAD is implied by GET. Call it before the router is
+    included in the app (``app.routes`` holds included routers whole, not their routes)."""
+    for route in list(router.routes):
+        if not isinstance(route, APIRoute) or "GET" not in route.methods or "HEAD" in route.methods:
+            continue
+        router.add_api_route(
+            route.path.removeprefix(router.prefix),  # add_api_route puts the prefix back
+            route.endpoint,
+            methods=["HEAD"],
+            name=f"{route.name}_head",
+            response_model=route.response_model,
+            response_class=route.response_class,
+            status_code=route.status_code,
+            # the router's own are added again by add_api_route
+            dependencies=[d for d in route.dependencies if d not in router.dependencies],
+            response_model_exclude_none=route.response_model_exclude_none,
+            include_in_schema=False,
+        )

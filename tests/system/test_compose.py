@@ -252,6 +252,10 @@ def test_api_service_command_answers_healthz_and_its_healthcheck_tracks_readines
             (proc,),
         )
         assert body
+        # A checker probing with HEAD gets GET's status and headers, and no body.
+        got, head = (httpx.request(m, f"http://127.0.0.1:{port}/healthz", timeout=5) for m in ("GET", "HEAD"))
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
         # No model yet: not ready, so the container's healthcheck must fail.
         assert subprocess.run(check, capture_output=True, timeout=30).returncode != 0
         # No API key configured: the compose passthrough's empty value means "no key".
