@@ -155,9 +155,7 @@ class InferenceModel:
         with self._lock:
             fn = self._functions.get(size)
             if fn is None:
-                network, flip, sizes = self.network, self.model.flip_average, self.model.scale_sizes(size)
-                spec = tf.TensorSpec([None, size, size, self.in_channels], tf.float32)
-                fn = tf.function(lambda x: generator_output(network, x, flip, sizes), input_signature=[spec])
+                fn = served_function(self.network, self.model, size, self.in_channels)
                 self._functions[size] = fn
         return fn
 
@@ -297,15 +295,15 @@ class InferenceModel:
     def _openvino(self, size: int) -> runtimes.Runner:
         """The OpenVINO Runner for side ``size``, checked against TensorFlow float32 on a fixed input
         (two synthetic photographs prepared as the service prepares any). Raises RuntimeUnavailable."""
-        network, flip, sizes = self.model.generator, self.model.flip_average, self.model.scale_sizes(size)
-        spec = tf.TensorSpec([None, size, size, self.in_channels], tf.float32)
-        reference_fn = tf.function(
-            lambda x: generator_output(network, x, flip, sizes), input_signature=[spec]
-        )
+        reference_fn = served_function(self.model.generator, self.model, size, self.in_channels)
         with tf.device(self.device):
             check = np.stack([prepare(self.model, photo, size)[0] for photo in check_photographs()])
             reference = reference_fn(tf.convert_to_tensor(check)).numpy()
-        options = {"flip_average": flip, "scale_sizes": list(sizes), "preset": self.model.preset}
+        options = {
+            "flip_average": self.model.flip_average,
+            "scale_sizes": list(self.model.scale_sizes(size)),
+            "preset": self.model.preset,
+        }
         return runtimes.openvino_runner(
             reference_fn,
             size,
@@ -316,6 +314,19 @@ class InferenceModel:
             reference,
             self.cache,
         )
+
+
+def served_function(network: Any, model: LoadedModel, size: int, channels: int) -> Any:
+    """The tf.function of ``generator_output`` of ``network`` as ``model`` is served at side ``size``,
+    input signature (None, size, size, ``channels``). A partial, not a lambda: TensorFlow keys its
+    tracing statistics by the Python function's code, so one lambda's functions, each traced once
+    for a version loaded, read as a function retraced in a loop from the fifth version on, and it
+    logged a warning about it."""
+    spec = tf.TensorSpec([None, size, size, channels], tf.float32)
+    body = functools.partial(
+        generator_output, network, flip_average=model.flip_average, scale_sizes=model.scale_sizes(size)
+    )
+    return tf.function(body, input_signature=[spec])
 
 
 def check_photographs() -> list[np.ndarray]:

@@ -342,3 +342,13 @@ def test_the_default_model_colorizes_photographs_alike_on_every_runtime(tmp_path
         theirs = finish(model, tensorflow.predict(inputs[None])[0], light)
         deltas.append(float(deltaE_ciede2000(rgb2lab(theirs), rgb2lab(ours)).mean()))
     assert max(deltas) < 0.05, deltas  # measured: below 0.001
+
+
+def test_loading_version_after_version_raises_no_retracing_warning(tmp_path, caplog):
+    """Each load converts from a function of its own, traced once: keyed by one shared lambda, TF
+    took the fifth load as a function retraced in a loop and logged a warning about it."""
+    caplog.set_level(logging.WARNING)
+    for version in range(6):
+        model = tiny_model({"flip_average": True})
+        serving(model, ConversionCache(tmp_path / str(version)))
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
