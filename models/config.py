@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from common.labels import check_label
 from models.presets import DEFAULT_PRESET, PRESETS, levels_for
@@ -142,6 +150,15 @@ class TrainConfig(BaseModel):
         "the decision is in the version's metadata, 'promotion').",
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_truth_value_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON's true and false are not numbers. pydantic takes true for 1 in an int or float
+        field, so ``"steps": true`` was a one-step job that published a version."""
+        if isinstance(value, bool) and info.field_name in _NUMBER_FIELDS:
+            raise ValueError(f"{info.field_name} takes a number, not {str(value).lower()}")
+        return value
+
     @field_validator("dataset")
     @classmethod
     def _dataset_name(cls, value: str) -> str:
@@ -210,3 +227,19 @@ class TrainConfig(BaseModel):
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
         return self
+
+
+def _types(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (``int | None`` -> {int, NoneType})."""
+    found = {annotation}
+    for arg in get_args(annotation):
+        found |= _types(arg)
+    return found
+
+
+# The fields that take numbers and not truth values (bool is a subclass of int in Python)
+_NUMBER_FIELDS = frozenset(
+    name
+    for name, field in TrainConfig.model_fields.items()
+    if _types(field.annotation) & {int, float} and bool not in _types(field.annotation)
+)

@@ -253,6 +253,14 @@ class LabelTarget(BaseModel):
 
     version: int | str = Field(description='A version number from GET /models, or "default".')
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _not_a_truth_value(cls, value: Any) -> Any:
+        # pydantic takes true for 1: {"version": true} moved the label to version 1
+        if isinstance(value, bool):
+            raise ValueError(f'version takes a version number or "default", not {str(value).lower()}')
+        return value
+
 
 class LabelMoved(BaseModel):
     """A label after PUT: the version it points at, and the one it pointed at before (if any)."""

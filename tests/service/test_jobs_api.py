@@ -67,6 +67,23 @@ def test_submitting_a_job_with_a_bad_field_is_422_naming_the_field(client, fake_
     assert fake_celery.calls == []
 
 
+def test_true_or_false_for_a_number_is_422_not_one_or_zero(client, fake_celery):
+    # pydantic's lax mode takes true for 1: "steps": true was a one-step job that published a version
+    response = client.post("/jobs", json={**TINY_JOB, "steps": True, "l1_weight": False, "init_from": True})
+    body = assert_json_error(response, 422, "steps takes a number, not true", "l1_weight")
+    assert {tuple(e["loc"]) for e in body["errors"]} == {
+        ("body", "steps"),
+        ("body", "l1_weight"),
+        ("body", "init_from"),
+    }
+    label = client.put("/models/labels/canary", json={"version": True})
+    assert_json_error(label, 422, "version takes a version number")
+    assert client.get("/models/labels").json()["labels"] == {}
+    # a truth value where the config takes one is still fine
+    assert client.post("/jobs", json={**TINY_JOB, "train_encoder": False}).status_code == 202
+    assert len(fake_celery.calls) == 1
+
+
 def test_a_422_echoes_a_bad_value_json_can_hold_and_only_so_much_of_it(client, fake_celery):
     # Python's JSON parser takes NaN and Infinity, which JSON text (the answer) cannot hold
     headers = {"content-type": "application/json"}
