@@ -12,6 +12,7 @@ flattened pixels padded to a bucket size: a photograph of a new size does not tr
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -95,12 +96,18 @@ def predict(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
     """``generator_output`` of the model on ``batch``, as its metadata says to serve it."""
     fn = getattr(model, "_predict_fn", None)
     if fn is None:
-        flip = model.flip_average
         # one trace per input shape (a render size): a retrace with unknown sides would hand the
-        # resize decoder's upsampling a shape it cannot take
-        fn = tf.function(lambda x: generator_output(model.generator, x, flip, model.scale_sizes(x.shape[1])))
+        # resize decoder's upsampling a shape it cannot take. A partial, not a lambda: TensorFlow
+        # keys its tracing statistics by a function's code, and took one lambda's functions, each
+        # traced for a model of its own (``colorizer evaluate`` on every version), as one function
+        # retraced in a loop, with a warning (models.serving.served_function).
+        fn = tf.function(functools.partial(_served_output, model))
         model._predict_fn = fn  # type: ignore[attr-defined]
     return fn(batch)
+
+
+def _served_output(model: LoadedModel, batch: tf.Tensor) -> tf.Tensor:
+    return generator_output(model.generator, batch, model.flip_average, model.scale_sizes(batch.shape[1]))
 
 
 def gray_model_input(levels: np.ndarray, preset_name: str) -> np.ndarray:

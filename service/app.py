@@ -127,8 +127,11 @@ def answer_head(router: APIRouter) -> None:
     with HEAD got a 405. Each is a route of its own, with GET's dependencies (the API key where GET
     asks for it), out of the OpenAPI schema: HEAD is implied by GET. Call it before the router is
     included in the app (``app.routes`` holds included routers whole, not their routes)."""
-    for route in list(router.routes):
-        if not isinstance(route, APIRoute) or "GET" not in route.methods or "HEAD" in route.methods:
+    routes = [route for route in router.routes if isinstance(route, APIRoute)]
+    # the routers are module objects: a second app (tests build many) must not add twins again
+    answered = {route.path for route in routes if "HEAD" in route.methods}
+    for route in routes:
+        if "GET" not in route.methods or route.path in answered:
             continue
         router.add_api_route(
             route.path.removeprefix(router.prefix),  # add_api_route puts the prefix back
@@ -140,6 +143,11 @@ def answer_head(router: APIRouter) -> None:
             status_code=route.status_code,
             # the router's own are added again by add_api_route
             dependencies=[d for d in route.dependencies if d not in router.dependencies],
+            response_model_include=route.response_model_include,
+            response_model_exclude=route.response_model_exclude,
+            response_model_by_alias=route.response_model_by_alias,
+            response_model_exclude_unset=route.response_model_exclude_unset,
+            response_model_exclude_defaults=route.response_model_exclude_defaults,
             response_model_exclude_none=route.response_model_exclude_none,
             include_in_schema=False,
         )

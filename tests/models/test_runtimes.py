@@ -347,8 +347,12 @@ def test_the_default_model_colorizes_photographs_alike_on_every_runtime(tmp_path
 def test_loading_version_after_version_raises_no_retracing_warning(tmp_path, caplog):
     """Each load converts from a function of its own, traced once: keyed by one shared lambda, TF
     took the fifth load as a function retraced in a loop and logged a warning about it."""
+    from models.colorize import colorize_array
+    from tests.photos import make_photo
+
     caplog.set_level(logging.WARNING)
     for version in range(6):
         model = tiny_model({"flip_average": True})
         serving(model, ConversionCache(tmp_path / str(version)))
+        colorize_array(model, make_photo(40, 36, seed=version))  # the CLI's way (colorizer evaluate, every version)
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]

@@ -267,17 +267,26 @@ def test_jobs_accept_the_api_key_as_header_or_bearer_token(keyed_client):
     assert submitted.status_code == 202, submitted.text
 
 
-def test_every_get_route_answers_head_with_its_own_checks(keyed_client):
+def test_every_get_route_answers_head_with_its_own_checks(keyed_client, tmp_path):
     for path in ("/healthz", "/readyz", "/metrics", "/models", "/"):
         got, head = keyed_client.get(path), keyed_client.head(path)
         assert head.status_code == got.status_code == 200, path
         assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers.get("cache-control") == got.headers.get("cache-control"), path
     # the API key guards HEAD where it guards GET; a route with no GET still refuses HEAD
     assert keyed_client.head("/jobs").status_code == 401
     assert keyed_client.head("/jobs", headers={"X-API-Key": "s3cret-key"}).status_code == 200
     assert keyed_client.head("/colorize").status_code == 405
     unknown = keyed_client.head("/jobs/0123456789abcdef0123456789abcdef", headers={"X-API-Key": "s3cret-key"})
     assert unknown.status_code == 404
+    # a second app adds no twins to the (module-level) routers again
+    from common.settings import Settings
+    from service.app import create_app
+    from service.routers import health
+
+    routes = len(health.router.routes)
+    create_app(Settings(data_dir=tmp_path / "second"))
+    assert len(health.router.routes) == routes
     # HEAD is implied by GET: not an operation of its own in the schema
     schema = keyed_client.get("/openapi.json").json()
     assert not [path for path, operations in schema["paths"].items() if "head" in operations]
