@@ -354,5 +354,6 @@ def test_loading_version_after_version_raises_no_retracing_warning(tmp_path, cap
     for version in range(6):
         model = tiny_model({"flip_average": True})
         serving(model, ConversionCache(tmp_path / str(version)))
-        colorize_array(model, make_photo(40, 36, seed=version))  # the CLI's way (colorizer evaluate, every version)
+        # and the CLI's way (colorizer evaluate runs every version)
+        colorize_array(model, make_photo(40, 36, seed=version))
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
