@@ -213,8 +213,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         detail = f"{request.url.path} does not accept {request.method}; the API is described at /docs"
     content = detail if isinstance(detail, dict) and "detail" in detail else {"detail": str(detail)}
     return JSONResponse(
-        status_code=exc.status_code, content=jsonable_encoder(content), headers=getattr(exc, "headers", None)
+        status_code=exc.status_code, content=jsonable_encoder(content), headers=_allowing_head(exc)
     )
+
+
+def _allowing_head(exc: StarletteHTTPException) -> dict[str, str] | None:
+    """The exception's headers, with HEAD in a 405's Allow where GET is: the route that refused
+    is the GET one, and its HEAD twin (``service.app.answer_head``) answers HEAD."""
+    headers = getattr(exc, "headers", None)
+    if exc.status_code != 405 or not headers or "Allow" not in headers:
+        return headers
+    allowed = [method.strip() for method in headers["Allow"].split(",")]
+    if "GET" in allowed and "HEAD" not in allowed:
+        headers = {**headers, "Allow": ", ".join([*allowed, "HEAD"])}
+    return headers
 
 
 async def _inference_error(request: Request, exc: Exception) -> JSONResponse:

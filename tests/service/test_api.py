@@ -276,7 +276,10 @@ def test_every_get_route_answers_head_with_its_own_checks(keyed_client, tmp_path
     # the API key guards HEAD where it guards GET; a route with no GET still refuses HEAD
     assert keyed_client.head("/jobs").status_code == 401
     assert keyed_client.head("/jobs", headers={"X-API-Key": "s3cret-key"}).status_code == 200
-    assert keyed_client.head("/colorize").status_code == 405
+    refused = keyed_client.head("/colorize")
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    # and a 405 names HEAD where GET is allowed
+    assert keyed_client.put("/healthz").headers["allow"] == "GET, HEAD"
     unknown = keyed_client.head("/jobs/0123456789abcdef0123456789abcdef", headers={"X-API-Key": "s3cret-key"})
     assert unknown.status_code == 404
     # a second app adds no twins to the (module-level) routers again
